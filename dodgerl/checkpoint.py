@@ -1,0 +1,145 @@
+"""Orbax checkpoints of a run: the latest N under ``checkpoints/<step>/``, the best under ``best/``.
+
+Each checkpoint holds two items: ``agent`` (the SAC agent pytree: params, targets, optimiser
+states, temperature) and ``meta`` (JSON: counters, RNG states, logs position). Orbax writes a
+checkpoint into a temporary directory and renames it when complete, so a save interrupted at any
+instant leaves either the whole checkpoint or a temporary directory that is never listed. A
+directory that looks complete but cannot be restored (truncated by hand, disk trouble) is
+reported, and the previous checkpoint is used instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+_ITEMS = ("agent", "meta")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupt."""
+
+
+def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ocp.CheckpointManager(directory.absolute(), options=options, item_names=_ITEMS)
+
+
+def _save_args(agent: Any, meta: dict[str, Any]) -> ocp.args.Composite:
+    return ocp.args.Composite(agent=ocp.args.StandardSave(agent), meta=ocp.args.JsonSave(meta))
+
+
+class RunCheckpoints:
+    """Latest-N and best checkpoints of one run directory."""
+
+    def __init__(self, run_dir: str | Path, keep: int) -> None:
+        run_dir = Path(run_dir)
+        self.latest_dir = run_dir / CHECKPOINTS_DIR
+        self.best_dir = run_dir / BEST_DIR
+        self._latest = _manager(self.latest_dir, keep)
+        self._best = _manager(self.best_dir, 1)
+
+    def save(self, step: int, agent: Any, meta: dict[str, Any]) -> Path:
+        if step not in self._latest.all_steps():
+            self._latest.save(step, args=_save_args(agent, meta), force=True)
+            self._latest.wait_until_finished()
+        return self.latest_dir / str(step)
+
+    def save_best(self, step: int, agent: Any, meta: dict[str, Any]) -> Path:
+        if step not in self._best.all_steps():
+            self._best.save(step, args=_save_args(agent, meta), force=True)
+            self._best.wait_until_finished()
+        return self.best_dir / str(step)
+
+    def close(self) -> None:
+        self._latest.close()
+        self._best.close()
+
+
+def _is_complete(step_dir: Path) -> bool:
+    return (
+        step_dir.is_dir()
+        and step_dir.name.isdigit()
+        and (step_dir / "_CHECKPOINT_METADATA").is_file()
+        and all((step_dir / item).is_dir() for item in _ITEMS)
+    )
+
+
+def complete_checkpoints(directory: str | Path) -> list[Path]:
+    """Complete step directories under ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    steps = [p for p in directory.iterdir() if _is_complete(p)]
+    return sorted(steps, key=lambda p: int(p.name))
+
+
+def resolve_resume(path: str | Path) -> tuple[Path, list[Path]]:
+    """Map ``--resume PATH`` to (run directory, candidate checkpoints, preferred first).
+
+    ``PATH`` is a run directory (newest complete checkpoint first, older ones as fallbacks) or
+    one checkpoint directory ``RUN_DIR/checkpoints/<step>`` (or ``RUN_DIR/best/<step>``),
+    which is then the only candidate.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"--resume {path}: no such file or directory")
+    if path.name.isdigit() and path.parent.name in (CHECKPOINTS_DIR, BEST_DIR):
+        if not _is_complete(path):
+            raise CheckpointError(f"--resume {path}: checkpoint is incomplete (interrupted save?)")
+        return path.parent.parent, [path]
+    candidates = list(reversed(complete_checkpoints(path / CHECKPOINTS_DIR)))
+    if not candidates:
+        raise CheckpointError(
+            f"--resume {path}: no complete checkpoint under {path / CHECKPOINTS_DIR}"
+        )
+    return path, candidates
+
+
+def restore(step_dir: str | Path, agent_template: Any) -> tuple[Any, dict[str, Any]]:
+    """Restore (agent, meta) from one checkpoint directory, into ``agent_template``'s structure."""
+    step_dir = Path(step_dir).absolute()
+    if not _is_complete(step_dir):
+        raise CheckpointError(f"{step_dir}: not a complete checkpoint")
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    try:
+        restored = checkpointer.restore(
+            step_dir,
+            args=ocp.args.Composite(
+                agent=ocp.args.StandardRestore(agent_template), meta=ocp.args.JsonRestore()
+            ),
+        )
+    except Exception as err:  # orbax/tensorstore raise many types for damaged files
+        raise CheckpointError(f"{step_dir}: cannot be restored ({type(err).__name__}: {err})") from err
+    finally:
+        checkpointer.close()
+    meta = restored["meta"]
+    if not isinstance(meta, dict) or "step" not in meta:
+        raise CheckpointError(f"{step_dir}: checkpoint metadata is missing or damaged")
+    return restored["agent"], meta
+
+
+def restore_first_good(candidates: list[Path], agent_template: Any) -> tuple[Any, dict[str, Any], Path]:
+    """Restore the first candidate that restores cleanly; report the ones skipped."""
+    errors = []
+    for step_dir in candidates:
+        try:
+            agent, meta = restore(step_dir, agent_template)
+        except CheckpointError as err:
+            log.warning("skipping checkpoint: %s", err)
+            errors.append(str(err))
+            continue
+        return agent, meta, step_dir
+    raise CheckpointError("no checkpoint could be restored:\n  " + "\n  ".join(errors))

@@ -1,0 +1,80 @@
+"""Command line of the experiment scripts (``experiments/topdown_sac.py``, ``vector_sac.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dodgerl.config import ConfigError, apply_overrides, config_from_dict, read_yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Config keys are documented in the YAML files under configs/. "
+        "Example: --set train.total_timesteps=20000 --set agent.actor_lr=1e-4",
+    )
+    parser.add_argument("--level", type=int, choices=(1, 2, 3), default=1,
+                        help="arena difficulty: 1 one fixed direction, 2 all around, 3 harder; "
+                        "picks the default config and sets env.level")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML config (default: the matching file in configs/ for --level)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (overrides the config's)")
+    parser.add_argument("--total-timesteps", type=int, default=None,
+                        help="env steps to train for (overrides train.total_timesteps; "
+                        "with --resume, extends the run)")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"),
+                        help="runs go to RESULTS_DIR/<experiment>/<YYYYmmdd_HHMMSS>/")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="RUN_DIR (newest complete checkpoint) or RUN_DIR/checkpoints/<step>; "
+                        "the run's own config.yaml is used")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. agent.batch_size=128 (repeatable)")
+    return parser
+
+
+def default_config(kind: str, level: int) -> Path:
+    difficulty = "easy" if level == 1 else "hard"
+    name = {"topdown": f"sac_topdown_cnn_{difficulty}.yaml", "vector": f"sac_vector_{difficulty}.yaml"}[kind]
+    return CONFIG_DIR / name
+
+
+def main(kind: str, argv: list[str] | None = None) -> int:
+    parser = build_parser(
+        f"Train SAC from {'top-down images' if kind == 'topdown' else 'the 65-dim state vector'} "
+        "on the dodgerl arena."
+    )
+    args = parser.parse_args(argv)
+    if args.total_timesteps is not None and args.total_timesteps < 1:
+        parser.error("--total-timesteps must be >= 1")
+    try:
+        if args.resume is not None:
+            if args.overrides or args.config or args.seed is not None:
+                parser.error("--resume continues a run with its own config.yaml; "
+                             "--config, --seed and --set cannot be combined with it")
+            config = None
+        else:
+            path = args.config or default_config(kind, args.level)
+            raw = read_yaml(path)
+            raw.setdefault("env", {})["level"] = args.level
+            if args.seed is not None:
+                raw["seed"] = args.seed
+            config = config_from_dict(apply_overrides(raw, args.overrides))
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+
+    from dodgerl.checkpoint import CheckpointError
+    from dodgerl.train import train
+
+    try:
+        train(config, results_dir=args.results_dir, resume=args.resume,
+              total_timesteps=args.total_timesteps)
+    except (CheckpointError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

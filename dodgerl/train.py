@@ -1,0 +1,477 @@
+"""The training loop: collect from parallel envs, update, evaluate, log, checkpoint, resume.
+
+This is the one module that knows the env, the replay buffer, the agent and the files of a run:
+
+    results/<experiment>/<YYYYmmdd_HHMMSS>/
+        config.yaml  progress.csv  eval.csv
+        checkpoints/<step>/  best/<step>/  replay/  videos/
+
+Each vector-env step adds ``n_envs`` transitions and, once ``learning_starts`` env steps are
+collected, runs ``utd * n_envs`` gradient steps in one compiled ``agent.update`` call over a
+stack of batches sampled in a background thread. Resume restores everything a checkpoint holds
+(agent, RNG keys, counters) and reopens the replay buffer in place.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium
+import jax
+import numpy as np
+
+from dodgerl.checkpoint import RunCheckpoints, resolve_resume, restore_first_good
+from dodgerl.config import EnvConfig, RunConfig, config_from_dict, read_yaml, save_config
+
+PROGRESS_FIELDS = (
+    "step", "episodes", "updates", "train_return", "train_length", "critic_loss", "actor_loss",
+    "temperature", "entropy", "q_mean", "env_steps_per_s", "wall_time_s",
+    "time_env_s", "time_insert_s", "time_update_s", "time_eval_s",
+)
+EVAL_FIELDS = (
+    "step", "mean_return", "std_return", "min_return", "max_return", "mean_length",
+    "episodes", "wall_time_s",
+)
+_METRIC_FIELDS = ("critic_loss", "actor_loss", "temperature", "entropy", "q_mean")
+
+
+# ----------------------------------------------------------------------------------------------
+# Environments
+
+
+def make_env(env_config: EnvConfig, render_mode: str | None = None) -> gymnasium.Env:
+    """One ``dodgerl/Dodge-v0`` env as the config describes it, frame-stacked if asked."""
+    import dodgerl  # noqa: F401  (registers the env)
+    from dodgerl.envs.wrappers import FrameStack
+
+    env = gymnasium.make(
+        "dodgerl/Dodge-v0",
+        level=env_config.level,
+        obs_mode=env_config.obs_mode,
+        image_size=env_config.image_size,
+        action_space_type=env_config.action_space_type,
+        max_episode_steps=env_config.max_episode_steps,
+        render_mode=render_mode,
+    )
+    if env_config.frame_stack > 1:
+        env = FrameStack(env, env_config.frame_stack)
+    return env
+
+
+def make_vector_env(env_config: EnvConfig, n_envs: int, asynchronous: bool) -> gymnasium.vector.VectorEnv:
+    """Parallel training envs; the final observation of an episode comes in ``info['final_obs']``
+    on the step that ends it (same-step autoreset), so no transition crosses an episode."""
+    fns = [lambda: make_env(env_config) for _ in range(n_envs)]
+    mode = gymnasium.vector.AutoresetMode.SAME_STEP
+    if asynchronous and n_envs > 1:
+        return gymnasium.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
+    return gymnasium.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+
+
+def single_frames(observations: np.ndarray, env_config: EnvConfig) -> np.ndarray:
+    """The newest frame of each (possibly frame-stacked) observation: what the replay stores."""
+    if env_config.obs_mode == "topdown" and env_config.frame_stack > 1:
+        return observations[..., -3:]
+    return observations
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclasses.dataclass
+class EvalResult:
+    returns: np.ndarray
+    lengths: np.ndarray
+    frames: list[np.ndarray]
+
+    def row(self, step: int, wall_time: float) -> dict[str, Any]:
+        return {
+            "step": step,
+            "mean_return": float(self.returns.mean()),
+            "std_return": float(self.returns.std()),
+            "min_return": float(self.returns.min()),
+            "max_return": float(self.returns.max()),
+            "mean_length": float(self.lengths.mean()),
+            "episodes": len(self.returns),
+            "wall_time_s": round(wall_time, 3),
+        }
+
+
+class Evaluator:
+    """Runs ``episodes`` evaluation episodes in lockstep (one batched ``act`` per step), each on
+    its own env reset with seed ``seed + i``, so every evaluation sees the same episodes."""
+
+    def __init__(self, env_config: EnvConfig, episodes: int, seed: int, record: bool) -> None:
+        self.envs = [
+            make_env(env_config, render_mode="rgb_array" if (record and i == 0) else None)
+            for i in range(episodes)
+        ]
+        self.seeds = [seed + i for i in range(episodes)]
+        self.record = record
+
+    def run(self, act: Callable[[np.ndarray, jax.Array], np.ndarray], key: jax.Array) -> EvalResult:
+        n = len(self.envs)
+        obs = [env.reset(seed=s)[0] for env, s in zip(self.envs, self.seeds)]
+        returns = np.zeros(n)
+        lengths = np.zeros(n, dtype=np.int64)
+        active = np.ones(n, dtype=bool)
+        frames = [self.envs[0].render()] if self.record else []
+        while active.any():
+            idx = np.flatnonzero(active)
+            key, act_key = jax.random.split(key)
+            actions = np.asarray(act(np.stack([obs[i] for i in idx]), act_key))
+            for j, i in enumerate(idx):
+                o, r, terminated, truncated, _ = self.envs[i].step(actions[j])
+                obs[i] = o
+                returns[i] += r
+                lengths[i] += 1
+                if i == 0 and self.record:
+                    frames.append(self.envs[0].render())
+                if terminated or truncated:
+                    active[i] = False
+        return EvalResult(returns, lengths, frames)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def write_gif(frames: list[np.ndarray], path: Path, fps: int = 30, max_frames: int = 400) -> None:
+    """Write an animated GIF (every n-th frame so that at most ``max_frames`` are kept)."""
+    from PIL import Image
+
+    stride = max(1, math.ceil(len(frames) / max_frames))
+    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames[::stride]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.gif")
+    images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 * stride / fps), loop=0)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Logs
+
+
+class CsvLog:
+    """An append-only CSV that, on resume, drops rows written after the restored step."""
+
+    def __init__(self, path: Path, fields: tuple[str, ...], resume_step: int | None) -> None:
+        self.path = path
+        self.fields = fields
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
+            tmp = path.with_suffix(".tmp")
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fields)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, path)
+        elif not path.exists():
+            with path.open("w", newline="") as f:
+                csv.DictWriter(f, fields).writeheader()
+        self._file = path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fields)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._writer.writerow({k: row.get(k, "") for k in self.fields})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    episodes: int
+    updates: int
+    best_eval_return: float | None
+    interrupted: bool
+    timings: dict[str, float]
+
+
+def new_run_dir(results_dir: str | Path, experiment: str) -> Path:
+    base = Path(results_dir) / experiment
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    run_dir = base / stamp
+    suffix = 1
+    while run_dir.exists():  # two runs started in the same second
+        run_dir = base / f"{stamp}_{suffix}"
+        suffix += 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+class _StopFlag:
+    """Turns SIGINT / SIGTERM into a flag the loop checks, so it can checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    return config_from_dict(read_yaml(run_dir / "config.yaml"))
+
+
+def train(
+    config: RunConfig,
+    results_dir: str | Path = "results",
+    resume: str | Path | None = None,
+    total_timesteps: int | None = None,
+    on_start: Callable[[Path], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) a SAC agent as ``config`` says; returns where it went and how far.
+
+    With ``resume``, the run directory's own ``config.yaml`` is used (``config`` is ignored
+    except for ``total_timesteps``, which may extend the budget).
+    """
+    from dodgerl.agents import sac
+    from dodgerl.replay import DeviceSampler, ReplayBuffer
+
+    if resume is not None:
+        run_dir, candidates = resolve_resume(resume)
+        config = load_run_config(run_dir)
+    else:
+        run_dir = new_run_dir(results_dir, config.experiment)
+        save_config(config, run_dir / "config.yaml")
+        candidates = []
+    if total_timesteps is not None:
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, total_timesteps=total_timesteps)
+        )
+    if on_start is not None:
+        on_start(run_dir)
+    tc, ec = config.train, config.env
+
+    envs = make_vector_env(ec, tc.n_envs, tc.async_envs)
+    evaluator = Evaluator(ec, tc.eval_episodes, tc.eval_seed, record=tc.video)
+    key = jax.random.PRNGKey(config.seed)
+    key, init_key = jax.random.split(key)
+    agent = sac.create(init_key, envs.single_observation_space, envs.single_action_space, config.agent)
+    checkpoints = RunCheckpoints(run_dir, tc.keep_checkpoints)
+
+    step = episodes = updates = 0
+    best_eval: float | None = None
+    wall_offset = 0.0
+    np_rng = np.random.default_rng(config.seed)
+    resumes = 0
+    if candidates:
+        agent, meta, restored_from = restore_first_good(candidates, agent)
+        step, episodes, updates = meta["step"], meta["episodes"], meta["updates"]
+        best_eval = meta.get("best_eval")
+        wall_offset = meta.get("wall_time_s", 0.0)
+        key = jax.numpy.asarray(np.asarray(meta["key"], dtype=np.uint32))
+        np_rng.bit_generator.state = meta["np_rng"]
+        resumes = meta.get("resumes", 0) + 1
+        print(f"resumed from {restored_from} at step {step}", flush=True)
+
+    single_obs_space = envs.single_observation_space
+    frame_shape = single_frames(np.zeros(single_obs_space.shape, single_obs_space.dtype)[None], ec).shape[1:]
+    replay = ReplayBuffer(
+        run_dir / "replay",
+        capacity=config.replay.buffer_size,
+        observation_shape=frame_shape,
+        observation_dtype=single_obs_space.dtype,
+        action_dim=envs.single_action_space.shape[0],
+        n_envs=tc.n_envs,
+        frame_stack=ec.frame_stack,
+        seed=config.seed,
+    )
+    resume_step = step if candidates else None
+    progress_log = CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)
+    eval_log = CsvLog(run_dir / "eval.csv", EVAL_FIELDS, resume_step)
+
+    k_per_call = tc.utd * tc.n_envs
+    act = jax.jit(lambda a, o, k: a.act(o, k, deterministic=False))
+    act_eval = jax.jit(lambda a, o, k: a.act(o, k, deterministic=tc.eval_deterministic))
+    sampler = None
+    timings = {"env": 0.0, "insert": 0.0, "update": 0.0, "eval": 0.0}
+
+    def meta_now() -> dict[str, Any]:
+        return {
+            "step": step, "episodes": episodes, "updates": updates, "best_eval": best_eval,
+            "key": np.asarray(key).tolist(),
+            "np_rng": np_rng.bit_generator.state, "wall_time_s": wall_offset + (time.perf_counter() - t_start),
+            "replay_transitions": len(replay), "resumes": resumes,
+        }
+
+    def save_checkpoint() -> None:
+        replay.commit()  # the buffer is never behind the agent that learned from it
+        checkpoints.save(step, agent, meta_now())
+
+    def run_eval() -> None:
+        nonlocal best_eval, key
+        t0 = time.perf_counter()
+        key, eval_key = jax.random.split(key)
+        result = evaluator.run(lambda o, k: act_eval(agent, o, k), eval_key)
+        row = result.row(step, wall_offset + time.perf_counter() - t_start)
+        eval_log.write(row)
+        last_eval[0] = row["mean_return"]
+        if best_eval is None or row["mean_return"] > best_eval:
+            best_eval = row["mean_return"]
+            checkpoints.save_best(step, agent, meta_now())
+            if tc.video and result.frames:
+                write_gif(result.frames, run_dir / "videos" / f"best_step{step}.gif")
+        timings["eval"] += time.perf_counter() - t0
+
+    print(f"run directory: {run_dir}", flush=True)
+    t_start = time.perf_counter()
+    last_eval: list[float | None] = [best_eval]
+    obs, _ = envs.reset(seed=[config.seed * 10_007 + resumes * 1_000 + i for i in range(tc.n_envs)])
+    ep_return = np.zeros(tc.n_envs)
+    ep_length = np.zeros(tc.n_envs, dtype=np.int64)
+    recent_returns: list[float] = []
+    recent_lengths: list[int] = []
+    metrics: dict[str, Any] = {}
+    next_log = (step // tc.log_freq + 1) * tc.log_freq
+    next_eval = (step // tc.eval_freq + 1) * tc.eval_freq if tc.eval_freq else None
+    next_ckpt = (step // tc.checkpoint_freq + 1) * tc.checkpoint_freq
+    last_log_time, last_log_step = time.perf_counter(), step
+
+    bar = None
+    if tc.progress_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tc.total_timesteps, initial=step, unit="step", dynamic_ncols=True, smoothing=0.05)
+
+    interrupted = False
+    with _StopFlag() as stop:
+        while step < tc.total_timesteps:
+            if stop.requested:
+                interrupted = True
+                print(f"\n{stop.requested} received: saving a checkpoint at step {step}", flush=True)
+                break
+            t0 = time.perf_counter()
+            if step < tc.learning_starts:
+                actions = np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
+            else:
+                key, act_key = jax.random.split(key)
+                actions = np.asarray(act(agent, obs, act_key))
+            next_obs, rewards, terminated, truncated, infos = envs.step(actions)
+            t1 = time.perf_counter()
+            done = terminated | truncated
+            real_next = next_obs
+            if done.any():
+                real_next = next_obs.copy()
+                for i in np.flatnonzero(done):
+                    real_next[i] = infos["final_obs"][i]
+            replay.add(single_frames(obs, ec), actions, rewards, single_frames(real_next, ec), terminated, truncated)
+            t2 = time.perf_counter()
+            timings["env"] += t1 - t0
+            timings["insert"] += t2 - t1
+            obs = next_obs
+            step += tc.n_envs
+            ep_return += rewards
+            ep_length += 1
+            for i in np.flatnonzero(done):
+                episodes += 1
+                recent_returns.append(float(ep_return[i]))
+                recent_lengths.append(int(ep_length[i]))
+                ep_return[i] = 0.0
+                ep_length[i] = 0
+
+            if step >= tc.learning_starts and len(replay) >= config.agent.batch_size:
+                if sampler is None:
+                    sampler = DeviceSampler(
+                        replay, batch_size=config.agent.batch_size, steps_per_call=k_per_call,
+                        prefetch=config.replay.prefetch,
+                    )
+                t3 = time.perf_counter()
+                key, update_key = jax.random.split(key)
+                agent, metrics = agent.update(sac.Batch(**next(sampler)), update_key)
+                updates += k_per_call
+                timings["update"] += time.perf_counter() - t3
+
+            if bar is not None:
+                bar.update(tc.n_envs)
+            if step >= next_log:
+                next_log += tc.log_freq
+                now = time.perf_counter()
+                sps = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                last_log_time, last_log_step = now, step
+                row = {
+                    "step": step, "episodes": episodes, "updates": updates,
+                    "train_return": np.mean(recent_returns) if recent_returns else "",
+                    "train_length": np.mean(recent_lengths) if recent_lengths else "",
+                    "env_steps_per_s": round(sps, 1),
+                    "wall_time_s": round(wall_offset + now - t_start, 3),
+                    **{f"time_{k}_s": round(v, 3) for k, v in timings.items()},
+                    **{k: float(metrics[k]) for k in _METRIC_FIELDS if k in metrics},
+                }
+                progress_log.write(row)
+                recent_returns.clear()
+                recent_lengths.clear()
+                if bar is not None:
+                    bar.set_postfix(sps=f"{sps:.0f}", eval=_fmt(last_eval[0]), refresh=False)
+            if next_eval is not None and step >= next_eval:
+                next_eval += tc.eval_freq
+                run_eval()
+                if bar is not None:
+                    bar.set_postfix(eval=_fmt(last_eval[0]), refresh=False)
+            if step >= next_ckpt:
+                next_ckpt += tc.checkpoint_freq
+                save_checkpoint()
+
+        if not interrupted and (next_eval is None or not eval_log_has(run_dir, step)):
+            run_eval()
+        save_checkpoint()
+
+    if bar is not None:
+        bar.close()
+    if sampler is not None:
+        sampler.close()
+    replay.close()
+    envs.close()
+    evaluator.close()
+    progress_log.close()
+    eval_log.close()
+    checkpoints.close()
+    result = TrainResult(run_dir, step, episodes, updates, best_eval, interrupted, dict(timings))
+    print(
+        f"{'stopped' if interrupted else 'done'}: {step} env steps, {episodes} episodes, "
+        f"{updates} gradient steps; best eval return {_fmt(best_eval)}; run directory {run_dir}",
+        flush=True,
+    )
+    return result
+
+
+def eval_log_has(run_dir: Path, step: int) -> bool:
+    with (run_dir / "eval.csv").open(newline="") as f:
+        return any(int(r["step"]) == step for r in csv.DictReader(f))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
