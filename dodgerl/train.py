@@ -169,7 +169,10 @@ class CsvLog:
         self.fields = fields
         if resume_step is not None and path.exists():
             with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
+                rows = [  # a row cut short by a crash has missing fields: drop it
+                    r for r in csv.DictReader(f)
+                    if None not in r.values() and r["step"].isdigit() and int(r["step"]) <= resume_step
+                ]
             tmp = path.with_suffix(".tmp")
             with tmp.open("w", newline="") as f:
                 writer = csv.DictWriter(f, fields)

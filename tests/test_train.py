@@ -1,0 +1,245 @@
+"""Training runs: files of a run, resume, kill -9, interrupted checkpoints, signals, bad configs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dodgerl.checkpoint import complete_checkpoints
+from dodgerl.cli import main as cli_main
+from dodgerl.config import ConfigError, config_from_dict, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_raw(obs_mode: str = "topdown", total: int = 240, **train) -> dict:
+    """A run small enough for CI: 64x64 images, 2 envs, a tiny network, a few hundred steps."""
+    return {
+        "experiment": f"test_{obs_mode}",
+        "seed": 3,
+        "env": {"level": 1, "obs_mode": obs_mode, "image_size": 64, "max_episode_steps": 60},
+        "agent": {"batch_size": 16, "net_arch": [32, 32]},
+        "replay": {"buffer_size": 2_000},
+        "train": {
+            "total_timesteps": total, "learning_starts": 60, "n_envs": 2, "eval_freq": 100,
+            "eval_episodes": 2, "checkpoint_freq": 100, "keep_checkpoints": 2, "log_freq": 20,
+            "progress_bar": False, **train,
+        },
+    }
+
+
+def write_config(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def only_run_dir(results: Path) -> Path:
+    runs = [p for p in results.glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def run_cli(kind: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SDL_VIDEODRIVER="dummy", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, str(REPO / "experiments" / f"{kind}_sac.py"), *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
+    )
+
+
+def test_image_run_produces_every_file(tmp_path):
+    config = write_config(tmp_path, tiny_raw("topdown"))
+    assert cli_main("topdown", ["--config", str(config), "--results-dir", str(tmp_path / "r")]) == 0
+    run_dir = only_run_dir(tmp_path / "r")
+    assert run_dir.parent.name == "test_topdown"
+    assert (run_dir / "config.yaml").is_file()
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.env.image_size == 64 and saved.train.n_envs == 2
+    progress = read_csv(run_dir / "progress.csv")
+    assert [int(r["step"]) for r in progress] == list(range(20, 241, 20))
+    assert float(progress[-1]["critic_loss"]) == float(progress[-1]["critic_loss"])  # not NaN
+    assert int(progress[-1]["updates"]) == (240 - 60) * 1  # utd 1: one gradient step per env step
+    evals = read_csv(run_dir / "eval.csv")
+    assert [int(r["step"]) for r in evals] == [100, 200, 240]
+    assert all(int(r["episodes"]) == 2 for r in evals)
+    assert [int(p.name) for p in complete_checkpoints(run_dir / "checkpoints")] == [200, 240]
+    assert len(complete_checkpoints(run_dir / "best")) == 1
+    assert (run_dir / "replay" / "header.json").is_file()
+    gifs = list((run_dir / "videos").glob("*.gif"))
+    assert gifs and all(g.stat().st_size > 1000 for g in gifs)
+
+
+def test_resume_continues_steps_logs_and_buffer(tmp_path):
+    config = write_config(tmp_path, tiny_raw("vector", total=200))
+    results = tmp_path / "r"
+    assert cli_main("vector", ["--config", str(config), "--results-dir", str(results)]) == 0
+    run_dir = only_run_dir(results)
+    header = yaml.safe_load((run_dir / "replay" / "header.json").read_text())
+    assert cli_main("vector", ["--resume", str(run_dir), "--total-timesteps", "400"]) == 0
+    progress = read_csv(run_dir / "progress.csv")
+    steps = [int(r["step"]) for r in progress]
+    assert steps == list(range(20, 401, 20)), "a gap or a repeat in progress.csv"
+    updates = [int(r["updates"]) for r in progress]
+    assert updates[-1] == 400 - 60, "warm-up must not be repeated after resume"
+    assert [int(r["step"]) for r in read_csv(run_dir / "eval.csv")] == [100, 200, 300, 400]
+    header_after = yaml.safe_load((run_dir / "replay" / "header.json").read_text())
+    assert header_after["total_added"] > header["total_added"] >= 200
+    assert only_run_dir(results) == run_dir  # no second run directory
+
+
+def test_resume_from_a_named_checkpoint(tmp_path):
+    config = write_config(tmp_path, tiny_raw("vector", total=200, keep_checkpoints=3))
+    results = tmp_path / "r"
+    assert cli_main("vector", ["--config", str(config), "--results-dir", str(results)]) == 0
+    run_dir = only_run_dir(results)
+    assert cli_main("vector", ["--resume", str(run_dir / "checkpoints" / "100"), "--total-timesteps", "200"]) == 0
+    steps = [int(r["step"]) for r in read_csv(run_dir / "progress.csv")]
+    assert steps == list(range(20, 201, 20))
+
+
+def test_half_written_checkpoint_is_skipped(tmp_path, capsys):
+    config = write_config(tmp_path, tiny_raw("vector", total=200))
+    results = tmp_path / "r"
+    assert cli_main("vector", ["--config", str(config), "--results-dir", str(results)]) == 0
+    run_dir = only_run_dir(results)
+    ckpts = run_dir / "checkpoints"
+    # A copy of the newest checkpoint under a later step, with its array data truncated.
+    broken = ckpts / "300"
+    shutil.copytree(ckpts / "200", broken)
+    for f in (broken / "agent").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "METADATA" not in f.name:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    # And an orbax temporary directory left by a save killed half-way.
+    (ckpts / "400.orbax-checkpoint-tmp-123").mkdir()
+    assert cli_main("vector", ["--resume", str(run_dir), "--total-timesteps", "240"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "checkpoints/200" in out
+
+
+def test_kill_9_then_resume_continues_from_last_complete_checkpoint(tmp_path):
+    rng = random.Random(0)
+    raw = tiny_raw("vector", total=100_000, checkpoint_freq=40, eval_freq=0, log_freq=20)
+    config = write_config(tmp_path, raw)
+    results = tmp_path / "r"
+    env = dict(os.environ, SDL_VIDEODRIVER="dummy", PYTHONUNBUFFERED="1")
+    script = str(REPO / "experiments" / "vector_sac.py")
+    proc = subprocess.Popen([sys.executable, script, "--config", str(config), "--results-dir", str(results)],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = None
+    for trial in range(3):
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait for a first checkpoint, then kill at a random moment
+            runs = list(results.glob("*/*"))
+            if runs and complete_checkpoints(runs[0] / "checkpoints"):
+                run_dir = runs[0]
+                break
+            time.sleep(0.2)
+        assert run_dir is not None, "no checkpoint appeared"
+        time.sleep(rng.uniform(0.0, 2.0))
+        proc.kill()
+        proc.wait()
+        last = complete_checkpoints(run_dir / "checkpoints")[-1]
+        proc = subprocess.Popen([sys.executable, script, "--resume", str(run_dir)], env=env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = ""
+        for line in proc.stdout:  # the first thing it reports is where it resumed from
+            if "resumed from" in line:
+                break
+        assert f"resumed from {last} at step {last.name}" in line, (line, last)
+        time.sleep(rng.uniform(1.0, 3.0))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    steps = [int(r["step"]) for r in read_csv(run_dir / "progress.csv")]
+    assert steps == sorted(set(steps)), "progress.csv has a repeat after resume"
+    assert steps == list(range(20, steps[-1] + 1, 20)), "progress.csv has a gap after resume"
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    raw = tiny_raw("vector", total=1_000_000, checkpoint_freq=100_000, eval_freq=0)
+    config = write_config(tmp_path, raw)
+    results = tmp_path / "r"
+    env = dict(os.environ, SDL_VIDEODRIVER="dummy", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "experiments" / "vector_sac.py"), "--config", str(config),
+         "--results-dir", str(results)],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    run_dir = None
+    while time.time() < deadline:
+        runs = list(results.glob("*/*"))
+        if runs and len(read_csv(runs[0] / "progress.csv")) >= 10:  # past warm-up, updating
+            run_dir = runs[0]
+            break
+        time.sleep(0.2)
+    assert run_dir is not None
+    assert not complete_checkpoints(run_dir / "checkpoints")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "SIGTERM received" in out
+    ckpts = complete_checkpoints(run_dir / "checkpoints")
+    assert len(ckpts) == 1 and int(ckpts[0].name) >= 200
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.n_envz=2", "unknown config key train.n_envz"),
+        ("train.n_envs=two", "train.n_envs: expected an integer"),
+        ("train.n_envs=0", "train.n_envs: must be >= 1"),
+        ("env.image_size=32", "env.image_size: must be in 64..256"),
+        ("env.obs_mode=lidar", "env.obs_mode"),
+        ("agent.actor_lr=-1", "actor_lr"),
+        ("agent.no_such_key=1", "no_such_key"),
+        ("bogus=1", "unknown config key 'bogus'"),
+        ("train.total_timesteps", "expected key=value"),
+    ],
+)
+def test_bad_set_values_fail_before_any_work(tmp_path, capsys, override, message):
+    assert cli_main("topdown", ["--results-dir", str(tmp_path), "--set", override]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "a run directory was created for a bad config"
+
+
+def test_bad_config_file_names_the_key(tmp_path):
+    raw = tiny_raw()
+    raw["replay"]["buffer_sise"] = 10
+    with pytest.raises(ConfigError, match="replay.buffer_sise"):
+        config_from_dict(raw)
+    raw = tiny_raw()
+    raw["train"]["video"] = "yes"
+    with pytest.raises(ConfigError, match="train.video: expected true or false"):
+        config_from_dict(raw)
+
+
+def test_shipped_configs_load_and_match_the_seed():
+    easy = load_config(REPO / "configs" / "sac_topdown_cnn_easy.yaml")
+    assert (easy.env.level, easy.env.image_size, easy.env.obs_mode) == (1, 256, "topdown")
+    assert tuple(easy.agent.net_arch) == (256, 256) and easy.agent.batch_size == 64
+    assert (easy.replay.buffer_size, easy.train.learning_starts, easy.train.total_timesteps) == (100_000, 5_000, 500_000)
+    assert load_config(REPO / "configs" / "sac_topdown_cnn_hard.yaml").env.level == 2
+    assert load_config(REPO / "configs" / "sac_vector_easy.yaml").env.obs_mode == "vector"
+    assert load_config(REPO / "configs" / "sac_vector_hard.yaml").env.level == 2
+
+
+def test_help_documents_every_option():
+    result = run_cli("topdown", "--help", timeout=60)
+    assert result.returncode == 0
+    for option in ("--level", "--config", "--seed", "--total-timesteps", "--results-dir", "--resume", "--set"):
+        assert option in result.stdout
