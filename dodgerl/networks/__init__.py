@@ -1,0 +1,18 @@
+"""Flax networks for SAC: observation encoders, actor and critic heads, the tanh-Gaussian, augmentation."""
+
+from dodgerl.networks.augmentations import random_shift
+from dodgerl.networks.distributions import sample_tanh_gaussian, tanh_gaussian_log_prob
+from dodgerl.networks.encoders import MLPEncoder, NatureCNN, nature_cnn_min_size
+from dodgerl.networks.heads import MLP, CriticEnsemble, TanhGaussianActorHead
+
+__all__ = [
+    "MLP",
+    "CriticEnsemble",
+    "MLPEncoder",
+    "NatureCNN",
+    "TanhGaussianActorHead",
+    "nature_cnn_min_size",
+    "random_shift",
+    "sample_tanh_gaussian",
+    "tanh_gaussian_log_prob",
+]

@@ -1,0 +1,623 @@
+"""Soft Actor-Critic: the agent pytree, its pure losses, and the jitted ``act`` / ``update``.
+
+The whole agent is one ``flax.struct.PyTreeNode`` (critic TrainState with ``target_params``, actor
+TrainState, log-temperature TrainState, plus static config and shapes), so one Orbax call saves or
+restores it. ``update`` runs K gradient steps inside one compiled call (``lax.scan`` over a
+leading K axis of the batch). Each step is a *simultaneous* update (as jaxrl_m): the critic,
+actor and temperature losses are all evaluated at the parameters the step starts from, so the
+observations go through the critic encoder once per step and feed both critic and actor losses.
+
+Reading guide: ``SACConfig`` -> ``create`` -> the loss functions (``critic_target``,
+``critic_loss``, ``actor_loss``, ``temperature_loss``) -> ``compute_losses`` -> ``sac_step`` ->
+``SACAgent.update``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.training.train_state import TrainState
+
+from dodgerl.networks import (
+    CriticEnsemble,
+    MLPEncoder,
+    NatureCNN,
+    TanhGaussianActorHead,
+    nature_cnn_min_size,
+    random_shift,
+    sample_tanh_gaussian,
+)
+
+ENCODER_SHARING_MODES = ("critic", "separate")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SACConfig:
+    """SAC hyperparameters. Frozen and hashable (it is static data of the jitted update).
+
+    Every value is validated on construction; ``from_dict`` also rejects unknown keys.
+    """
+
+    gamma: float = 0.99
+    """Discount factor, in [0, 1]."""
+    tau: float = 0.005
+    """Polyak rate of the target critic (encoder included): target <- tau*online + (1-tau)*target."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor (its head, and its encoder with ``separate`` sharing)."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critic ensemble and its encoder."""
+    temperature_lr: float = 3e-4
+    """Adam learning rate of log(alpha)."""
+    batch_size: int = 256
+    """Transitions per gradient step. Read by the training loop when it samples; ``update`` itself
+    takes any B (a new B compiles once more)."""
+    net_arch: tuple[int, ...] = (256, 256)
+    """Hidden widths of the actor head and of each critic head."""
+    n_critics: int = 2
+    """Number of Q-heads in the ensemble; targets and the actor use the min over them."""
+    initial_temperature: float = 1.0
+    """alpha at creation (> 0); log(alpha) is the learned parameter."""
+    target_entropy: float | None = None
+    """Entropy the temperature steers towards; None means -action_dim."""
+    encoder_sharing: str = "critic"
+    """'critic': one encoder, trained by the critic loss; the actor reads stop-gradient features of
+    it (DrQ). 'separate': actor and critic each own an encoder trained by their own loss (SB3)."""
+    augmentation: bool = False
+    """Random-shift augmentation of image observations and next observations (DrQ), on device,
+    independent per sample and between obs and next obs. Ignored for vector observations."""
+    augmentation_pad: int = 4
+    """Shift range in pixels for the augmentation (edge padding then random crop)."""
+    bf16_encoder: bool = False
+    """Run the CNN in bfloat16 (params, optimiser and heads stay float32)."""
+    encoder_features: int = 512
+    """Width of the NatureCNN's final dense layer (image observations)."""
+    vector_encoder_arch: tuple[int, ...] = ()
+    """Hidden widths of the MLP encoder for vector observations. Empty = identity: the heads read
+    the raw state, as in plain SAC from state (then sharing has nothing to share)."""
+    log_std_min: float = -5.0
+    """Lower bound of the actor's log-std (tanh-rescaled into [log_std_min, log_std_max])."""
+    log_std_max: float = 2.0
+    """Upper bound of the actor's log-std."""
+
+    def __post_init__(self) -> None:
+        def fail(name: str, why: str) -> None:
+            raise ValueError(f"SACConfig.{name}={getattr(self, name)!r}: {why}")
+
+        for name in ("net_arch", "vector_encoder_arch"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+                value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(
+                isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w > 0
+                for w in value
+            ):
+                fail(name, "must be a sequence of positive integers")
+            object.__setattr__(self, name, tuple(int(w) for w in value))
+        if not self.net_arch:
+            fail("net_arch", "needs at least one hidden layer")
+        for name in ("gamma", "tau", "actor_lr", "critic_lr", "temperature_lr",
+                     "initial_temperature", "log_std_min", "log_std_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                fail(name, "must be a number")
+            if not np.isfinite(value):
+                fail(name, "must be finite")
+        if not 0.0 <= self.gamma <= 1.0:
+            fail("gamma", "must lie in [0, 1]")
+        if not 0.0 < self.tau <= 1.0:
+            fail("tau", "must lie in (0, 1]")
+        for name in ("actor_lr", "critic_lr", "temperature_lr"):
+            if getattr(self, name) < 0:
+                fail(name, "a learning rate cannot be negative")
+        if self.initial_temperature <= 0:
+            fail("initial_temperature", "must be > 0 (log(alpha) is learned)")
+        if self.log_std_min >= self.log_std_max:
+            fail("log_std_min", f"must be below log_std_max={self.log_std_max}")
+        for name, low in (("batch_size", 1), ("n_critics", 1), ("encoder_features", 1),
+                          ("augmentation_pad", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                fail(name, f"must be an integer >= {low}")
+        if self.target_entropy is not None and (
+            isinstance(self.target_entropy, bool)
+            or not isinstance(self.target_entropy, (int, float, np.number))
+            or not np.isfinite(self.target_entropy)
+        ):
+            fail("target_entropy", "must be a finite number or None")
+        if self.encoder_sharing not in ENCODER_SHARING_MODES:
+            fail("encoder_sharing", f"must be one of {ENCODER_SHARING_MODES}")
+        for name in ("augmentation", "bf16_encoder"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "must be true or false")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SACConfig:
+        """Build from a plain mapping (e.g. YAML); unknown keys and bad values raise ValueError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown SACConfig key(s) {unknown}; known keys are {sorted(known)}"
+            )
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data copy (tuples become lists) for YAML/JSON."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Data and state containers
+# --------------------------------------------------------------------------------------------
+
+
+class Batch(struct.PyTreeNode):
+    """Transitions. ``update`` wants a leading K axis on every field: observations (K, B, *obs),
+    actions (K, B, d), rewards (K, B), next_observations (K, B, *obs), terminated (K, B) float32
+    (1.0 where the episode ended by termination: no bootstrap; truncations pass 0.0)."""
+
+    observations: jax.Array
+    actions: jax.Array
+    rewards: jax.Array
+    next_observations: jax.Array
+    terminated: jax.Array
+
+
+class CriticTrainState(TrainState):
+    """A TrainState that also carries the Polyak-averaged target parameters."""
+
+    target_params: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+    """The Flax modules of one agent (built from static data; holds no parameters)."""
+
+    encoder: nn.Module
+    critic_head: CriticEnsemble
+    actor_head: TanhGaussianActorHead
+    is_image: bool
+
+
+@functools.lru_cache(maxsize=None)
+def build_networks(
+    config: SACConfig, observation_shape: tuple[int, ...], action_dim: int
+) -> Networks:
+    """Modules for these static settings (cached, so agents with equal settings share them)."""
+    is_image = len(observation_shape) == 3
+    if is_image:
+        encoder = NatureCNN(
+            features=config.encoder_features,
+            dtype=jnp.bfloat16 if config.bf16_encoder else jnp.float32,
+        )
+    else:
+        encoder = MLPEncoder(config.vector_encoder_arch)
+    return Networks(
+        encoder=encoder,
+        critic_head=CriticEnsemble(config.net_arch, config.n_critics),
+        actor_head=TanhGaussianActorHead(
+            config.net_arch, action_dim, config.log_std_min, config.log_std_max
+        ),
+        is_image=is_image,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    # Cached so that agents built with equal configs carry the *same* optimiser object in their
+    # static treedef: a restored agent then hits the jit cache instead of recompiling.
+    return optax.adam(learning_rate)
+
+
+class SACAgent(struct.PyTreeNode):
+    """The whole SAC agent as one pytree: three TrainStates plus static config and shapes.
+
+    critic.params = {"encoder": ..., "head": ...} (the encoder is shared with the actor when
+    ``encoder_sharing == "critic"``); critic.target_params has the same structure.
+    actor.params = {"head": ...} with critic sharing, {"encoder": ..., "head": ...} with separate.
+    temperature.params = {"log_temperature": scalar}.
+    """
+
+    critic: CriticTrainState
+    actor: TrainState
+    temperature: TrainState
+    config: SACConfig = struct.field(pytree_node=False)
+    observation_shape: tuple[int, ...] = struct.field(pytree_node=False)
+    action_dim: int = struct.field(pytree_node=False)
+
+    @property
+    def networks(self) -> Networks:
+        return build_networks(self.config, self.observation_shape, self.action_dim)
+
+    @property
+    def target_entropy(self) -> float:
+        if self.config.target_entropy is None:
+            return -float(self.action_dim)
+        return float(self.config.target_entropy)
+
+    def act(self, observations: Any, key: jax.Array | None = None, deterministic: bool = False
+            ) -> jax.Array:
+        """Actions in [-1, 1]^d for one observation (obs_shape) -> (d,) or a batch -> (B, d).
+
+        Jitted; a fixed input shape compiles once. ``deterministic`` returns tanh(mean); ``key``
+        may be None only then.
+        """
+        observations = jnp.asarray(observations)
+        single = observations.shape == self.observation_shape
+        if not single and observations.shape[1:] != self.observation_shape:
+            raise ValueError(
+                f"act: observations of shape {observations.shape} match neither "
+                f"{self.observation_shape} nor (B, *{self.observation_shape})"
+            )
+        if key is None:
+            if not deterministic:
+                raise ValueError("act: a key is required unless deterministic=True")
+            key = jax.random.key(0)
+        if single:
+            observations = observations[None]
+        actions = _act_jit(self, observations, key, bool(deterministic))
+        return actions[0] if single else actions
+
+    def update(self, batch: Batch, key: jax.Array) -> tuple[SACAgent, dict[str, jax.Array]]:
+        """K gradient steps, one per slice of the batch's leading K axis, in one compiled call.
+
+        Step i uses ``jax.random.split(key, K)[i]``. Returns the new agent and metrics averaged
+        over the K steps. The agent's buffers are donated: use the returned agent, not ``self``.
+        """
+        _check_batch(self, batch)
+        return _update_jit(self, batch, key)
+
+
+# --------------------------------------------------------------------------------------------
+# Creation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_spaces(observation_space: Any, action_space: Any) -> tuple[tuple[int, ...], int]:
+    if not isinstance(action_space, gymnasium.spaces.Box) or len(action_space.shape) != 1:
+        raise ValueError(
+            f"action space must be a 1-D gymnasium Box, got {action_space!r}"
+        )
+    if not (np.all(action_space.low == -1.0) and np.all(action_space.high == 1.0)):
+        raise ValueError(
+            f"action space must be [-1, 1]^d, got low={action_space.low} high={action_space.high}; "
+            "wrap the env in gymnasium.wrappers.RescaleAction(env, -1.0, 1.0)"
+        )
+    if not isinstance(observation_space, gymnasium.spaces.Box):
+        raise ValueError(
+            f"observation space must be a gymnasium Box (float vector or uint8 HxWxC image), "
+            f"got {type(observation_space).__name__}: {observation_space!r}"
+        )
+    shape, dtype = tuple(observation_space.shape), observation_space.dtype
+    if len(shape) == 1 and np.issubdtype(dtype, np.floating):
+        return shape, int(action_space.shape[0])
+    if len(shape) == 3 and dtype == np.uint8:
+        minimum = nature_cnn_min_size()
+        if shape[0] < minimum or shape[1] < minimum:
+            raise ValueError(
+                f"image observation space {shape} is too small for NatureCNN: height and width "
+                f"must be >= {minimum}"
+            )
+        return shape, int(action_space.shape[0])
+    raise ValueError(
+        f"cannot encode observation space Box(shape={shape}, dtype={dtype}): expected a 1-D "
+        "floating vector (MLP encoder) or a 3-D uint8 (H, W, C) image (NatureCNN)"
+    )
+
+
+def create(
+    key: jax.Array,
+    observation_space: gymnasium.spaces.Space,
+    action_space: gymnasium.spaces.Space,
+    config: SACConfig | None = None,
+) -> SACAgent:
+    """A freshly initialised agent for these gymnasium spaces.
+
+    Vector observations (1-D float Box) get the MLP encoder; uint8 (H, W, C) images (C = 3*k for
+    k stacked frames) get NatureCNN. The action space must be Box([-1, 1]^d).
+    """
+    config = SACConfig() if config is None else config
+    if not isinstance(config, SACConfig):
+        raise ValueError(f"config must be a SACConfig, got {type(config).__name__}")
+    observation_shape, action_dim = _check_spaces(observation_space, action_space)
+    nets = build_networks(config, observation_shape, action_dim)
+    obs_dtype = jnp.uint8 if nets.is_image else jnp.float32
+    dummy_obs = jnp.zeros((1, *observation_shape), obs_dtype)
+    dummy_action = jnp.zeros((1, action_dim), jnp.float32)
+
+    k_enc_critic, k_critic, k_enc_actor, k_actor = jax.random.split(key, 4)
+    critic_encoder = nets.encoder.init(k_enc_critic, dummy_obs)["params"]
+    features = nets.encoder.apply({"params": critic_encoder}, dummy_obs)
+    critic_params = {
+        "encoder": critic_encoder,
+        "head": nets.critic_head.init(k_critic, features, dummy_action)["params"],
+    }
+    actor_params = {"head": nets.actor_head.init(k_actor, features)["params"]}
+    if config.encoder_sharing == "separate":
+        actor_params["encoder"] = nets.encoder.init(k_enc_actor, dummy_obs)["params"]
+
+    critic = CriticTrainState.create(
+        apply_fn=None,
+        params=critic_params,
+        tx=_adam(config.critic_lr),
+        target_params=jax.tree.map(jnp.copy, critic_params),
+    )
+    actor = TrainState.create(apply_fn=None, params=actor_params, tx=_adam(config.actor_lr))
+    temperature = TrainState.create(
+        apply_fn=None,
+        params={"log_temperature": jnp.asarray(np.log(config.initial_temperature), jnp.float32)},
+        tx=_adam(config.temperature_lr),
+    )
+    # TrainState.create leaves step a Python int (weakly typed once traced); a strong int32 keeps
+    # the first and later calls of the jitted update on one signature (no recompilation).
+    # Each gets its own buffer: update donates the agent, and a buffer cannot be donated twice.
+    critic, actor, temperature = (
+        s.replace(step=jnp.zeros((), jnp.int32)) for s in (critic, actor, temperature)
+    )
+    return SACAgent(
+        critic=critic,
+        actor=actor,
+        temperature=temperature,
+        config=config,
+        observation_shape=observation_shape,
+        action_dim=action_dim,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Losses: small pure functions on arrays, each tested against numpy in tests/test_sac.py
+# --------------------------------------------------------------------------------------------
+
+
+def critic_target(
+    rewards: jax.Array,
+    terminated: jax.Array,
+    next_target_q: jax.Array,
+    next_log_probs: jax.Array,
+    temperature: jax.Array,
+    gamma: float,
+) -> jax.Array:
+    """Soft TD target y = r + gamma * (1 - terminated) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')).
+
+    next_target_q is (n_critics, B); everything else is (B,) or scalar. Truncated transitions
+    must arrive with terminated = 0 so that they bootstrap.
+    """
+    assert next_target_q.ndim == 2 and next_target_q.shape[1:] == rewards.shape, (
+        next_target_q.shape, rewards.shape)
+    assert terminated.shape == rewards.shape == next_log_probs.shape
+    soft_value = jnp.min(next_target_q, axis=0) - temperature * next_log_probs
+    return jax.lax.stop_gradient(rewards + gamma * (1.0 - terminated) * soft_value)
+
+
+def critic_loss(q: jax.Array, target: jax.Array) -> jax.Array:
+    """Sum over critics of the batch-mean of 0.5 * (Q_i(s, a) - y)^2; q is (n_critics, B)."""
+    assert q.ndim == 2 and q.shape[1:] == target.shape, (q.shape, target.shape)
+    return 0.5 * jnp.sum(jnp.mean(jnp.square(q - target[None]), axis=1))
+
+
+def actor_loss(log_probs: jax.Array, q: jax.Array, temperature: jax.Array) -> jax.Array:
+    """Batch-mean of alpha * log pi(a|s) - min_i Q_i(s, a) with a ~ pi (reparameterised)."""
+    assert q.ndim == 2 and q.shape[1:] == log_probs.shape, (q.shape, log_probs.shape)
+    return jnp.mean(temperature * log_probs - jnp.min(q, axis=0))
+
+
+def temperature_loss(
+    log_temperature: jax.Array, log_probs: jax.Array, target_entropy: float
+) -> jax.Array:
+    """-log(alpha) * mean(log pi + target_entropy) (SB3's form): alpha grows while the policy's
+    entropy -E[log pi] is below the target and shrinks above it."""
+    return -log_temperature * jnp.mean(jax.lax.stop_gradient(log_probs) + target_entropy)
+
+
+def polyak_update(params: Any, target_params: Any, tau: float) -> Any:
+    """target <- tau * params + (1 - tau) * target, leaf by leaf."""
+    return optax.incremental_update(params, target_params, step_size=tau)
+
+
+# --------------------------------------------------------------------------------------------
+# One gradient step
+# --------------------------------------------------------------------------------------------
+
+
+def _encode(nets: Networks, encoder_params: Any, observations: jax.Array) -> jax.Array:
+    return nets.encoder.apply({"params": encoder_params}, observations)
+
+
+def _actor_encoder_params(agent: SACAgent, critic_params: Any, actor_params: Any) -> Any:
+    if agent.config.encoder_sharing == "critic":
+        return jax.lax.stop_gradient(critic_params["encoder"])
+    return actor_params["encoder"]
+
+
+def _policy(nets: Networks, head_params: Any, features: jax.Array, key: jax.Array
+            ) -> tuple[jax.Array, jax.Array]:
+    mean, log_std = nets.actor_head.apply({"params": head_params}, features)
+    return sample_tanh_gaussian(key, mean, log_std)
+
+
+def _augment(agent: SACAgent, key: jax.Array, observations: jax.Array) -> jax.Array:
+    if agent.networks.is_image and agent.config.augmentation:
+        return random_shift(key, observations, agent.config.augmentation_pad)
+    return observations
+
+
+def compute_losses(
+    agent: SACAgent,
+    critic_params: Any,
+    actor_params: Any,
+    temperature_params: Any,
+    batch: Batch,
+    key: jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The step's total loss (critic + actor + temperature) and metrics, for a batch without K axis.
+
+    Each term depends only on its own parameters (the others enter through stop_gradient), so
+    one gradient of the sum is each network's gradient of its own loss. Observations are encoded
+    once by the critic encoder; with ``critic`` sharing the actor reads those features detached.
+    """
+    nets, config = agent.networks, agent.config
+    k_aug, k_aug_next, k_next_action, k_action = jax.random.split(key, 4)
+    observations = _augment(agent, k_aug, batch.observations)
+    next_observations = _augment(agent, k_aug_next, batch.next_observations)
+    log_temperature = temperature_params["log_temperature"]
+    temperature = jax.lax.stop_gradient(jnp.exp(log_temperature))
+
+    # Target side: no gradient flows here.
+    frozen_critic = jax.lax.stop_gradient(critic_params)
+    frozen_actor_encoder = jax.lax.stop_gradient(
+        _actor_encoder_params(agent, critic_params, actor_params)
+    )
+    next_features = _encode(nets, frozen_actor_encoder, next_observations)
+    next_actions, next_log_probs = _policy(
+        nets, jax.lax.stop_gradient(actor_params["head"]), next_features, k_next_action
+    )
+    target_params = agent.critic.target_params
+    next_target_q = nets.critic_head.apply(
+        {"params": target_params["head"]},
+        _encode(nets, target_params["encoder"], next_observations),
+        next_actions,
+    )
+    target = critic_target(
+        batch.rewards, batch.terminated, next_target_q, next_log_probs, temperature, config.gamma
+    )
+
+    # Critic: gradients into the critic heads and the critic encoder.
+    critic_features = _encode(nets, critic_params["encoder"], observations)
+    q = nets.critic_head.apply({"params": critic_params["head"]}, critic_features, batch.actions)
+    loss_critic = critic_loss(q, target)
+
+    # Actor: gradients into the actor head (and its own encoder with separate sharing).
+    if config.encoder_sharing == "critic":
+        actor_features = jax.lax.stop_gradient(critic_features)
+    else:
+        actor_features = _encode(nets, actor_params["encoder"], observations)
+    actions, log_probs = _policy(nets, actor_params["head"], actor_features, k_action)
+    q_policy = nets.critic_head.apply(
+        {"params": frozen_critic["head"]}, jax.lax.stop_gradient(critic_features), actions
+    )
+    loss_actor = actor_loss(log_probs, q_policy, temperature)
+
+    loss_temperature = temperature_loss(log_temperature, log_probs, agent.target_entropy)
+
+    metrics = {
+        "critic_loss": loss_critic,
+        "actor_loss": loss_actor,
+        "temperature_loss": loss_temperature,
+        "temperature": temperature,
+        "entropy": -jnp.mean(log_probs),
+        "q_mean": jnp.mean(q),
+        "target_q_mean": jnp.mean(target),
+        "q_policy_mean": jnp.mean(q_policy),
+    }
+    return loss_critic + loss_actor + loss_temperature, metrics
+
+
+def sac_step(agent: SACAgent, batch: Batch, key: jax.Array) -> tuple[SACAgent, dict[str, jax.Array]]:
+    """One simultaneous gradient step on a batch without K axis, then the Polyak target update."""
+    grad_fn = jax.grad(compute_losses, argnums=(1, 2, 3), has_aux=True)
+    (critic_grads, actor_grads, temperature_grads), metrics = grad_fn(
+        agent, agent.critic.params, agent.actor.params, agent.temperature.params, batch, key
+    )
+    critic = agent.critic.apply_gradients(grads=critic_grads)
+    critic = critic.replace(
+        target_params=polyak_update(critic.params, critic.target_params, agent.config.tau)
+    )
+    actor = agent.actor.apply_gradients(grads=actor_grads)
+    temperature = agent.temperature.apply_gradients(grads=temperature_grads)
+    return agent.replace(critic=critic, actor=actor, temperature=temperature), metrics
+
+
+def _update(agent: SACAgent, batch: Batch, key: jax.Array) -> tuple[SACAgent, dict[str, jax.Array]]:
+    num_steps = batch.rewards.shape[0]
+    keys = jax.random.split(key, num_steps)
+    batch = batch.replace(
+        actions=batch.actions.astype(jnp.float32),
+        rewards=batch.rewards.astype(jnp.float32),
+        terminated=batch.terminated.astype(jnp.float32),
+    )
+
+    def body(agent: SACAgent, inputs: tuple[Batch, jax.Array]):
+        return sac_step(agent, *inputs)
+
+    agent, metrics = jax.lax.scan(body, agent, (batch, keys))
+    return agent, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+
+_update_jit = jax.jit(_update, donate_argnums=0)
+"""The compiled update; ``_update_jit._cache_size()`` counts its compilations."""
+
+
+def _act(agent: SACAgent, observations: jax.Array, key: jax.Array, deterministic: bool
+         ) -> jax.Array:
+    nets = agent.networks
+    encoder_params = _actor_encoder_params(agent, agent.critic.params, agent.actor.params)
+    features = _encode(nets, encoder_params, observations)
+    mean, log_std = nets.actor_head.apply({"params": agent.actor.params["head"]}, features)
+    if deterministic:
+        return jnp.tanh(mean)
+    actions, _ = sample_tanh_gaussian(key, mean, log_std)
+    return actions
+
+
+_act_jit = jax.jit(_act, static_argnums=3)
+
+
+def _check_batch(agent: SACAgent, batch: Batch) -> None:
+    """Shape checks that would otherwise broadcast silently inside the compiled update."""
+    if not isinstance(batch, Batch):
+        raise ValueError(f"update expects a sac.Batch, got {type(batch).__name__}")
+    rewards_shape = tuple(np.shape(batch.rewards))
+    if len(rewards_shape) != 2:
+        raise ValueError(
+            f"batch.rewards must be (K, B) with a leading K axis, got shape {rewards_shape}"
+        )
+    expected = {
+        "observations": (*rewards_shape, *agent.observation_shape),
+        "next_observations": (*rewards_shape, *agent.observation_shape),
+        "actions": (*rewards_shape, agent.action_dim),
+        "terminated": rewards_shape,
+    }
+    for name, shape in expected.items():
+        got = tuple(np.shape(getattr(batch, name)))
+        if got != shape:
+            raise ValueError(f"batch.{name} has shape {got}, expected {shape} (K, B, ...)")
+    if agent.networks.is_image:
+        for name in ("observations", "next_observations"):
+            dtype = getattr(batch, name).dtype
+            if dtype != np.uint8:
+                raise ValueError(f"batch.{name} must be uint8 images, got dtype {dtype}")
+
+
+__all__ = [
+    "Batch",
+    "CriticTrainState",
+    "SACAgent",
+    "SACConfig",
+    "actor_loss",
+    "build_networks",
+    "compute_losses",
+    "create",
+    "critic_loss",
+    "critic_target",
+    "polyak_update",
+    "sac_step",
+    "temperature_loss",
+]
