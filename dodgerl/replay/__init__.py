@@ -1,0 +1,19 @@
+"""On-disk replay: a crash-safe memmapped buffer (frames stored once) and a device prefetcher.
+
+``DeviceSampler`` is imported lazily so that processes which only write the buffer (collectors,
+tests' child writers) do not pay for importing JAX.
+"""
+
+from typing import Any
+
+from dodgerl.replay.buffer import ReplayBuffer, ReplayMismatchError, required_bytes
+
+__all__ = ["ReplayBuffer", "ReplayMismatchError", "DeviceSampler", "required_bytes"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DeviceSampler":
+        from dodgerl.replay.sampler import DeviceSampler
+
+        return DeviceSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,515 @@
+"""On-disk replay buffer: one memmapped .npy file per field, frames stored once, crash-safe commits.
+
+Layout (see docs/replay.md for the full rationale):
+
+* ``capacity`` frame slots are split into ``n_envs`` sub-rings of ``slots_per_env`` slots, one per
+  parallel env, so each env's stream is contiguous and the next observation of the transition
+  stored at absolute frame ``a`` is frame ``a + 1`` of the same sub-ring.
+* Every env keeps an absolute frame counter (``frames_written``); frame ``a`` lives in slot
+  ``a % slots_per_env``. The frames present are ``[max(oldest, w - S), w)``.
+* Per slot: the frame, the transition that starts there (action, reward, terminated, truncated),
+  ``flags`` (VALID: a transition starts here and its next frame is written; START: first frame of
+  an episode), ``episode_start_index`` (absolute index of its episode's first frame, so frame
+  stacks are clamped in O(1) without walking flags) and ``frame_index`` (the absolute frame held,
+  written last: a slot whose ``frame_index`` disagrees with the header was overwritten by writes
+  that were never committed, and is discarded on reopen).
+* ``header.json`` describes what is committed; it is replaced atomically after the data it
+  declares has been flushed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_NAME = "dodgerl-replay"
+FORMAT_VERSION = 1
+HEADER_NAME = "header.json"
+
+VALID = np.uint8(1)  # a transition starts at this slot: action/reward stored, next frame written
+START = np.uint8(2)  # this slot holds the first frame of an episode
+
+_DISK_MARGIN_BYTES = 64 << 20  # free space kept beyond the buffer itself (headers, logs, fs slack)
+
+
+class ReplayMismatchError(ValueError):
+    """The buffer on disk was created with a different shape, dtype, capacity, ... than requested."""
+
+
+def _field_specs(
+    n_envs: int, slots: int, observation_shape: tuple[int, ...], observation_dtype: np.dtype,
+    action_dim: int,
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Name -> (shape, dtype) of every data file. One place, used by create, reopen and size checks."""
+    return {
+        "observations": ((n_envs, slots, *observation_shape), np.dtype(observation_dtype)),
+        "actions": ((n_envs, slots, action_dim), np.dtype(np.float32)),
+        "rewards": ((n_envs, slots), np.dtype(np.float32)),
+        "terminated": ((n_envs, slots), np.dtype(np.uint8)),
+        "truncated": ((n_envs, slots), np.dtype(np.uint8)),
+        "flags": ((n_envs, slots), np.dtype(np.uint8)),
+        "episode_start_index": ((n_envs, slots), np.dtype(np.int64)),
+        "frame_index": ((n_envs, slots), np.dtype(np.int64)),
+    }
+
+
+def _npy_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Size of a .npy file with this shape (data + a generous 4 KiB for the format header)."""
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize + 4096
+
+
+def required_bytes(
+    capacity: int, observation_shape: tuple[int, ...], observation_dtype: Any = np.uint8,
+    action_dim: int = 2, n_envs: int = 1,
+) -> int:
+    """Bytes on disk a buffer with these settings needs (all files, preallocated)."""
+    slots = capacity // n_envs
+    specs = _field_specs(n_envs, slots, tuple(observation_shape), np.dtype(observation_dtype),
+                         action_dim)
+    return sum(_npy_bytes(s, d) for s, d in specs.values()) + 64 * 1024
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n:,} bytes ({n / 2**30:.2f} GiB)"
+
+
+class ReplayBuffer:
+    """A uint8-friendly replay buffer on disk, batched over ``n_envs`` parallel envs.
+
+    ``ReplayBuffer(directory, ...)`` creates the buffer, or reopens the one already in
+    ``directory`` (continuing where it stopped; settings must match or ReplayMismatchError).
+    ``add`` writes one step of every env, ``commit`` makes it survive a crash, ``sample`` draws
+    uniformly among stored transitions. ``add``/``commit`` belong to one thread; ``sample`` may
+    run concurrently in another (DeviceSampler does).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        capacity: int = 100_000,
+        observation_shape: tuple[int, ...] = (64, 64, 3),
+        observation_dtype: Any = np.uint8,
+        action_dim: int = 2,
+        n_envs: int = 1,
+        frame_stack: int = 1,
+        seed: int = 0,
+        preallocate: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.capacity = int(capacity)
+        self.observation_shape = tuple(int(d) for d in observation_shape)
+        self.observation_dtype = np.dtype(observation_dtype)
+        self.action_dim = int(action_dim)
+        self.n_envs = int(n_envs)
+        self.frame_stack = int(frame_stack)
+        if self.n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+        if self.frame_stack < 1:
+            raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
+        if self.action_dim < 1:
+            raise ValueError(f"action_dim must be >= 1, got {action_dim}")
+        self.slots_per_env = self.capacity // self.n_envs
+        if self.slots_per_env < 2:
+            raise ValueError(
+                f"capacity {capacity} gives {self.slots_per_env} slots per env for n_envs={n_envs};"
+                " need at least 2 (a frame and its next)")
+        self._lock = threading.Lock()
+        self._closed = False
+        self._version = 0  # bumped by every add; keys the cache of sampleable slots
+        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+
+        header_path = self.directory / HEADER_NAME
+        if header_path.exists():
+            self._reopen(header_path)
+        else:
+            self._create(seed, preallocate)
+
+    # ------------------------------------------------------------------ create / reopen
+
+    def _specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return _field_specs(self.n_envs, self.slots_per_env, self.observation_shape,
+                            self.observation_dtype, self.action_dim)
+
+    def _create(self, seed: int, preallocate: bool) -> None:
+        need = required_bytes(self.capacity, self.observation_shape, self.observation_dtype,
+                              self.action_dim, self.n_envs)
+        free = shutil.disk_usage(_existing_ancestor(self.directory)).free
+        if need + _DISK_MARGIN_BYTES > free:
+            raise OSError(
+                errno.ENOSPC,
+                f"replay buffer at {self.directory} needs {_fmt_bytes(need)} (capacity "
+                f"{self.capacity}, observation {self.observation_shape} {self.observation_dtype}) "
+                f"plus a {_fmt_bytes(_DISK_MARGIN_BYTES)} margin, but only {_fmt_bytes(free)} "
+                "are free; nothing was written")
+        created_dir = not self.directory.exists()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        made: list[Path] = []
+        try:
+            self._arrays: dict[str, np.memmap] = {}
+            for name, (shape, dtype) in self._specs().items():
+                path = self.directory / f"{name}.npy"
+                made.append(path)
+                arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+                if preallocate:
+                    # Reserve every block now: a full disk fails here with ENOSPC/EFBIG instead
+                    # of a SIGBUS on some later page fault in the middle of training.
+                    with open(path, "r+b") as f:
+                        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+                self._arrays[name] = arr
+            self._arrays["frame_index"][...] = -1
+            self._arrays["episode_start_index"][...] = -1
+            self._frames_written = np.zeros(self.n_envs, np.int64)
+            self._oldest = np.zeros(self.n_envs, np.int64)
+            self._episode_open = np.zeros(self.n_envs, bool)
+            self._episode_start = np.zeros(self.n_envs, np.int64)
+            self._transitions_added = 0
+            self._commits = 0
+            self.rng = np.random.Generator(np.random.PCG64(seed))
+            self.commit()
+        except BaseException:
+            self._arrays = {}
+            for path in made + [self.directory / (HEADER_NAME + ".tmp")]:
+                path.unlink(missing_ok=True)
+            if created_dir:
+                shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+
+    def _reopen(self, header_path: Path) -> None:
+        header = json.loads(header_path.read_text())
+        if header.get("format") != FORMAT_NAME:
+            raise ReplayMismatchError(f"{header_path} is not a {FORMAT_NAME} header")
+        if header.get("version") != FORMAT_VERSION:
+            raise ReplayMismatchError(
+                f"version: on disk {header.get('version')!r}, this code reads {FORMAT_VERSION}")
+        wanted = {
+            "observation_shape": list(self.observation_shape),
+            "observation_dtype": self.observation_dtype.str,
+            "capacity": self.capacity,
+            "action_dim": self.action_dim,
+            "n_envs": self.n_envs,
+        }
+        for field, value in wanted.items():
+            if header.get(field) != value:
+                raise ReplayMismatchError(
+                    f"{field}: buffer at {self.directory} has {header.get(field)!r}, "
+                    f"requested {value!r}; nothing was changed")
+        arrays = {}
+        for name, (shape, dtype) in self._specs().items():
+            arr = np.lib.format.open_memmap(self.directory / f"{name}.npy", mode="r+")
+            if arr.shape != shape or arr.dtype != dtype:
+                raise ReplayMismatchError(
+                    f"{name}.npy: on disk {arr.shape} {arr.dtype}, header implies {shape} {dtype}")
+            arrays[name] = arr
+        self._arrays = arrays
+        envs = header["envs"]
+        self._frames_written = np.array([e["frames_written"] for e in envs], np.int64)
+        self._oldest = np.array([e["oldest_frame"] for e in envs], np.int64)
+        self._transitions_added = int(header["transitions_added"])
+        self._commits = int(header["commits"])
+        self.rng = np.random.Generator(np.random.PCG64())
+        self.rng.bit_generator.state = header["rng_state"]
+        # Every open episode is cut: its last stored frame has no committed next, and the next add
+        # starts a new episode. Slots overwritten by writes that never got committed (they carry
+        # another frame_index) are dropped from the front of the window.
+        self._episode_open = np.zeros(self.n_envs, bool)
+        self._episode_start = np.zeros(self.n_envs, np.int64)
+        frame_index = self._arrays["frame_index"]
+        for e in range(self.n_envs):
+            w = int(self._frames_written[e])
+            lo = max(int(self._oldest[e]), w - self.slots_per_env, 0)
+            window = np.arange(lo, w, dtype=np.int64)
+            bad = np.flatnonzero(frame_index[e, window % self.slots_per_env] != window)
+            if bad.size:
+                lo = int(window[bad[-1]]) + 1
+            self._oldest[e] = lo
+            if w > 0:
+                # The last frame may carry a VALID flag set by an uncommitted add; its next is gone.
+                self._arrays["flags"][e, (w - 1) % self.slots_per_env] &= ~VALID
+
+    # ------------------------------------------------------------------ writing
+
+    def _check_batch(self, name: str, x: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        x = np.asarray(x)
+        if x.shape != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {x.shape}")
+        if not np.can_cast(x.dtype, dtype, casting="same_kind"):
+            raise TypeError(f"{name}: cannot store dtype {x.dtype} as {dtype}")
+        return x
+
+    def _write_frame(self, e: int, frame: np.ndarray, episode_start: int) -> int:
+        """Write the next frame of env ``e`` (absolute index w) and return w. Caller holds the lock."""
+        a = int(self._frames_written[e])
+        s = a % self.slots_per_env
+        arr = self._arrays
+        # Invalidate first, data next, identity last: a kill at any instruction leaves either the
+        # old frame intact or a slot whose frame_index says it is not frame a.
+        arr["flags"][e, s] = 0
+        arr["frame_index"][e, s] = -1
+        arr["observations"][e, s] = frame
+        arr["episode_start_index"][e, s] = episode_start
+        arr["frame_index"][e, s] = a
+        if a == episode_start:
+            arr["flags"][e, s] = START
+        self._frames_written[e] = a + 1
+        return a
+
+    def add(self, observations: Any, actions: Any, rewards: Any, next_observations: Any,
+            terminated: Any, truncated: Any) -> None:
+        """Store one step of every env. ``next_observations`` is the true next observation."""
+        n = self.n_envs
+        obs_shape = (n, *self.observation_shape)
+        observations = self._check_batch("observations", observations, obs_shape,
+                                         self.observation_dtype)
+        next_observations = self._check_batch("next_observations", next_observations, obs_shape,
+                                              self.observation_dtype)
+        actions = self._check_batch("actions", actions, (n, self.action_dim), np.dtype(np.float32))
+        rewards = self._check_batch("rewards", rewards, (n,), np.dtype(np.float32))
+        terminated = np.asarray(terminated).reshape(-1)
+        truncated = np.asarray(truncated).reshape(-1)
+        if terminated.shape != (n,) or truncated.shape != (n,):
+            raise ValueError(f"terminated/truncated: expected shape ({n},), got "
+                             f"{terminated.shape} / {truncated.shape}")
+        arr = self._arrays
+        with self._lock:
+            if self._closed:
+                raise ValueError("add on a closed ReplayBuffer")
+            for e in range(n):
+                if not self._episode_open[e]:
+                    start = int(self._frames_written[e])
+                    self._episode_start[e] = start
+                    self._write_frame(e, observations[e], start)
+                    self._episode_open[e] = True
+                a = int(self._frames_written[e]) - 1
+                s = a % self.slots_per_env
+                arr["actions"][e, s] = actions[e]
+                arr["rewards"][e, s] = rewards[e]
+                arr["terminated"][e, s] = bool(terminated[e])
+                arr["truncated"][e, s] = bool(truncated[e])
+                self._write_frame(e, next_observations[e], int(self._episode_start[e]))
+                arr["flags"][e, s] |= VALID  # last: the transition exists once all of it is written
+                if terminated[e] or truncated[e]:
+                    self._episode_open[e] = False  # the final frame keeps its slot, starts nothing
+            self._transitions_added += n
+            self._version += 1
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "capacity": self.capacity,
+            "n_envs": self.n_envs,
+            "slots_per_env": self.slots_per_env,
+            "observation_shape": list(self.observation_shape),
+            "observation_dtype": self.observation_dtype.str,
+            "action_dim": self.action_dim,
+            "frame_stack": self.frame_stack,
+            "files": {name: {"shape": list(shape), "dtype": dtype.str}
+                      for name, (shape, dtype) in self._specs().items()},
+            "envs": [
+                {"frames_written": int(self._frames_written[e]),
+                 "oldest_frame": int(self._oldest[e]),
+                 "episode_open": bool(self._episode_open[e]),
+                 "episode_start": int(self._episode_start[e])}
+                for e in range(self.n_envs)
+            ],
+            "transitions_added": self._transitions_added,
+            "commits": self._commits,
+            "rng_state": self.rng.bit_generator.state,
+        }
+
+    def commit(self) -> None:
+        """Flush the data, then atomically replace header.json: what it declares survives a crash."""
+        with self._lock:
+            self._commits += 1
+            header = self._header()  # a consistent snapshot of the write state and the rng
+        for arr in self._arrays.values():
+            arr.flush()  # msync: data reaches the disk before the header that declares it
+        path = self.directory / HEADER_NAME
+        tmp = self.directory / (HEADER_NAME + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(header, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with self._lock:
+                self._commits -= 1
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.directory)
+
+    def close(self) -> None:
+        """Commit and release the files. Idempotent."""
+        if self._closed:
+            return
+        self.commit()
+        with self._lock:
+            self._closed = True
+            self._arrays = {}
+            self._cache = None
+
+    def __enter__(self) -> ReplayBuffer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sampleable(self) -> tuple[np.ndarray, np.ndarray]:
+        """(env, absolute frame) of every transition that can be sampled now. Caller holds the lock.
+
+        Frame ``a`` (slot ``a % S``) starts a sampleable transition iff its VALID flag is set, it is
+        still present (``a >= oldest`` and ``a >= w - S``) and its next frame is written
+        (``a + 1 <= w - 1``). One vectorised pass over the flags, cached until the next add.
+        """
+        if self._cache is not None and self._cache[0] == self._version:
+            return self._cache[1], self._cache[2]
+        S = self.slots_per_env
+        w = self._frames_written[:, None]
+        slots = np.arange(S, dtype=np.int64)[None, :]
+        # The most recent absolute frame held by each slot (negative if never written).
+        a = (w - 1) - np.mod(w - 1 - slots, S)
+        ok = (self._arrays["flags"] & VALID).astype(bool)
+        ok &= a >= np.maximum(self._oldest, 0)[:, None]
+        ok &= a + 1 <= w - 1
+        env, slot = np.nonzero(ok)
+        frames = a[env, slot]
+        self._cache = (self._version, env, frames)
+        return env, frames
+
+    def __len__(self) -> int:
+        with self._lock:
+            if self._closed:
+                return 0
+            return int(self._sampleable()[0].size)
+
+    @property
+    def rng_state(self) -> dict[str, Any]:
+        """State of the sampling Generator (saved in the header at commit, restored on reopen)."""
+        with self._lock:
+            return self.rng.bit_generator.state
+
+    @rng_state.setter
+    def rng_state(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self.rng.bit_generator.state = state
+
+    def _draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Choose transitions and their frame-stack frames. Caller holds the lock.
+
+        Returns env (B,), transition frame a (B,), obs frames (B, k), lowest frame read (B,).
+        """
+        env_all, frames_all = self._sampleable()
+        if frames_all.size == 0:
+            raise ValueError("cannot sample: the replay buffer holds no complete transition yet")
+        pick = self.rng.integers(0, frames_all.size, size=batch_size)
+        env, a = env_all[pick], frames_all[pick]
+        k = self.frame_stack
+        if k == 1:
+            stack = a[:, None]
+            lowest = a
+        else:
+            S = self.slots_per_env
+            # Clamp at the episode's first frame, or at the oldest frame of it still present when
+            # the ring has overwritten its start: never into another episode or the write cursor.
+            ep_start = self._arrays["episode_start_index"][env, a % S]
+            lo = np.maximum.reduce([ep_start, self._oldest[env], self._frames_written[env] - S])
+            offsets = np.arange(-(k - 1), 1, dtype=np.int64)
+            stack = np.maximum(a[:, None] + offsets[None, :], lo[:, None])
+            lowest = stack[:, 0]
+        return env, a, stack, lowest
+
+    def _gather(self, env: np.ndarray, a: np.ndarray, stack: np.ndarray) -> dict[str, np.ndarray]:
+        arr = self._arrays
+        S = self.slots_per_env
+        k = self.frame_stack
+        obs_mm = arr["observations"]
+        s = a % S
+        if k == 1:
+            observations = obs_mm[env, s]
+            next_observations = obs_mm[env, (a + 1) % S]
+        else:
+            # One gather of the k+1 distinct frames serves both stacks: next = obs shifted by one.
+            idx = np.concatenate([stack, (a + 1)[:, None]], axis=1)
+            frames = obs_mm[env[:, None], idx % S]  # (B, k+1, *obs_shape)
+            observations = self._stack_channels(frames[:, :k])
+            next_observations = self._stack_channels(frames[:, 1:])
+        return {
+            "observations": observations,
+            "actions": arr["actions"][env, s],
+            "rewards": arr["rewards"][env, s],
+            "next_observations": next_observations,
+            "terminated": arr["terminated"][env, s].astype(np.float32),
+        }
+
+    def _stack_channels(self, frames: np.ndarray) -> np.ndarray:
+        """(B, k, *shape, C) -> (B, *shape, k*C): channel-last, oldest frame first."""
+        B, k = frames.shape[:2]
+        moved = np.moveaxis(frames, 1, -2)  # (B, *shape, k, C)
+        return np.ascontiguousarray(moved).reshape(B, *self.observation_shape[:-1],
+                                                   k * self.observation_shape[-1])
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Uniformly sample ``batch_size`` transitions (with replacement) as numpy arrays.
+
+        Safe while another thread adds: indices are chosen from a snapshot taken under the lock,
+        frames are copied outside it, and any sample whose slots the writer reached meanwhile is
+        drawn again (rare: it needs the writer to lap onto the oldest frames during one copy).
+        """
+        batch_size = int(batch_size)
+        with self._lock:
+            if self._closed:
+                raise ValueError("sample on a closed ReplayBuffer")
+            env, a, stack, lowest = self._draw(batch_size)
+        out = self._gather(env, a, stack)
+        while True:
+            with self._lock:
+                torn = np.flatnonzero(lowest + self.slots_per_env < self._frames_written[env])
+                if torn.size == 0:
+                    return out
+                env2, a2, stack2, lowest2 = self._draw(torn.size)
+            redo = self._gather(env2, a2, stack2)
+            for key in out:
+                out[key][torn] = redo[key]
+            env[torn], lowest[torn] = env2, lowest2
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def frames_written(self) -> np.ndarray:
+        """Absolute frame counter of each env (frames ever written to its sub-ring)."""
+        return self._frames_written.copy()
+
+    @property
+    def transitions_added(self) -> int:
+        return self._transitions_added
+
+    def __repr__(self) -> str:
+        return (f"ReplayBuffer({str(self.directory)!r}, capacity={self.capacity}, "
+                f"observation_shape={self.observation_shape}, "
+                f"observation_dtype={self.observation_dtype}, action_dim={self.action_dim}, "
+                f"n_envs={self.n_envs}, frame_stack={self.frame_stack}, len={len(self)})")
