@@ -1,0 +1,206 @@
+"""ReplayBuffer behaviour at its edges: wraparound, episode ends, frame stacks, the write cursor,
+interleaved envs, reopen and reproducible sampling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dodgerl.replay import ReplayBuffer
+from tests.test_replay_helpers import ScriptedWriter, decode_frame, encode_frame
+
+
+def make(tmp_path, name="buf", **kw):
+    args = dict(capacity=60, observation_shape=(6, 5, 3), observation_dtype=np.uint8,
+                action_dim=2, n_envs=3, frame_stack=1, seed=0)
+    args.update(kw)
+    return ReplayBuffer(tmp_path / name, **args)
+
+
+def test_sampled_transitions_exactly_match_what_was_added_across_wraparound(tmp_path):
+    buf = make(tmp_path, capacity=60, n_envs=3)  # 20 slots per env, wraps ~10 times
+    writer = ScriptedWriter(buf)
+    seen = set()
+    for step in range(200):
+        writer.step()
+        assert len(buf) == len(writer.expected_transitions())
+        if step % 3 == 0:
+            seen |= writer.check_sample(buf.sample(64), k=1)
+    assert min(buf.frames_written) > 5 * buf.slots_per_env
+    assert len({e for e, _ in seen}) == 3
+    # Uniform over the valid set: a large batch reaches every stored transition.
+    assert writer.check_sample(buf.sample(4000), k=1) == writer.expected_transitions()
+
+
+@pytest.mark.parametrize("dtype,shape", [(np.uint8, (4, 4, 3)), (np.float32, (9,))])
+def test_frame_stacks_are_exact_for_images_and_vectors(tmp_path, dtype, shape):
+    k = 4
+    buf = make(tmp_path, capacity=40, n_envs=2, frame_stack=k, observation_dtype=dtype,
+               observation_shape=shape)
+    writer = ScriptedWriter(buf, lengths=lambda e, j: 2 + (e + 3 * j) % 11)
+    for step in range(150):
+        writer.step()
+        if step % 5 == 4:
+            batch = buf.sample(128)
+            assert batch["observations"].shape == (128, *shape[:-1], shape[-1] * k)
+            assert batch["observations"].dtype == dtype
+            writer.check_sample(batch, k=k)
+
+
+def test_stack_crossing_an_episode_start_repeats_the_first_frame(tmp_path):
+    buf = make(tmp_path, capacity=50, n_envs=1, frame_stack=3, observation_shape=(3, 2, 1))
+    writer = ScriptedWriter(buf, lengths=lambda e, j: 4)
+    for _ in range(6):
+        writer.step()  # episode 0: frames 0..4 (4 final), episode 1: frames 5..7 so far
+    batch = buf.sample(500)
+    stacks = {tuple(decode_frame(batch["observations"][i][..., c:c + 1])[0] for c in range(3))
+              for i in range(500)}
+    # Frame 5 starts episode 1: its stack repeats it and never reaches frames 0..4.
+    assert stacks == {(0, 0, 0), (0, 0, 1), (0, 1, 2), (1, 2, 3), (5, 5, 5), (5, 5, 6)}
+
+
+def test_stack_clamps_at_oldest_present_frame_when_episode_start_was_overwritten(tmp_path):
+    k = 4
+    buf = make(tmp_path, capacity=10, n_envs=1, frame_stack=k, observation_shape=(5, 1, 1))
+    writer = ScriptedWriter(buf, lengths=lambda e, j: 1000)  # one long episode
+    for _ in range(25):
+        writer.step()  # 26 frames; only 16..25 are present
+    batch = buf.sample(1000)
+    firsts = set()
+    for i in range(1000):
+        frames = [decode_frame(batch["observations"][i][..., c:c + 1])[0] for c in range(k)]
+        assert min(frames) >= 16, frames  # never the write cursor's slot, never overwritten
+        firsts.add(frames[0])
+    assert 16 in firsts
+    writer.check_sample(batch, k=k)
+
+
+def test_truncated_final_observation_is_kept_and_returned_as_next_observation(tmp_path):
+    buf = make(tmp_path, capacity=10, n_envs=1, observation_shape=(3,),
+               observation_dtype=np.float32)
+    first, final = np.full((1, 3), 1.0, np.float32), np.full((1, 3), 2.0, np.float32)
+    buf.add(first, np.zeros((1, 2)), [1.0], final, [False], [True])
+    assert len(buf) == 1
+    batch = buf.sample(4)
+    np.testing.assert_array_equal(batch["next_observations"], np.repeat(final, 4, axis=0))
+    np.testing.assert_array_equal(batch["terminated"], np.zeros(4, np.float32))
+    # The next episode starts from its own reset observation; the final frame starts nothing.
+    reset = np.full((1, 3), 3.0, np.float32)
+    buf.add(reset, np.zeros((1, 2)), [1.0], np.full((1, 3), 4.0, np.float32), [True], [False])
+    assert len(buf) == 2
+    batch = buf.sample(200)
+    assert set(batch["observations"][:, 0]) == {1.0, 3.0}
+    assert set(batch["next_observations"][:, 0]) == {2.0, 4.0}
+    assert set(batch["terminated"][batch["observations"][:, 0] == 3.0]) == {1.0}
+
+
+def test_samples_near_the_cursor_never_use_the_slot_being_written(tmp_path):
+    buf = make(tmp_path, capacity=8, n_envs=2, frame_stack=2, observation_shape=(2, 1, 3))
+    writer = ScriptedWriter(buf, lengths=lambda e, j: 3 + e)
+    for _ in range(60):
+        writer.step()
+        batch = buf.sample(64)
+        writer.check_sample(batch, k=2)
+        w = buf.frames_written
+        for i in range(64):
+            f, e = decode_frame(batch["next_observations"][i][..., 3:])
+            assert f <= w[e] - 1  # the next frame is written
+            f0, _ = decode_frame(batch["observations"][i][..., :3])
+            assert f0 >= w[e] - buf.slots_per_env  # nothing older than the ring holds
+
+
+def test_interleaved_envs_each_next_observation_is_that_envs_next(tmp_path):
+    buf = make(tmp_path, capacity=90, n_envs=3)
+    writer = ScriptedWriter(buf, lengths=lambda e, j: [2, 5, 9][e])  # envs out of phase
+    for _ in range(70):
+        writer.step()
+    batch = buf.sample(2000)
+    for i in range(2000):
+        a, e = decode_frame(batch["observations"][i])
+        b, e2 = decode_frame(batch["next_observations"][i])
+        assert (e2, b) == (e, a + 1)
+    assert writer.check_sample(batch, k=1) == writer.expected_transitions()
+
+
+def test_reopen_continues_in_place_and_cuts_the_open_episode(tmp_path):
+    buf = make(tmp_path, capacity=60, n_envs=3, frame_stack=2)
+    writer = ScriptedWriter(buf, lengths=lambda e, j: 7)
+    for _ in range(12):
+        writer.step()
+    buf.close()
+    buf = make(tmp_path, capacity=60, n_envs=3, frame_stack=2)
+    writer.buf = buf
+    writer.reopened()
+    assert len(buf) == len(writer.expected_transitions())
+    writer.check_sample(buf.sample(500), k=2)
+    for _ in range(30):
+        writer.step()  # first add after reopen writes its observation: a new episode
+    writer.check_sample(buf.sample(1000), k=2)
+    assert len(buf) == len(writer.expected_transitions())
+
+
+def test_uncommitted_adds_are_forgotten_on_reopen(tmp_path):
+    buf = make(tmp_path, capacity=60, n_envs=3)
+    writer = ScriptedWriter(buf)
+    for _ in range(5):
+        writer.step()
+    buf.commit()
+    committed = len(buf)
+    for _ in range(5):
+        writer.step()  # never committed; the process "dies" without close
+    del buf
+    buf = make(tmp_path, capacity=60, n_envs=3)
+    assert len(buf) < committed + 1 and buf.transitions_added == 15
+    for i in range(300):
+        a, e = decode_frame(buf.sample(1)["observations"][0])
+        assert a + 1 < buf.frames_written[e]
+
+
+def test_sampling_is_reproducible_across_commit_and_reopen(tmp_path):
+    buf = make(tmp_path, capacity=60, n_envs=3, seed=7)
+    writer = ScriptedWriter(buf, lengths=lambda e, j: 5)
+    for _ in range(10):
+        writer.step()  # every episode has ended: reopen cuts nothing, the valid set is unchanged
+    buf.sample(10)
+    buf.commit()
+    header = json.loads((tmp_path / "buf" / "header.json").read_text())
+    assert header["rng_state"] == buf.rng_state
+    expected = [buf.sample(16) for _ in range(3)]
+    reopened = make(tmp_path, capacity=60, n_envs=3, seed=999)  # state comes from disk
+    got = [reopened.sample(16) for _ in range(3)]
+    for x, y in zip(expected, got):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    # Same seed, same adds: the same batches.
+    twins = [make(tmp_path, name, capacity=60, n_envs=3, seed=3) for name in ("a", "b")]
+    for twin in twins:
+        w = ScriptedWriter(twin)
+        for _ in range(20):
+            w.step()
+    for _ in range(3):
+        a, b = twins[0].sample(32), twins[1].sample(32)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_add_rejects_wrong_shapes_and_unsafe_dtypes(tmp_path):
+    buf = make(tmp_path, n_envs=2)
+    obs = np.zeros((2, 6, 5, 3), np.uint8)
+    good = dict(observations=obs, actions=np.zeros((2, 2), np.float32), rewards=np.zeros(2),
+                next_observations=obs, terminated=np.zeros(2, bool), truncated=np.zeros(2, bool))
+    buf.add(**good)
+    with pytest.raises(ValueError, match="observations"):
+        buf.add(**{**good, "observations": obs[:1]})
+    with pytest.raises(ValueError, match="actions"):
+        buf.add(**{**good, "actions": np.zeros((2, 3), np.float32)})
+    with pytest.raises(TypeError, match="next_observations"):
+        buf.add(**{**good, "next_observations": obs.astype(np.float32)})
+    with pytest.raises(ValueError, match="no complete transition"):
+        make(tmp_path, "empty").sample(1)
+
+
+def test_encoding_round_trips():
+    for dtype, shape in [(np.uint8, (4, 4, 3)), (np.float32, (7,))]:
+        assert decode_frame(encode_frame(2, 70_001, shape, dtype)) == (70_001, 2)
