@@ -279,7 +279,8 @@ class SACAgent(struct.PyTreeNode):
     def update(self, batch: Batch, key: jax.Array) -> tuple[SACAgent, dict[str, jax.Array]]:
         """K gradient steps, one per slice of the batch's leading K axis, in one compiled call.
 
-        Step i uses ``jax.random.split(key, K)[i]``. Returns the new agent and metrics averaged
+        Step i uses ``jax.random.split(key, K)[i]`` as its key (K = 1: ``key`` itself), so K
+        single-step calls with those keys reproduce one K-step call. Returns the new agent and metrics averaged
         over the K steps. The agent's buffers are donated: use the returned agent, not ``self``.
         """
         _check_batch(self, batch)
@@ -344,7 +345,7 @@ def create(
     dummy_action = jnp.zeros((1, action_dim), jnp.float32)
 
     k_enc_critic, k_critic, k_enc_actor, k_actor = jax.random.split(key, 4)
-    critic_encoder = nets.encoder.init(k_enc_critic, dummy_obs)["params"]
+    critic_encoder = nets.encoder.init(k_enc_critic, dummy_obs).get("params", {})
     features = nets.encoder.apply({"params": critic_encoder}, dummy_obs)
     critic_params = {
         "encoder": critic_encoder,
@@ -352,7 +353,7 @@ def create(
     }
     actor_params = {"head": nets.actor_head.init(k_actor, features)["params"]}
     if config.encoder_sharing == "separate":
-        actor_params["encoder"] = nets.encoder.init(k_enc_actor, dummy_obs)["params"]
+        actor_params["encoder"] = nets.encoder.init(k_enc_actor, dummy_obs).get("params", {})
 
     critic = CriticTrainState.create(
         apply_fn=None,
@@ -547,7 +548,9 @@ def sac_step(agent: SACAgent, batch: Batch, key: jax.Array) -> tuple[SACAgent, d
 
 def _update(agent: SACAgent, batch: Batch, key: jax.Array) -> tuple[SACAgent, dict[str, jax.Array]]:
     num_steps = batch.rewards.shape[0]
-    keys = jax.random.split(key, num_steps)
+    # Step i draws its randomness from split(key, K)[i]; a K = 1 call uses its key as is, so that
+    # K calls with keys split(key, K)[i] replay exactly one call with K stacked batches.
+    keys = key[None] if num_steps == 1 else jax.random.split(key, num_steps)
     batch = batch.replace(
         actions=batch.actions.astype(jnp.float32),
         rewards=batch.rewards.astype(jnp.float32),

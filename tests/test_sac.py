@@ -1,0 +1,337 @@
+"""SAC agent: losses against hand-computed numpy values, gradient flow, K-step scan, config errors,
+checkpoint round-trip. Networks are tiny so the file runs in seconds on a 2-core CPU."""
+
+import dataclasses
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dodgerl.agents import sac
+from dodgerl.networks import tanh_gaussian_log_prob
+
+ACTION_SPACE = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
+VECTOR_SPACE = gymnasium.spaces.Box(-np.inf, np.inf, (6,), np.float32)
+IMAGE_SPACE = gymnasium.spaces.Box(0, 255, (40, 40, 6), np.uint8)  # two stacked RGB frames
+TINY = dict(net_arch=(16, 16), encoder_features=16, batch_size=8)
+
+
+def random_batch(space, k, b, seed=0, action_dim=2, terminated_fraction=0.3):
+    rng = np.random.default_rng(seed)
+
+    def observations():
+        if space.dtype == np.uint8:
+            return rng.integers(0, 256, (k, b, *space.shape), dtype=np.uint8)
+        return rng.normal(size=(k, b, *space.shape)).astype(np.float32)
+
+    return sac.Batch(
+        observations=observations(),
+        actions=rng.uniform(-1, 1, (k, b, action_dim)).astype(np.float32),
+        rewards=rng.normal(size=(k, b)).astype(np.float32),
+        next_observations=observations(),
+        terminated=(rng.uniform(size=(k, b)) < terminated_fraction).astype(np.float32),
+    )
+
+
+def to_numpy(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+def first_k(batch, i):
+    return jax.tree.map(lambda x: x[i : i + 1], batch)
+
+
+# ---------------------------------------------------------------- hand-computed loss values
+
+
+def test_critic_target_takes_min_over_critics_and_masks_only_terminated():
+    rewards = np.array([1.0, -0.5, 2.0], np.float32)
+    terminated = np.array([0.0, 1.0, 0.0], np.float32)  # the third is a truncation: bootstraps
+    next_q = np.array([[3.0, 10.0, -1.0], [2.0, 11.0, 4.0]], np.float32)
+    next_log_probs = np.array([-1.0, 0.5, 0.25], np.float32)
+    alpha, gamma = 0.2, 0.9
+    # by hand: min Q = [2, 10, -1]; soft V = minQ - 0.2*logp = [2.2, 9.9, -1.05]
+    expected = np.array([1.0 + 0.9 * 2.2, -0.5, 2.0 + 0.9 * -1.05], np.float32)
+    for fn in (sac.critic_target, jax.jit(sac.critic_target, static_argnums=5)):
+        got = fn(rewards, terminated, next_q, next_log_probs, jnp.float32(alpha), gamma)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_critic_loss_is_half_squared_error_summed_over_critics():
+    q = np.array([[1.0, 2.0], [0.0, 4.0]], np.float32)
+    target = np.array([2.0, 2.0], np.float32)
+    # critic 0: mean(0.5*[1, 0]) = 0.25 ; critic 1: mean(0.5*[4, 4]) = 2.0
+    for fn in (sac.critic_loss, jax.jit(sac.critic_loss)):
+        np.testing.assert_allclose(fn(q, target), 2.25, rtol=1e-6)
+
+
+def test_actor_loss_uses_min_q_and_temperature():
+    log_probs = np.array([-1.0, 0.5], np.float32)
+    q = np.array([[3.0, 1.0], [2.0, 5.0]], np.float32)
+    # min q = [2, 1]; mean(0.1*logp - minq) = mean([-0.1-2, 0.05-1]) = -1.525
+    for fn in (sac.actor_loss, jax.jit(sac.actor_loss)):
+        np.testing.assert_allclose(fn(log_probs, q, jnp.float32(0.1)), -1.525, rtol=1e-6)
+
+
+def test_temperature_loss_value_and_gradient_direction():
+    log_probs = np.array([-1.0, -2.0], np.float32)  # entropy 1.5
+    # -log_alpha * mean(logp + target) = -0.3 * (-1.5 - 2) = 1.05
+    np.testing.assert_allclose(sac.temperature_loss(0.3, log_probs, -2.0), 1.05, rtol=1e-6)
+    grad = jax.grad(sac.temperature_loss)
+    # entropy 1.5 below target 2.0 -> gradient descent must raise alpha (negative gradient)
+    assert grad(0.3, log_probs, 2.0) < 0
+    # entropy 1.5 above target -2.0 -> alpha must fall
+    assert grad(0.3, log_probs, -2.0) > 0
+
+
+def test_tanh_gaussian_log_prob_matches_change_of_variables():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(5, 3)) * 2
+    mean, log_std = rng.normal(size=(5, 3)), rng.uniform(-2, 1, size=(5, 3))
+    std = np.exp(log_std)
+    normal_logpdf = -0.5 * ((u - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
+    expected = np.sum(normal_logpdf - np.log(1 - np.tanh(u) ** 2), axis=-1)
+    got = tanh_gaussian_log_prob(*(jnp.asarray(x, jnp.float32) for x in (u, mean, log_std)))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_tanh_gaussian_log_prob_stays_finite_for_saturated_actions():
+    got = tanh_gaussian_log_prob(jnp.array([[30.0, -30.0]]), jnp.zeros((1, 2)), jnp.zeros((1, 2)))
+    assert np.all(np.isfinite(got))
+
+
+def test_polyak_update_matches_numpy():
+    params = {"w": np.array([1.0, 2.0], np.float32)}
+    target = {"w": np.array([0.0, 4.0], np.float32)}
+    got = sac.polyak_update(params, target, 0.1)
+    np.testing.assert_allclose(got["w"], [0.1, 0.9 * 4 + 0.2], rtol=1e-6)
+
+
+def test_update_moves_target_by_polyak_and_not_more():
+    # learning rates 0: the online critic stays put, so the target must be tau*online+(1-tau)*old
+    cfg = sac.SACConfig(**TINY, vector_encoder_arch=(8,), tau=0.25, actor_lr=0.0, critic_lr=0.0,
+                        temperature_lr=0.0)
+    agent = sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE, cfg)
+    # make the target differ from the online critic first
+    agent = agent.replace(critic=agent.critic.replace(
+        target_params=jax.tree.map(lambda x: x + 1.0, agent.critic.target_params)))
+    online, old_target = to_numpy(agent.critic.params), to_numpy(agent.critic.target_params)
+    agent, _ = agent.update(random_batch(VECTOR_SPACE, 1, 8), jax.random.key(1))
+    expected = jax.tree.map(lambda p, t: 0.25 * p + 0.75 * t, online, old_target)
+    jax.tree.map(lambda e, g: np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6),
+                 expected, to_numpy(agent.critic.target_params))
+    jax.tree.map(np.testing.assert_array_equal, online, to_numpy(agent.critic.params))
+
+
+def test_network_forward_matches_numpy_on_fixed_params():
+    cfg = sac.SACConfig(net_arch=(4,), n_critics=3)
+    agent = sac.create(jax.random.key(3), VECTOR_SPACE, ACTION_SPACE, cfg)
+    nets = agent.networks
+    obs = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    act = np.random.default_rng(1).uniform(-1, 1, size=(5, 2)).astype(np.float32)
+    head = to_numpy(agent.critic.params["head"])
+    q = np.asarray(nets.critic_head.apply({"params": agent.critic.params["head"]}, obs, act))
+    assert q.shape == (3, 5)
+    layers = head["VmapEnsemble_0"] if "VmapEnsemble_0" in head else next(iter(head.values()))
+    mlp = layers["MLP_0"]
+    x = np.concatenate([obs, act], -1)
+    for i in range(3):
+        h = np.maximum(x @ mlp["Dense_0"]["kernel"][i] + mlp["Dense_0"]["bias"][i], 0)
+        expected = (h @ mlp["Dense_1"]["kernel"][i] + mlp["Dense_1"]["bias"][i])[:, 0]
+        np.testing.assert_allclose(q[i], expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(q[0], q[1])  # members are initialised independently
+
+
+# ---------------------------------------------------------------- gradient flow
+
+
+def _loss_grads(agent, batch, term):
+    """Gradient of one loss term w.r.t. (critic params, actor params)."""
+
+    def loss(critic_params, actor_params):
+        _, metrics = sac.compute_losses(
+            agent, critic_params, actor_params, agent.temperature.params, batch, jax.random.key(7)
+        )
+        return metrics[term]
+
+    return jax.grad(loss, argnums=(0, 1))(agent.critic.params, agent.actor.params)
+
+
+def _nonzero(tree):
+    return any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("space", [VECTOR_SPACE, IMAGE_SPACE], ids=["vector", "image"])
+def test_critic_sharing_encoder_trained_by_critic_loss_only(space):
+    cfg = sac.SACConfig(**TINY, vector_encoder_arch=(8,), encoder_sharing="critic")
+    agent = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)
+    assert set(agent.actor.params) == {"head"}  # the actor owns no encoder
+    batch = first_k(random_batch(space, 1, 8), 0)
+    batch = jax.tree.map(lambda x: x[0], batch)
+    critic_g, actor_g = _loss_grads(agent, batch, "actor_loss")
+    assert not _nonzero(critic_g), "the actor loss must not touch the critic (encoder included)"
+    assert _nonzero(actor_g["head"])
+    critic_g, actor_g = _loss_grads(agent, batch, "critic_loss")
+    assert _nonzero(critic_g["encoder"]) and _nonzero(critic_g["head"])
+    assert not _nonzero(actor_g)
+
+    # and through a whole update with the critic frozen, the shared encoder stays put
+    frozen = sac.create(jax.random.key(0), space, ACTION_SPACE,
+                        dataclasses.replace(cfg, critic_lr=0.0))
+    before = to_numpy(frozen.critic.params["encoder"])
+    actor_before = to_numpy(frozen.actor.params)
+    frozen, _ = frozen.update(random_batch(space, 1, 8), jax.random.key(1))
+    jax.tree.map(np.testing.assert_array_equal, before, to_numpy(frozen.critic.params["encoder"]))
+    assert _nonzero(jax.tree.map(lambda a, b: a - b, actor_before, to_numpy(frozen.actor.params)))
+
+
+@pytest.mark.parametrize("space", [VECTOR_SPACE, IMAGE_SPACE], ids=["vector", "image"])
+def test_separate_encoders_each_trained_by_own_loss(space):
+    cfg = sac.SACConfig(**TINY, vector_encoder_arch=(8,), encoder_sharing="separate")
+    agent = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)
+    batch = jax.tree.map(lambda x: x[0], random_batch(space, 1, 8))
+    critic_g, actor_g = _loss_grads(agent, batch, "actor_loss")
+    assert not _nonzero(critic_g)
+    assert _nonzero(actor_g["encoder"]) and _nonzero(actor_g["head"])
+    critic_g, actor_g = _loss_grads(agent, batch, "critic_loss")
+    assert _nonzero(critic_g["encoder"])
+    assert not _nonzero(actor_g)
+
+
+# ---------------------------------------------------------------- the scanned update
+
+
+@pytest.mark.parametrize("space", [VECTOR_SPACE, IMAGE_SPACE], ids=["vector", "image"])
+def test_k_stacked_steps_equal_k_single_steps(space):
+    cfg = sac.SACConfig(**TINY, vector_encoder_arch=(8,), augmentation=True, actor_lr=1e-2,
+                        critic_lr=1e-2, temperature_lr=1e-2)
+    k = 3
+    batch, key = random_batch(space, k, 8, seed=4), jax.random.key(42)
+    stacked = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)
+    stacked, metrics = stacked.update(batch, key)
+    single = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)
+    single_metrics = []
+    for i, step_key in enumerate(jax.random.split(key, k)):
+        single, m = single.update(first_k(batch, i), step_key)
+        single_metrics.append(m)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+                 to_numpy(stacked), to_numpy(single))
+    assert int(stacked.critic.step) == k
+    for name in metrics:  # metrics are the mean over the K steps
+        np.testing.assert_allclose(
+            metrics[name], np.mean([float(m[name]) for m in single_metrics]), rtol=1e-3,
+            atol=1e-4)
+
+
+def test_update_does_not_recompile():
+    cfg = sac.SACConfig(**TINY, gamma=0.97)  # a config no other test compiles
+    agent = sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE, cfg)
+    batch = random_batch(VECTOR_SPACE, 2, 8)
+    before = sac._update_jit._cache_size()
+    for i in range(4):
+        agent, _ = agent.update(batch, jax.random.key(i))
+    assert sac._update_jit._cache_size() == before + 1
+    # a fresh agent with the same spaces and config (e.g. a restore template) reuses the program
+    other = sac.create(jax.random.key(5), VECTOR_SPACE, ACTION_SPACE, cfg)
+    other.update(batch, jax.random.key(0))
+    assert sac._update_jit._cache_size() == before + 1
+
+
+def test_act_shapes_bounds_and_no_recompile():
+    cfg = sac.SACConfig(**TINY, gamma=0.96)
+    agent = sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, cfg)
+    obs = random_batch(IMAGE_SPACE, 1, 5).observations[0]
+    before = sac._act_jit._cache_size()
+    single = agent.act(obs[0], jax.random.key(0))
+    batched = agent.act(obs, jax.random.key(1))
+    agent.act(obs, jax.random.key(2))
+    assert single.shape == (2,) and batched.shape == (5, 2)
+    assert sac._act_jit._cache_size() == before + 2  # one per input shape, none after
+    det = agent.act(jnp.asarray(obs), None, deterministic=True)
+    np.testing.assert_array_equal(det, agent.act(obs, jax.random.key(9), deterministic=True))
+    assert np.all(np.abs(np.asarray(batched)) <= 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        agent.act(obs[:, :20], jax.random.key(0))
+
+
+def test_update_rejects_batch_without_k_axis():
+    agent = sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE, sac.SACConfig(**TINY))
+    batch = jax.tree.map(lambda x: x[0], random_batch(VECTOR_SPACE, 1, 8))
+    with pytest.raises(ValueError, match="K"):
+        agent.update(batch, jax.random.key(0))
+
+
+def test_agent_is_one_pytree_that_orbax_round_trips(tmp_path):
+    import orbax.checkpoint as ocp
+
+    cfg = sac.SACConfig(**TINY, encoder_sharing="separate")
+    agent = sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, cfg)
+    agent, _ = agent.update(random_batch(IMAGE_SPACE, 2, 8), jax.random.key(1))
+    as_numpy = jax.tree.map(np.asarray, agent)
+    assert isinstance(as_numpy, sac.SACAgent)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "agent", agent)
+        checkpointer.wait_until_finished()
+        template = sac.create(jax.random.key(9), IMAGE_SPACE, ACTION_SPACE, cfg)
+        restored = checkpointer.restore(tmp_path / "agent", template)
+    assert isinstance(restored, sac.SACAgent)
+    assert jax.tree.structure(restored) == jax.tree.structure(agent)
+    jax.tree.map(np.testing.assert_array_equal, as_numpy, to_numpy(restored))
+    restored.update(random_batch(IMAGE_SPACE, 2, 8), jax.random.key(2))  # still trainable
+
+
+# ---------------------------------------------------------------- configuration errors
+
+
+@pytest.mark.parametrize(
+    "bad, name",
+    [
+        ({"learning_rate": 1e-3}, "learning_rate"),
+        ({"actor_lr": -1e-3}, "actor_lr"),
+        ({"critic_lr": -1.0}, "critic_lr"),
+        ({"tau": 0.0}, "tau"),
+        ({"tau": 1.5}, "tau"),
+        ({"gamma": 1.01}, "gamma"),
+        ({"n_critics": 0}, "n_critics"),
+        ({"encoder_sharing": "actor"}, "encoder_sharing"),
+        ({"net_arch": [256, -1]}, "net_arch"),
+        ({"initial_temperature": 0.0}, "initial_temperature"),
+        ({"augmentation": "yes"}, "augmentation"),
+    ],
+)
+def test_from_dict_rejects_bad_config_naming_the_key(bad, name):
+    with pytest.raises(ValueError, match=name):
+        sac.SACConfig.from_dict(bad)
+
+
+def test_from_dict_accepts_yaml_lists():
+    cfg = sac.SACConfig.from_dict({"net_arch": [64, 64], "gamma": 0.98})
+    assert cfg.net_arch == (64, 64) and cfg.gamma == 0.98
+    assert sac.SACConfig.from_dict(cfg.to_dict()) == cfg
+    hash(cfg)  # static data of the jitted update
+
+
+@pytest.mark.parametrize(
+    "observation_space, message",
+    [
+        (gymnasium.spaces.Discrete(4), "Discrete"),
+        (gymnasium.spaces.Box(0, 255, (64,), np.uint8), "cannot encode"),
+        (gymnasium.spaces.Box(0, 1, (2, 40, 40, 3), np.float32), "cannot encode"),
+        (gymnasium.spaces.Box(0, 255, (40, 40, 3), np.float32), "cannot encode"),
+        (gymnasium.spaces.Box(0, 255, (16, 16, 3), np.uint8), "too small"),
+    ],
+)
+def test_create_rejects_observation_space_it_cannot_encode(observation_space, message):
+    with pytest.raises(ValueError, match=message):
+        sac.create(jax.random.key(0), observation_space, ACTION_SPACE, sac.SACConfig(**TINY))
+
+
+@pytest.mark.parametrize(
+    "action_space",
+    [gymnasium.spaces.Box(-2.0, 2.0, (1,), np.float32), gymnasium.spaces.Discrete(3)],
+)
+def test_create_rejects_action_space_outside_unit_box(action_space):
+    with pytest.raises(ValueError, match="action space"):
+        sac.create(jax.random.key(0), VECTOR_SPACE, action_space, sac.SACConfig(**TINY))
