@@ -56,6 +56,13 @@ class ScriptedWriter:
         self.terminated_at: list[dict[int, bool]] = [{} for _ in range(n)]  # frame -> terminated
         self.valid_from = [0] * n  # frames below this were cut by a reopen (model of oldest)
 
+    @classmethod
+    def resume(cls, buf: ReplayBuffer, **kw) -> ScriptedWriter:
+        """A writer continuing a reopened buffer: counters from the buffer, every episode new."""
+        writer = cls(buf, **kw)
+        writer.frames = [int(f) for f in buf.frames_written]
+        return writer
+
     def _frame(self, e: int, f: int) -> np.ndarray:
         return encode_frame(e, f, self.buf.observation_shape, self.buf.observation_dtype)
 
@@ -78,6 +85,8 @@ class ScriptedWriter:
             obs.append(self._frame(e, a))
             nxt.append(self._frame(e, a + 1))
             actions[e, :2] = (a, e)
+            if self.buf.action_dim >= 3:
+                actions[e, 2] = start  # lets a verifier that lacks this model check stacks
             rewards[e] = a / 4
             self.t[e] += 1
             done = self.t[e] >= self.lengths(e, self.episode[e])

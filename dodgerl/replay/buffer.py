@@ -419,29 +419,46 @@ class ReplayBuffer:
             self.rng.bit_generator.state = state
 
     def _draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Choose transitions and their frame-stack frames. Caller holds the lock.
-
-        Returns env (B,), transition frame a (B,), obs frames (B, k), lowest frame read (B,).
-        """
+        """Choose transitions uniformly among the sampleable ones. Caller holds the lock."""
         env_all, frames_all = self._sampleable()
         if frames_all.size == 0:
             raise ValueError("cannot sample: the replay buffer holds no complete transition yet")
         pick = self.rng.integers(0, frames_all.size, size=batch_size)
-        env, a = env_all[pick], frames_all[pick]
+        return self._locate(env_all[pick], frames_all[pick])
+
+    def _locate(self, env: np.ndarray, a: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Frames of the observation stacks of transitions (env, a). Caller holds the lock.
+
+        Returns env (B,), a (B,), stack frames (B, k) oldest first, lowest frame read (B,).
+        """
         k = self.frame_stack
         if k == 1:
-            stack = a[:, None]
-            lowest = a
-        else:
-            S = self.slots_per_env
-            # Clamp at the episode's first frame, or at the oldest frame of it still present when
-            # the ring has overwritten its start: never into another episode or the write cursor.
-            ep_start = self._arrays["episode_start_index"][env, a % S]
-            lo = np.maximum.reduce([ep_start, self._oldest[env], self._frames_written[env] - S])
-            offsets = np.arange(-(k - 1), 1, dtype=np.int64)
-            stack = np.maximum(a[:, None] + offsets[None, :], lo[:, None])
-            lowest = stack[:, 0]
-        return env, a, stack, lowest
+            return env, a, a[:, None], a.copy()
+        S = self.slots_per_env
+        # Clamp at the episode's first frame, or at the oldest frame of it still present when the
+        # ring has overwritten its start: never into another episode or the write cursor.
+        ep_start = self._arrays["episode_start_index"][env, a % S]
+        lo = np.maximum.reduce([ep_start, self._oldest[env], self._frames_written[env] - S])
+        offsets = np.arange(-(k - 1), 1, dtype=np.int64)
+        stack = np.maximum(a[:, None] + offsets[None, :], lo[:, None])
+        return env, a, stack, stack[:, 0].copy()
+
+    def transitions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(env, absolute frame) of every sampleable transition, e.g. to audit a buffer."""
+        with self._lock:
+            env, frames = self._sampleable()
+            return env.copy(), frames.copy()
+
+    def get(self, env: np.ndarray, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """The transitions starting at absolute ``frames`` of ``env``, laid out like ``sample``.
+
+        Only meaningful for pairs returned by ``transitions()`` (no concurrent adds).
+        """
+        env, frames = np.asarray(env, np.int64), np.asarray(frames, np.int64)
+        with self._lock:
+            env, a, stack, _ = self._locate(env, frames)
+            return self._gather(env, a, stack)
 
     def _gather(self, env: np.ndarray, a: np.ndarray, stack: np.ndarray) -> dict[str, np.ndarray]:
         arr = self._arrays
