@@ -96,7 +96,7 @@ LEVELS: dict[int, LevelSpec] = {
         edge_spread=8.0,
         volley_size=1,
         spawn_interval_steps=(12, 20),
-        speed_range=(12.0, 14.0),
+        speed_range=(14.0, 16.0),
         aim_spread_deg=3.0,
     ),
     2: LevelSpec(
@@ -105,7 +105,7 @@ LEVELS: dict[int, LevelSpec] = {
         edge_spread=0.0,
         volley_size=1,
         spawn_interval_steps=(10, 16),
-        speed_range=(13.0, 16.0),
+        speed_range=(15.0, 18.0),
         aim_spread_deg=3.0,
     ),
     3: LevelSpec(
@@ -113,7 +113,7 @@ LEVELS: dict[int, LevelSpec] = {
         spawn_arc_deg=360.0,
         edge_spread=0.0,
         volley_size=3,
-        spawn_interval_steps=(14, 22),
+        spawn_interval_steps=(18, 26),
         speed_range=(15.0, 18.0),
         aim_spread_deg=6.0,
     ),
