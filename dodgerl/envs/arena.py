@@ -2,8 +2,10 @@
 
 World frame: metres, origin at the arena centre, x to the east, y to the north.
 The arena is ``ARENA_SIZE`` x ``ARENA_SIZE`` with four static wall segments on
-its edges. The player is a dynamic circle (infinite moment) whose velocity is
-set from the action at every control step; the walls stop it. Projectiles are
+its edges. The player is a dynamic circle (1 kg, infinite moment) dragged by a
+kinematic control body whose velocity is set from the action at every control
+step (a pivot joint without position bias, as in pymunk's tank demo), so it
+reaches the target velocity at once and the walls still stop it. Projectiles are
 kinematic pymunk bodies moving in straight lines; they are spawned on the
 arena edge (walls do not stop them) and removed once they are more than
 ``DESPAWN_MARGIN`` outside the arena.
@@ -48,6 +50,8 @@ DASH_STEPS = 6
 DASH_COOLDOWN_STEPS = 45
 """Control steps from the start of a dash until the next can start (1.5 s)."""
 MAX_PLAYER_SPEED = PLAYER_SPEED * DASH_SPEED_MULTIPLIER
+CONTROL_MAX_FORCE = 1.0e4
+"""Newtons the control joint may use on the 1 kg player: reaches the target velocity within one physics step."""
 PLAYER_START_SPREAD = 2.0
 """The player starts uniformly within +- this many metres of the centre."""
 DESPAWN_MARGIN = 1.0
@@ -79,6 +83,7 @@ class Arena:
     def reset(self, rng: np.random.Generator) -> None:
         self.rng = rng
         space = pymunk.Space()
+        space.collision_slop = 0.01  # metres of allowed wall overlap (pymunk's default 0.1 is visible)
         h = ARENA_HALF
         corners = [(-h, -h), (h, -h), (h, h), (-h, h)]
         for a, b in zip(corners, corners[1:] + corners[:1]):
@@ -93,9 +98,21 @@ class Arena:
         shape.elasticity = 0.0
         shape.friction = 0.0
         space.add(player, shape)
+        # The action drives a kinematic control body; a pivot joint with no
+        # position bias makes the player follow its velocity while contacts
+        # with the walls still win (setting the player's velocity directly
+        # would overwrite the contact solver's result and sink into walls).
+        control = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
+        control.position = player.position
+        pivot = pymunk.PivotJoint(control, player, (0.0, 0.0), (0.0, 0.0))
+        pivot.max_bias = 0.0
+        pivot.max_force = CONTROL_MAX_FORCE
+        space.add(control, pivot)
         self.space = space
         self.player = player
+        self.control = control
         self._player_id = player.id
+        self._control_id = control.id
         self._static_id = space.static_body.id
         self._bodies: dict[int, pymunk.Body] = {}
         self.steps = 0
@@ -132,7 +149,7 @@ class Arena:
             self._next_volley = self.steps + int(self.rng.integers(lo, hi + 1))
 
         start_player = self.player_pos
-        self.player.velocity = (vx * speed, vy * speed)
+        self.control.velocity = (vx * speed, vy * speed)
         space = self.space
         for _ in range(SUBSTEPS):
             space.step(PHYSICS_DT)
@@ -172,17 +189,18 @@ class Arena:
         data = np.frombuffer(buf.float_buf(), dtype=np.float64).reshape(-1, 4)
         ids = np.frombuffer(buf.int_buf(), dtype=np.int64)
         m = ids.shape[0]
-        # pymunk keeps dynamic (and kinematic) bodies before the static body,
-        # and the only dynamic body is added first; check, and fall back to
-        # masks if a future pymunk orders them differently.
-        if int(ids[0]) == self._player_id and int(ids[m - 1]) == self._static_id:
+        # pymunk lists non-static bodies in the order added (the player, the
+        # control body, then projectiles; removal swaps the last one in) and
+        # the static body last; check, and fall back to masks if a future
+        # pymunk orders them differently.
+        if int(ids[0]) == self._player_id and int(ids[1]) == self._control_id and int(ids[m - 1]) == self._static_id:
             player = data[0].copy()
-            proj = data[1 : m - 1].copy()
-            self._proj_ids = ids[1 : m - 1]
+            proj = data[2 : m - 1].copy()
+            self._proj_ids = ids[2 : m - 1]
         else:
             is_player = ids == self._player_id
             player = data[is_player][0]
-            keep = ~is_player & (ids != self._static_id)
+            keep = ~is_player & (ids != self._control_id) & (ids != self._static_id)
             proj = data[keep]
             self._proj_ids = ids[keep]
         self._player_state = player
