@@ -486,9 +486,12 @@ class ReplayBuffer:
     def _stack_channels(self, frames: np.ndarray) -> np.ndarray:
         """(B, k, *shape, C) -> (B, *shape, k*C): channel-last, oldest frame first."""
         B, k = frames.shape[:2]
-        moved = np.moveaxis(frames, 1, -2)  # (B, *shape, k, C)
-        return np.ascontiguousarray(moved).reshape(B, *self.observation_shape[:-1],
-                                                   k * self.observation_shape[-1])
+        C = self.observation_shape[-1]
+        # Move whole pixels (C values viewed as one void item) rather than single channels: the
+        # transposing copy then moves C*itemsize bytes per element (~1.5x faster for RGB uint8).
+        pixels = frames.view(np.dtype((np.void, C * frames.dtype.itemsize)))[..., 0]
+        moved = np.ascontiguousarray(np.moveaxis(pixels, 1, -1))  # (B, *shape[:-1], k)
+        return moved.view(frames.dtype).reshape(B, *self.observation_shape[:-1], k * C)
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
         """Uniformly sample ``batch_size`` transitions (with replacement) as numpy arrays.

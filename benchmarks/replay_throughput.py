@@ -1,0 +1,214 @@
+"""Replay buffer benchmark: disk bytes per transition, reopen time, sampling and device-feed rates.
+
+    python benchmarks/replay_throughput.py [--dir /tmp/replay_bench] [--json out.json] [--quick]
+
+(a) fills a 256x256x3 buffer and reports allocated (st_blocks) and apparent bytes per stored
+    transition against one frame (196,608 B);
+(b) times the reopen of a 100K-slot 256x256x3 buffer (~20 GB, preallocated; its metadata is
+    filled as if full, frames left as allocated zeros: reopen never reads frames);
+(c) batches/s of ``buf.sample`` on the host, and of ``DeviceSampler`` delivering (K, B, ...)
+    batches to ``jax.devices()[0]`` for K=1 and K=8, i.e. the update rate the sampler keeps fed.
+Everything is written under --dir and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dodgerl.replay import DeviceSampler, ReplayBuffer  # noqa: E402
+from dodgerl.replay.buffer import START, VALID  # noqa: E402
+
+FRAME_256 = 256 * 256 * 3
+
+
+def dir_bytes(directory: Path) -> tuple[int, int]:
+    """(allocated, apparent) bytes of every file in directory."""
+    allocated = apparent = 0
+    for p in directory.iterdir():
+        st = p.stat()
+        allocated += st.st_blocks * 512
+        apparent += st.st_size
+    return allocated, apparent
+
+
+def fill(buf: ReplayBuffer, n_frames: int, episode_length: int, pool: np.ndarray) -> None:
+    """Add transitions until n_frames frames are written per env (episodes of episode_length)."""
+    n = buf.n_envs
+    actions = np.zeros((n, buf.action_dim), np.float32)
+    rewards = np.ones(n, np.float32)
+    t, i = 0, 0
+    no = np.zeros(n, bool)
+    while buf.frames_written.min() < n_frames:
+        t += 1
+        done = np.full(n, t % episode_length == 0)
+        obs, nxt = pool[i % len(pool)], pool[(i + 1) % len(pool)]
+        buf.add(obs, actions, rewards, nxt, no, done)
+        i += 1
+        if i % 2000 == 0:
+            buf.commit()
+    buf.commit()
+
+
+def bench_disk(root: Path, n_frames: int, episode_length: int) -> tuple[dict, ReplayBuffer]:
+    directory = root / "disk"
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, 256, size=(8, 1, 256, 256, 3), dtype=np.uint8)
+    buf = ReplayBuffer(directory, capacity=n_frames, observation_shape=(256, 256, 3),
+                       action_dim=2, n_envs=1)
+    t0 = time.perf_counter()
+    fill(buf, n_frames, episode_length, pool)
+    fill_s = time.perf_counter() - t0
+    allocated, apparent = dir_bytes(directory)
+    stored = len(buf)
+    return {
+        "frames": n_frames, "episode_length": episode_length, "transitions": stored,
+        "allocated_bytes": allocated, "apparent_bytes": apparent,
+        "allocated_per_transition": allocated / stored,
+        "apparent_per_transition": apparent / stored,
+        "ratio_to_frame": allocated / stored / FRAME_256,
+        "fill_transitions_per_s": stored / fill_s,
+    }, buf
+
+
+def bench_reopen(root: Path, capacity: int, repeats: int = 5) -> dict:
+    directory = root / "reopen"
+    kw = dict(capacity=capacity, observation_shape=(256, 256, 3), action_dim=2, n_envs=1)
+    t0 = time.perf_counter()
+    buf = ReplayBuffer(directory, **kw)
+    create_s = time.perf_counter() - t0
+    # Declare the buffer full: one truncated episode of 1000 steps after another. Frames stay the
+    # allocated zeros; reopen reads only metadata and header.
+    arr = buf._arrays
+    frames = np.arange(capacity, dtype=np.int64)
+    starts = frames - frames % 1001
+    arr["frame_index"][0] = frames
+    arr["episode_start_index"][0] = starts
+    arr["flags"][0] = np.where(frames == starts, START, 0) | np.where(
+        (frames + 1) % 1001 != 0, VALID, 0)
+    arr["flags"][0, -1] &= ~VALID
+    buf._frames_written[:] = capacity
+    buf._version += 1
+    buf.commit()
+    n = len(buf)
+    buf.close()
+    del buf, arr
+    times, first_sample = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        buf = ReplayBuffer(directory, **kw)
+        times.append(time.perf_counter() - t0)
+        assert len(buf) == n
+        t0 = time.perf_counter()
+        buf.sample(64)
+        first_sample.append(time.perf_counter() - t0)
+        buf.close()
+        del buf
+    allocated, apparent = dir_bytes(directory)
+    shutil.rmtree(directory)
+    return {"capacity": capacity, "transitions": n, "apparent_bytes": apparent,
+            "allocated_bytes": allocated, "create_s": create_s,
+            "reopen_s_median": statistics.median(times), "reopen_s_max": max(times),
+            "first_sample_s_median": statistics.median(first_sample)}
+
+
+def rate(fn, seconds: float, min_calls: int = 5) -> float:
+    fn()  # warm-up (compiles nothing, but faults pages and spins up threads)
+    calls, t0 = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - t0 < seconds:
+        fn()
+        calls += 1
+    return calls / (time.perf_counter() - t0)
+
+
+def bench_sampling(buf: ReplayBuffer, label: str, batch: int, seconds: float) -> list[dict]:
+    import jax
+
+    rows = [{"case": label, "path": "buf.sample (host numpy)", "K": 1, "batch": batch,
+             "calls_per_s": rate(lambda: buf.sample(batch), seconds)}]
+    for k in (1, 8):
+        with DeviceSampler(buf, batch_size=batch, steps_per_call=k, prefetch=2) as sampler:
+            def pull():
+                jax.block_until_ready(next(sampler))
+            rows.append({"case": label, "path": f"DeviceSampler -> {jax.devices()[0].platform}",
+                         "K": k, "batch": batch, "calls_per_s": rate(pull, seconds)})
+    for r in rows:
+        r["updates_fed_per_s"] = r["calls_per_s"] * r["K"]
+        r["transitions_per_s"] = r["updates_fed_per_s"] * batch
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", type=Path, default=None, help="scratch directory (deleted after)")
+    parser.add_argument("--json", type=Path, default=None, help="also write results as JSON")
+    parser.add_argument("--frames", type=int, default=20_000, help="256x256 frames to fill in (a)")
+    parser.add_argument("--episode-length", type=int, default=1000, help="steps per episode in (a)")
+    parser.add_argument("--reopen-capacity", type=int, default=100_000)
+    parser.add_argument("--frames-84", type=int, default=50_000, help="84x84 frames for (c)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.frames, args.reopen_capacity, args.frames_84, args.seconds = 2000, 5000, 2000, 0.5
+    root = Path(tempfile.mkdtemp(prefix="replay_bench_", dir=args.dir))
+    import jax
+
+    results: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                 "jax": jax.__version__, "device": str(jax.devices()[0])}}
+    try:
+        disk, buf256 = bench_disk(root, args.frames, args.episode_length)
+        results["disk"] = disk
+        results["reopen"] = bench_reopen(root, args.reopen_capacity)
+        rows = bench_sampling(buf256, "256x256x3, stack 1", 64, args.seconds)
+        buf256.close()
+        shutil.rmtree(root / "disk")
+        pool = np.random.default_rng(1).integers(0, 256, (8, 1, 84, 84, 3), dtype=np.uint8)
+        for stack in (1, 3):
+            buf84 = ReplayBuffer(root / f"r84_{stack}", capacity=args.frames_84,
+                                 observation_shape=(84, 84, 3), action_dim=2, n_envs=1,
+                                 frame_stack=stack)
+            fill(buf84, args.frames_84, args.episode_length, pool)
+            rows += bench_sampling(buf84, f"84x84x3, stack {stack}", 256, args.seconds)
+            buf84.close()
+        results["sampling"] = rows
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    d, r = results["disk"], results["reopen"]
+    print(f"## Replay benchmark ({results['machine']['device']}, {os.cpu_count()} CPUs, "
+          f"jax {jax.__version__})\n")
+    print("| disk use, 256x256x3 | value |\n| --- | --- |")
+    print(f"| transitions stored (episodes of {d['episode_length']}) | {d['transitions']:,} |")
+    print(f"| allocated bytes / transition (st_blocks) | {d['allocated_per_transition']:,.0f} "
+          f"({d['ratio_to_frame']:.4f} x 196,608) |")
+    print(f"| apparent bytes / transition | {d['apparent_per_transition']:,.0f} |")
+    print(f"| fill rate (add, single thread, incl. commits) | "
+          f"{d['fill_transitions_per_s']:,.0f} transitions/s |")
+    print(f"| reopen {r['capacity']:,}-slot buffer ({r['apparent_bytes'] / 1e9:.1f} GB) | "
+          f"{r['reopen_s_median'] * 1e3:.1f} ms median, {r['reopen_s_max'] * 1e3:.1f} ms max |")
+    print(f"| create (preallocate) that buffer | {r['create_s']:.2f} s |\n")
+    print("| case | path | K | batch | calls/s | updates fed/s | transitions/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in results["sampling"]:
+        print(f"| {row['case']} | {row['path']} | {row['K']} | {row['batch']} | "
+              f"{row['calls_per_s']:,.1f} | {row['updates_fed_per_s']:,.0f} | "
+              f"{row['transitions_per_s']:,.0f} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
