@@ -20,9 +20,10 @@ radii. This cannot tunnel, whatever the speeds, and costs one vectorised numpy
 pass instead of a Python callback per contact. Positions and velocities are
 read from pymunk in one call through ``pymunk.batch``.
 
-Determinism: a fresh ``pymunk.Space`` is built at every reset and all
-randomness comes from the generator passed in, so the same seed replays the
-same trajectory bit for bit.
+Determinism: all randomness comes from the generator passed in, and reset
+returns the space to the state of a freshly built one (projectiles removed,
+cached contacts and joint impulses dropped), so the same seed replays the same
+trajectory bit for bit, in a new env or a reused one.
 """
 
 from __future__ import annotations
@@ -82,38 +83,19 @@ class Arena:
     # ------------------------------------------------------------------ reset
     def reset(self, rng: np.random.Generator) -> None:
         self.rng = rng
-        space = pymunk.Space()
-        space.collision_slop = 0.01  # metres of allowed wall overlap (pymunk's default 0.1 is visible)
-        h = ARENA_HALF
-        corners = [(-h, -h), (h, -h), (h, h), (-h, h)]
-        for a, b in zip(corners, corners[1:] + corners[:1]):
-            wall = pymunk.Segment(space.static_body, a, b, 0.0)
-            wall.elasticity = 0.0
-            wall.friction = 0.0
-            space.add(wall)
-        player = pymunk.Body(1.0, float("inf"))
+        if self.space is None:
+            self._build_space()
+        space = self.space
+        # Back to the state of a freshly built space: no projectiles, and a
+        # new player body, shape and joint, so no cached contacts, joint
+        # impulses or contact bias velocity carry over (pymunk exposes no way
+        # to clear the bias). The walls and the space are kept: rebuilding
+        # them costs more than a whole random episode's steps on level 1.
+        if self._bodies:
+            space.remove(*self._bodies.values())
+        space.remove(self.player, self.player_shape, self.pivot, self.control)
         start = rng.uniform(-PLAYER_START_SPREAD, PLAYER_START_SPREAD, size=2)
-        player.position = (float(start[0]), float(start[1]))
-        shape = pymunk.Circle(player, PLAYER_RADIUS)
-        shape.elasticity = 0.0
-        shape.friction = 0.0
-        space.add(player, shape)
-        # The action drives a kinematic control body; a pivot joint with no
-        # position bias makes the player follow its velocity while contacts
-        # with the walls still win (setting the player's velocity directly
-        # would overwrite the contact solver's result and sink into walls).
-        control = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
-        control.position = player.position
-        pivot = pymunk.PivotJoint(control, player, (0.0, 0.0), (0.0, 0.0))
-        pivot.max_bias = 0.0
-        pivot.max_force = CONTROL_MAX_FORCE
-        space.add(control, pivot)
-        self.space = space
-        self.player = player
-        self.control = control
-        self._player_id = player.id
-        self._control_id = control.id
-        self._static_id = space.static_body.id
+        self._add_player((float(start[0]), float(start[1])))
         self._bodies: dict[int, pymunk.Body] = {}
         self.steps = 0
         self.dash_steps_left = 0
@@ -124,6 +106,49 @@ class Arena:
         self.player_pos = self._player_state[0:2]
         self.player_vel = self._player_state[2:4]
         self._set_projectiles(np.zeros((0, 4), dtype=np.float64))
+
+    def _build_space(self) -> None:
+        space = pymunk.Space()
+        space.collision_slop = 0.01  # metres of allowed wall overlap (pymunk's default 0.1 is visible)
+        h = ARENA_HALF
+        corners = [(-h, -h), (h, -h), (h, h), (-h, h)]
+        for a, b in zip(corners, corners[1:] + corners[:1]):
+            wall = pymunk.Segment(space.static_body, a, b, 0.0)
+            wall.elasticity = 0.0
+            wall.friction = 0.0
+            space.add(wall)
+        self.space = space
+        self.control = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
+        self._static_id = space.static_body.id
+        self._add_player((0.0, 0.0))
+        self._bodies = {}
+
+    def _add_player(self, position: tuple[float, float]) -> None:
+        """Add a new player body and shape at ``position``, with the control body and joint that drive it."""
+        player = pymunk.Body(1.0, float("inf"))
+        player.position = position
+        shape = pymunk.Circle(player, PLAYER_RADIUS)
+        shape.elasticity = 0.0
+        shape.friction = 0.0
+        control = self.control
+        control.position = position
+        control.velocity = (0.0, 0.0)
+        self.player = player
+        self.player_shape = shape
+        # The action drives the kinematic control body; a pivot joint with no
+        # position bias makes the player follow its velocity while contacts
+        # with the walls still win (setting the player's velocity directly
+        # would overwrite the contact solver's result and sink into walls).
+        self.pivot = self._make_pivot()
+        self.space.add(player, control, shape, self.pivot)
+        self._player_id = player.id
+        self._control_id = control.id
+
+    def _make_pivot(self) -> pymunk.PivotJoint:
+        pivot = pymunk.PivotJoint(self.control, self.player, (0.0, 0.0), (0.0, 0.0))
+        pivot.max_bias = 0.0
+        pivot.max_force = CONTROL_MAX_FORCE
+        return pivot
 
     # ------------------------------------------------------------------- step
     def step(self, vx: float, vy: float, dash: bool) -> bool:
