@@ -150,13 +150,14 @@ def test_network_forward_matches_numpy_on_fixed_params():
 def _loss_grads(agent, batch, term):
     """Gradient of one loss term w.r.t. (critic params, actor params)."""
 
-    def loss(critic_params, actor_params):
+    def loss(critic_params, actor_params, agent, batch):
         _, metrics = sac.compute_losses(
             agent, critic_params, actor_params, agent.temperature.params, batch, jax.random.key(7)
         )
         return metrics[term]
 
-    return jax.grad(loss, argnums=(0, 1))(agent.critic.params, agent.actor.params)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return grad(agent.critic.params, agent.actor.params, agent, batch)
 
 
 def _nonzero(tree):
