@@ -406,7 +406,7 @@ def train(
                 ep_return[i] = 0.0
                 ep_length[i] = 0
 
-            if step >= tc.learning_starts and len(replay) >= config.agent.batch_size:
+            if step > tc.learning_starts and len(replay) >= config.agent.batch_size:
                 if sampler is None:
                     sampler = DeviceSampler(
                         replay, batch_size=config.agent.batch_size, steps_per_call=k_per_call,

@@ -99,7 +99,7 @@ def test_resume_continues_steps_logs_and_buffer(tmp_path):
     assert updates[-1] == 400 - 60, "warm-up must not be repeated after resume"
     assert [int(r["step"]) for r in read_csv(run_dir / "eval.csv")] == [100, 200, 300, 400]
     header_after = yaml.safe_load((run_dir / "replay" / "header.json").read_text())
-    assert header_after["total_added"] > header["total_added"] >= 200
+    assert header_after["transitions_added"] > header["transitions_added"] >= 200
     assert only_run_dir(results) == run_dir  # no second run directory
 
 
