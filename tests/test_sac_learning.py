@@ -90,7 +90,7 @@ def _bar_task_reward(agent) -> float:
 def test_learns_image_bandit_from_pixels():
     """One-step task: the image shows a bar at x; reward -|a - x|. A random policy scores -2/3,
     a constant one at best -1/2; reading the bar's position from pixels is the only way up."""
-    total_steps, learning_starts, k, seed = 1_000, 200, 8, 0
+    total_steps, learning_starts, k, seed = 480, 160, 8, 0
     observation_space = gymnasium.spaces.Box(0, 255, (IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     action_space = gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32)
     cfg = sac.SACConfig(net_arch=(64, 64), encoder_features=64, batch_size=32, actor_lr=1e-3,
@@ -117,5 +117,5 @@ def test_learns_image_bandit_from_pixels():
             agent, _ = agent.update(batch, update_key)
     final_reward = _bar_task_reward(agent)
     assert initial_reward < -0.4, initial_reward
-    # this seed reaches about -0.03; -0.15 leaves margin and is far above any blind policy (-0.5)
+    # this seed reaches about -0.03 within 200 updates; -0.15 leaves margin and is far above any blind policy (-0.5)
     assert final_reward > -0.15, (initial_reward, final_reward)

@@ -1,0 +1,65 @@
+"""Networks: NatureCNN shapes, uint8 scaling and bf16 compute; random-shift augmentation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dodgerl.networks import MLPEncoder, NatureCNN, random_shift
+
+
+def test_nature_cnn_feature_shape_and_float32_params_under_bf16():
+    images = jnp.zeros((2, 84, 84, 9), jnp.uint8)  # three stacked RGB frames
+    for dtype in (jnp.float32, jnp.bfloat16):
+        cnn = NatureCNN(features=32, dtype=dtype)
+        params = cnn.init(jax.random.key(0), images)
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+        features = cnn.apply(params, images)
+        assert features.shape == (2, 32) and features.dtype == jnp.float32
+    # Nature torso at 84x84: 20x20x32 -> 9x9x64 -> 7x7x64 = 3136 inputs to the dense layer
+    assert params["params"]["Dense_0"]["kernel"].shape == (3136, 32)
+
+
+def test_nature_cnn_scales_uint8_to_unit_interval():
+    cnn = NatureCNN(features=8)
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (3, 40, 40, 3)), jnp.uint8)
+    params = cnn.init(jax.random.key(0), images)
+    as_float = images.astype(jnp.float32) / 255.0
+    conv = params["params"]["Conv_0"]
+    first = jax.lax.conv_general_dilated(
+        as_float, conv["kernel"], (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    ) + conv["bias"]
+    features, state = cnn.apply(params, images, capture_intermediates=True)
+    np.testing.assert_allclose(state["intermediates"]["Conv_0"]["__call__"][0], first, rtol=1e-5,
+                               atol=1e-5)
+    assert features.shape == (3, 8)
+
+
+def test_bf16_features_close_to_fp32():
+    images = jnp.asarray(np.random.default_rng(1).integers(0, 256, (4, 48, 48, 3)), jnp.uint8)
+    params = NatureCNN(features=16).init(jax.random.key(0), images)
+    full = NatureCNN(features=16).apply(params, images)
+    half = NatureCNN(features=16, dtype=jnp.bfloat16).apply(params, images)
+    np.testing.assert_allclose(half, full, rtol=5e-2, atol=5e-2)
+
+
+def test_mlp_encoder_without_layers_is_identity():
+    x = jnp.arange(6.0).reshape(2, 3)
+    assert MLPEncoder(()).init(jax.random.key(0), x) == {}
+    np.testing.assert_array_equal(MLPEncoder(()).apply({}, x), x)
+
+
+def test_random_shift_is_a_per_sample_translation_of_the_edge_padded_image():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 12, 10, 3)).astype(np.uint8)
+    pad = 2
+    shifted = np.asarray(random_shift(jax.random.key(0), jnp.asarray(images), pad))
+    assert shifted.shape == images.shape and shifted.dtype == np.uint8
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    offsets = []
+    for image, out in zip(padded, shifted):
+        matches = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                   if np.array_equal(image[dy : dy + 12, dx : dx + 10], out)]
+        assert matches, "each output must be a crop of its own padded image"
+        offsets.append(matches[0])
+    assert len(set(offsets)) > 1, "shifts must differ between samples"
+    np.testing.assert_array_equal(random_shift(jax.random.key(0), images, 0), images)
