@@ -183,7 +183,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     run_dir = None
     while time.time() < deadline:
         runs = list(results.glob("*/*"))
-        if runs and len(read_csv(runs[0] / "progress.csv")) >= 10:  # past warm-up, updating
+        progress = runs[0] / "progress.csv" if runs else None
+        if progress is not None and progress.exists() and len(read_csv(progress)) >= 10:  # updating
             run_dir = runs[0]
             break
         time.sleep(0.2)
