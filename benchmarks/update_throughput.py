@@ -1,0 +1,163 @@
+"""SAC update throughput: gradient steps per second of ``agent.update`` on whatever device JAX has.
+
+Cases: vector obs (65-dim, batch 256), images at 84x84 and 256x256 (RGB, batch 64), each with
+K = 1 and K = 8 steps per compiled call, images in fp32 and bf16 encoder compute. Batches sit on
+the device before timing; the compile/warm-up call is excluded; each repeat times ``calls``
+update calls ended by ``block_until_ready``; the median over repeats is reported.
+
+    python benchmarks/update_throughput.py                       # all cases
+    python benchmarks/update_throughput.py --cases vector,img84  # what fits on a slow CPU
+    python benchmarks/update_throughput.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import gymnasium
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dodgerl.agents import sac  # noqa: E402
+
+VECTOR_DIM = 65
+ACTION_DIM = 2
+CASES = {
+    # name: (observation shape, dtype, batch size)
+    "vector": ((VECTOR_DIM,), np.float32, 256),
+    "img84": ((84, 84, 3), np.uint8, 64),
+    "img256": ((256, 256, 3), np.uint8, 64),
+}
+
+
+def _batch(shape, dtype, k, b, seed=0) -> sac.Batch:
+    rng = np.random.default_rng(seed)
+
+    def obs():
+        if dtype == np.uint8:
+            return rng.integers(0, 256, (k, b, *shape), dtype=np.uint8)
+        return rng.normal(size=(k, b, *shape)).astype(np.float32)
+
+    batch = sac.Batch(
+        observations=obs(),
+        actions=rng.uniform(-1, 1, (k, b, ACTION_DIM)).astype(np.float32),
+        rewards=rng.normal(size=(k, b)).astype(np.float32),
+        next_observations=obs(),
+        terminated=(rng.uniform(size=(k, b)) < 0.01).astype(np.float32),
+    )
+    return jax.device_put(batch)
+
+
+def measure(case: str, k: int, bf16: bool, repeats: int, min_steps: int,
+            config_overrides: dict) -> dict:
+    shape, dtype, batch_size = CASES[case]
+    low, high = (0, 255) if dtype == np.uint8 else (-np.inf, np.inf)
+    observation_space = gymnasium.spaces.Box(low, high, shape, dtype)
+    action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+    config = sac.SACConfig(batch_size=batch_size, bf16_encoder=bf16, **config_overrides)
+    agent = sac.create(jax.random.key(0), observation_space, action_space, config)
+    batch = _batch(shape, dtype, k, batch_size)
+    keys = jax.random.split(jax.random.key(1), 4)
+
+    start = time.perf_counter()
+    agent, metrics = agent.update(batch, keys[0])
+    jax.block_until_ready((agent, metrics))
+    compile_s = time.perf_counter() - start
+
+    calls = max(1, -(-min_steps // k))
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            agent, metrics = agent.update(batch, keys[1])
+        jax.block_until_ready((agent, metrics))
+        timings.append(time.perf_counter() - start)
+    median = statistics.median(timings)
+    return {
+        "case": case,
+        "obs_shape": list(shape),
+        "batch_size": batch_size,
+        "k": k,
+        "encoder_dtype": "bf16" if bf16 else "fp32",
+        "steps_per_call": k,
+        "calls_per_repeat": calls,
+        "repeats": repeats,
+        "grad_steps_per_s": calls * k / median,
+        "median_s_per_step": median / (calls * k),
+        "min_s_per_step": min(timings) / (calls * k),
+        "first_call_s": compile_s,
+        "compiles": sac._update_jit._cache_size(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", default="vector,img84,img256",
+                        help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument("--ks", default="1,8", help="steps per update call, comma-separated")
+    parser.add_argument("--dtypes", default="fp32,bf16",
+                        help="image encoder compute dtypes (vector always fp32)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--min-steps", type=int, default=200,
+                        help="gradient steps per timed repeat (rounded up to whole calls)")
+    parser.add_argument("--net-arch", default="256,256", help="head widths")
+    parser.add_argument("--encoder-sharing", default="critic", choices=sac.ENCODER_SHARING_MODES)
+    parser.add_argument("--augmentation", action="store_true", help="random shift on images")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    ks = [int(k) for k in args.ks.split(",")]
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    overrides = {
+        "net_arch": tuple(int(w) for w in args.net_arch.split(",")),
+        "encoder_sharing": args.encoder_sharing,
+        "augmentation": args.augmentation,
+    }
+
+    results = []
+    for case in cases:
+        for bf16 in ([False] if case == "vector" else [d == "bf16" for d in dtypes]):
+            for k in ks:
+                result = measure(case, k, bf16, args.repeats, args.min_steps, overrides)
+                results.append(result)
+                print(f"# {case} K={k} {result['encoder_dtype']}: "
+                      f"{result['grad_steps_per_s']:.1f} steps/s", file=sys.stderr, flush=True)
+
+    devices = [str(d) for d in jax.devices()]
+    print(f"SAC update throughput - device: {devices}, jax {jax.__version__}, "
+          f"backend {jax.default_backend()}, python {platform.python_version()}, "
+          f"net_arch {overrides['net_arch']}, sharing {args.encoder_sharing}, "
+          f"augmentation {args.augmentation}\n")
+    print("| case | obs | batch | K | encoder | grad steps/s | ms/step (median) | first call s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r['case']} | {'x'.join(map(str, r['obs_shape']))} | {r['batch_size']} | "
+              f"{r['k']} | {r['encoder_dtype'] if r['case'] != 'vector' else '-'} | "
+              f"{r['grad_steps_per_s']:.1f} | {1e3 * r['median_s_per_step']:.3f} | "
+              f"{r['first_call_s']:.1f} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "devices": devices,
+            "backend": jax.default_backend(),
+            "jax_version": jax.__version__,
+            "python": platform.python_version(),
+            "settings": {**vars(args), "json": str(args.json)},
+            "results": results,
+        }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
