@@ -34,7 +34,7 @@ from dodgerl.config import EnvConfig, RunConfig, config_from_dict, read_yaml, sa
 PROGRESS_FIELDS = (
     "step", "episodes", "updates", "train_return", "train_length", "critic_loss", "actor_loss",
     "temperature", "entropy", "q_mean", "env_steps_per_s", "wall_time_s",
-    "time_env_s", "time_insert_s", "time_update_s", "time_eval_s",
+    "time_act_s", "time_env_s", "time_insert_s", "time_sample_s", "time_update_s", "time_eval_s",
 )
 EVAL_FIELDS = (
     "step", "mean_return", "std_return", "min_return", "max_return", "mean_length",
@@ -321,7 +321,9 @@ def train(
     act = jax.jit(lambda a, o, k: a.act(o, k, deterministic=False))
     act_eval = jax.jit(lambda a, o, k: a.act(o, k, deterministic=tc.eval_deterministic))
     sampler = None
-    timings = {"env": 0.0, "insert": 0.0, "update": 0.0, "eval": 0.0}
+    # Cumulative wall-clock seconds per phase. The update is waited for (block_until_ready) so
+    # that its compute is not billed to the next ``act``, which would need its result anyway.
+    timings = {"act": 0.0, "env": 0.0, "insert": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0}
 
     def meta_now() -> dict[str, Any]:
         return {
@@ -377,12 +379,13 @@ def train(
                 interrupted = True
                 print(f"\n{stop.requested} received: saving a checkpoint at step {step}", flush=True)
                 break
-            t0 = time.perf_counter()
+            t_act = time.perf_counter()
             if step < tc.learning_starts:
                 actions = np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
             else:
                 key, act_key = jax.random.split(key)
                 actions = np.asarray(act(agent, obs, act_key))
+            t0 = time.perf_counter()
             next_obs, rewards, terminated, truncated, infos = envs.step(actions)
             t1 = time.perf_counter()
             done = terminated | truncated
@@ -393,6 +396,7 @@ def train(
                     real_next[i] = infos["final_obs"][i]
             replay.add(single_frames(obs, ec), actions, rewards, single_frames(real_next, ec), terminated, truncated)
             t2 = time.perf_counter()
+            timings["act"] += t0 - t_act
             timings["env"] += t1 - t0
             timings["insert"] += t2 - t1
             obs = next_obs
@@ -413,10 +417,14 @@ def train(
                         prefetch=config.replay.prefetch,
                     )
                 t3 = time.perf_counter()
+                batch = sac.Batch(**next(sampler))
+                t4 = time.perf_counter()
                 key, update_key = jax.random.split(key)
-                agent, metrics = agent.update(sac.Batch(**next(sampler)), update_key)
+                agent, metrics = agent.update(batch, update_key)
+                jax.block_until_ready(metrics)
                 updates += k_per_call
-                timings["update"] += time.perf_counter() - t3
+                timings["sample"] += t4 - t3
+                timings["update"] += time.perf_counter() - t4
 
             if bar is not None:
                 bar.update(tc.n_envs)
