@@ -336,3 +336,11 @@ def test_create_rejects_observation_space_it_cannot_encode(observation_space, me
 def test_create_rejects_action_space_outside_unit_box(action_space):
     with pytest.raises(ValueError, match="action space"):
         sac.create(jax.random.key(0), VECTOR_SPACE, action_space, sac.SACConfig(**TINY))
+
+
+def test_bf16_augmented_image_update_gives_finite_metrics():
+    cfg = sac.SACConfig(**TINY, bf16_encoder=True, augmentation=True, augmentation_pad=2)
+    agent = sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, cfg)
+    agent, metrics = agent.update(random_batch(IMAGE_SPACE, 2, 8), jax.random.key(1))
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(agent.critic.params))
