@@ -163,6 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.frames, args.reopen_capacity, args.frames_84, args.seconds = 2000, 5000, 2000, 0.5
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="replay_bench_", dir=args.dir))
     import jax
 
