@@ -16,6 +16,7 @@ a value of the wrong type or an invalid value raises :class:`ConfigError` naming
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -26,6 +27,21 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type, or an invalid value."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; researchers write it as a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +261,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(part == "" for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
+        value = _yaml_load(value_text) if value_text.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {key}: cannot parse value {value_text!r}: {err}") from err
     return key.split("."), value
@@ -273,7 +289,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _yaml_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if data is None:

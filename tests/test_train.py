@@ -218,6 +218,16 @@ def test_bad_set_values_fail_before_any_work(tmp_path, capsys, override, message
     assert not any(tmp_path.iterdir()), "a run directory was created for a bad config"
 
 
+def test_scientific_notation_is_a_number(tmp_path):
+    path = write_config(tmp_path, tiny_raw())
+    path.write_text(path.read_text() + "\n")
+    config = load_config(path, ["agent.actor_lr=1e-3", "agent.critic_lr=2E-4"])
+    assert config.agent.actor_lr == 1e-3 and config.agent.critic_lr == 2e-4
+    raw = path.read_text().replace("batch_size: 16", "batch_size: 16\n  temperature_lr: 5e-4")
+    path.write_text(raw)
+    assert load_config(path).agent.temperature_lr == 5e-4
+
+
 def test_bad_config_file_names_the_key(tmp_path):
     raw = tiny_raw()
     raw["replay"]["buffer_sise"] = 10
