@@ -1,0 +1,99 @@
+"""``python -m benchmarks --suite quick|full|tiny [--device cpu|gpu] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.suite.settings import SUITES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="dodgerl benchmark suite: env, update and end-to-end throughput, learning "
+                    "curves (IQM, 95% stratified bootstrap CI), cost; writes report.md, PNG plots "
+                    "and results.json.")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="quick",
+                        help="tiny (tests, seconds), quick (CPU smoke, < 15 min), full (GPU)")
+    parser.add_argument("--tiny", action="store_true", help="same as --suite tiny")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="where JAX runs the networks (sets JAX_PLATFORMS)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default results/benchmarks/<timestamp>/)")
+    args = parser.parse_args(argv)
+    suite = "tiny" if args.tiny else args.suite
+    command = "python -m benchmarks " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+    # Before anything imports JAX: pin the backend, keep pygame headless.
+    os.environ["JAX_PLATFORMS"] = "cpu" if args.device == "cpu" else "cuda"
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
+    out = args.out or Path("results/benchmarks") / datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_suite(SUITES[suite], args.device, command)
+    write_outputs(results, out)
+    print(f"report: {out / 'report.md'}", flush=True)
+    return 0
+
+
+def run_suite(settings, device: str, command: str) -> dict[str, Any]:
+    """Every row of the report, as plain data (what results.json holds)."""
+    import dataclasses
+
+    from benchmarks.suite import measure
+    from benchmarks.suite.machine import machine_info
+
+    load_at_start = os.getloadavg()
+    started = time.time()
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {
+        "suite": settings.name,
+        "purpose": settings.purpose,
+        "settings": dataclasses.asdict(settings),
+        "command": command,
+        "device": device,
+        "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "load_average_at_start": list(load_at_start),
+        "machine": machine_info(),
+    }
+    measure.log(f"suite {settings.name} on {device}; load average {load_at_start}")
+    t = time.perf_counter()
+    results["env_throughput"] = measure.env_throughput(settings)
+    results["update_throughput"] = measure.update_throughput(settings)
+    results["end_to_end"] = measure.end_to_end(settings)
+    results["reference"] = measure.reference_returns(settings)
+    with tempfile.TemporaryDirectory(prefix="dodgerl_learning_") as scratch:
+        results["learning"] = measure.learning(settings, Path(scratch))
+    results["peer"] = measure.peer_sb3(settings, device, results["learning"])
+    results["cost"] = {
+        "suite_process_peak_rss_bytes": measure.host_peak_rss_bytes(),
+        "suite_process_device_peak_bytes": measure.device_peak_bytes(),
+    }
+    results["load_average_at_end"] = list(os.getloadavg())
+    results["suite_wall_s"] = time.perf_counter() - t0
+    measure.log(f"suite done in {results['suite_wall_s']:.0f} s")
+    del t
+    return results
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    from benchmarks.suite.report import write_plots, write_report
+    from benchmarks.suite.summary import summarise
+
+    results["summary"] = summarise(results)
+    plots = write_plots(results, out)
+    results["plots"] = plots
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_report(results, out)

@@ -1,0 +1,139 @@
+"""The benchmark suite: IQM / bootstrap statistics on fixed data, and a full tiny-suite report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.suite.stats import bootstrap_ci, bootstrap_replicates, curve_iqm_ci, iqm, trim_count
+
+
+# ---------------------------------------------------------------------------------------- IQM
+
+def test_iqm_of_1_to_8_is_mean_of_3_to_6():
+    assert iqm(np.arange(1, 9)) == pytest.approx(4.5)
+    assert iqm(np.arange(8, 0, -1)) == pytest.approx(4.5)  # order does not matter
+
+
+def test_iqm_ignores_outliers_in_the_tails():
+    assert iqm([1, 2, 3, 4, 5, 6, 7, 1000]) == pytest.approx(4.5)
+    assert iqm([-1e6, 3, 4, 5, 6, 7, 8, 9]) == pytest.approx(iqm([2, 3, 4, 5, 6, 7, 8, 9]))
+
+
+def test_iqm_fractional_sizes_round_the_cut_down():
+    # floor(n / 4) dropped from each end (as scipy.stats.trim_mean(x, 0.25), used by rliable)
+    assert [trim_count(n) for n in (1, 2, 3, 4, 5, 7, 8, 9)] == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert iqm([1, 2, 3, 4, 100]) == pytest.approx(3.0)        # middle 3 of 5
+    assert iqm([5, 7]) == pytest.approx(6.0)                   # nothing cut
+    assert iqm([1, 2, 3, 4]) == pytest.approx(2.5)             # middle 2 of 4
+    assert iqm(np.arange(1, 10)) == pytest.approx(5.0)         # 3..7 of 1..9
+
+
+def test_iqm_matches_scipy_trim_mean_when_available():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    for n in range(1, 30):
+        x = rng.normal(size=n)
+        assert iqm(x) == pytest.approx(stats.trim_mean(x, 0.25))
+
+
+def test_iqm_pools_runs_and_tasks_and_works_along_an_axis():
+    x = np.arange(1, 9).reshape(4, 2)
+    assert iqm(x) == pytest.approx(4.5)
+    np.testing.assert_allclose(iqm(np.array([[1, 2, 3, 4], [10, 20, 30, 40]]), axis=1), [2.5, 25])
+
+
+# ---------------------------------------------------------------------------------- bootstrap
+
+def test_bootstrap_ci_equals_hand_computed_percentiles_of_a_seeded_resampling():
+    x = np.array([3.0, -1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0])
+    reps, seed = 500, 42
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(reps, len(x), 1))
+    by_hand = np.array([np.mean(np.sort(x[idx[r, :, 0]])[2:6]) for r in range(reps)])
+    np.testing.assert_allclose(bootstrap_replicates(x, reps=reps, seed=seed), by_hand)
+    point, low, high = bootstrap_ci(x, reps=reps, seed=seed)
+    assert point == pytest.approx(iqm(x))
+    assert low == pytest.approx(np.percentile(by_hand, 2.5))
+    assert high == pytest.approx(np.percentile(by_hand, 97.5))
+
+
+def test_bootstrap_is_stratified_by_task():
+    # two tasks on very different scales: every replicate keeps 3 runs of each task
+    scores = np.array([[0.0, 100.0], [1.0, 101.0], [2.0, 102.0]])
+    seen = []
+    reps = bootstrap_replicates(scores, statistic=lambda s: seen.append(s.copy()) or 0.0, reps=50)
+    assert reps.shape == (50,)
+    for s in seen:
+        assert s.shape == (3, 2)
+        assert np.all(s[:, 0] < 10) and np.all(s[:, 1] >= 100)
+
+
+def test_ci_contains_the_estimate_and_narrows_with_more_data():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (8, 32, 256):
+        x = rng.normal(10.0, 2.0, size=n)
+        point, low, high = bootstrap_ci(x, reps=2000, seed=1)
+        assert low <= point <= high
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_curve_iqm_ci_per_eval_point():
+    curves = np.array([[0.0, 10.0, 20.0], [2.0, 12.0, 22.0], [4.0, 14.0, 24.0]])
+    point, low, high = curve_iqm_ci(curves, reps=300)
+    np.testing.assert_allclose(point, [2.0, 12.0, 22.0])
+    assert np.all(low <= point) and np.all(point <= high)
+    assert np.all(low >= curves.min(axis=0)) and np.all(high <= curves.max(axis=0))
+
+
+# ----------------------------------------------------------------------------- tiny suite report
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    from benchmarks.suite.cli import main
+
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["--suite", "tiny", "--device", "cpu", "--out", str(out)]) == 0
+    return out
+
+
+def test_tiny_report_has_every_row(tiny_report):
+    text = (tiny_report / "report.md").read_text()
+    for heading in ("## Machine and versions", "## 1. Env throughput", "## 2. Update throughput",
+                    "## 3. End-to-end training throughput (UTD 1)",
+                    "## 4. Learning: eval return vs env steps and wall-clock", "## 5. Cost",
+                    "## Peer: stable-baselines3 SAC"):
+        assert heading in text, heading
+    for row in ("| CPU |", "| cores |", "| GPU |", "| versions |", "jax 0.", "Command: `python -m benchmarks",
+                "load average at start", "| vector | 1 env, in process |",
+                "| vector | AsyncVectorEnv, 2 workers |", "| image 64x64 | 1 env, in process |",
+                "Render only", "| vector (tiny net) | 256 |", "act %", "update %", "eval s",
+                "random policy", "heuristic policy", "IQM return", "95% CI", "Pooled over levels",
+                "replay bytes/transition", "checkpoint size", "peak host memory",
+                "peak device memory"):
+        assert row in text, row
+    assert "| 1 | SAC, vector (tiny net) |" in text and "| 2 | SAC, vector (tiny net) |" in text
+    import importlib.util
+
+    if importlib.util.find_spec("stable_baselines3") is None:
+        assert "Peer row skipped" in text and "not installed" in text
+
+
+def test_tiny_results_json_and_plots(tiny_report):
+    for name in ("learning_vs_steps.png", "learning_vs_wallclock.png", "throughput.png"):
+        data = (tiny_report / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+    results = json.loads((tiny_report / "results.json").read_text())
+    for key in ("machine", "env_throughput", "update_throughput", "end_to_end", "learning",
+                "reference", "cost", "peer", "summary", "command", "load_average_at_start"):
+        assert key in results, key
+    runs = results["learning"]
+    assert sorted((r["level"], r["seed"]) for r in runs) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert all(r["eval"] and {"step", "mean_return", "wall_time_s"} <= set(r["eval"][0]) for r in runs)
+    e2e = results["end_to_end"][0]
+    assert set(e2e["timings"]) == {"act", "env", "insert", "sample", "update", "eval"}
+    assert e2e["steady"]["env_steps_per_s"] > 0
+    assert e2e["checkpoint_bytes"] > 0 and e2e["replay_bytes_per_transition"] > 0
