@@ -5,6 +5,10 @@ K = 1 and K = 8 steps per compiled call, images in fp32 and bf16 encoder compute
 the device before timing; the compile/warm-up call is excluded; each repeat times ``calls``
 update calls ended by ``block_until_ready``; the median over repeats is reported.
 
+Then ``act`` latency (``--act-cases``): one numpy observation in, the action back as numpy, as an
+env loop calls it, through ``agent.act`` and through the old ``jax.jit(lambda a, o, k:
+a.act(o, k))`` pattern; the median over ``--act-calls`` calls.
+
     python benchmarks/update_throughput.py                       # all cases
     python benchmarks/update_throughput.py --cases vector,img84  # what fits on a slow CPU
     python benchmarks/update_throughput.py --json out.json
@@ -97,6 +101,42 @@ def measure(case: str, k: int, bf16: bool, repeats: int, min_steps: int,
     }
 
 
+def measure_act(case: str, bf16: bool, calls: int, whole_agent_jit: bool) -> dict:
+    """Latency of one ``act`` call on a single numpy observation, action back on the host (what an
+    env loop pays per step). ``whole_agent_jit`` times the old pattern, ``jax.jit(lambda a, o, k:
+    a.act(o, k))``, which passes the whole agent (optimiser states included) through jit."""
+    shape, dtype, _ = CASES[case]
+    low, high = (0, 255) if dtype == np.uint8 else (-np.inf, np.inf)
+    observation_space = gymnasium.spaces.Box(low, high, shape, dtype)
+    action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+    agent = sac.create(jax.random.key(0), observation_space, action_space,
+                       sac.SACConfig(bf16_encoder=bf16))
+    rng = np.random.default_rng(0)
+    if dtype == np.uint8:
+        obs = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(4)]
+    else:
+        obs = [rng.normal(size=shape).astype(np.float32) for _ in range(4)]
+    keys = list(jax.random.split(jax.random.key(2), 4))
+    act = jax.jit(lambda a, o, k: a.act(o, k)) if whole_agent_jit else (
+        lambda a, o, k: a.act(o, k))
+    for i in range(3):
+        np.asarray(act(agent, obs[i % 4], keys[i % 4]))
+    times = []
+    for i in range(calls):
+        start = time.perf_counter()
+        np.asarray(act(agent, obs[i % 4], keys[i % 4]))
+        times.append(time.perf_counter() - start)
+    return {
+        "case": f"act {case}",
+        "obs_shape": list(shape),
+        "encoder_dtype": "bf16" if bf16 else "fp32",
+        "path": "jit(whole agent)" if whole_agent_jit else "agent.act",
+        "median_ms": 1e3 * statistics.median(times),
+        "p90_ms": 1e3 * float(np.percentile(times, 90)),
+        "calls": calls,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default="vector,img84,img256",
@@ -110,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--net-arch", default="256,256", help="head widths")
     parser.add_argument("--encoder-sharing", default="critic", choices=sac.ENCODER_SHARING_MODES)
     parser.add_argument("--augmentation", action="store_true", help="random shift on images")
+    parser.add_argument("--act-cases", default="vector,img256",
+                        help="cases for the act latency rows (single obs, action to host); '' "
+                             "for none")
+    parser.add_argument("--act-calls", type=int, default=300)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -134,6 +178,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# {case} K={k} {result['encoder_dtype']}: "
                       f"{result['grad_steps_per_s']:.1f} steps/s", file=sys.stderr, flush=True)
 
+    act_results = []
+    for case in [c for c in args.act_cases.split(",") if c]:
+        if case not in CASES:
+            parser.error(f"unknown act case {case}; choose from {list(CASES)}")
+        for whole in (False, True):
+            r = measure_act(case, False, args.act_calls, whole)
+            act_results.append(r)
+            print(f"# act {case} {r['path']}: {r['median_ms']:.3f} ms", file=sys.stderr,
+                  flush=True)
+
     devices = [str(d) for d in jax.devices()]
     print(f"SAC update throughput - device: {devices}, jax {jax.__version__}, "
           f"backend {jax.default_backend()}, python {platform.python_version()}, "
@@ -146,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['k']} | {r['encoder_dtype'] if r['case'] != 'vector' else '-'} | "
               f"{r['grad_steps_per_s']:.1f} | {1e3 * r['median_s_per_step']:.3f} | "
               f"{r['first_call_s']:.1f} |")
+    if act_results:
+        print("\n| act (single obs, action to host) | obs | path | median ms | p90 ms |")
+        print("| --- | --- | --- | --- | --- |")
+        for r in act_results:
+            print(f"| {r['case']} | {'x'.join(map(str, r['obs_shape']))} | {r['path']} | "
+                  f"{r['median_ms']:.3f} | {r['p90_ms']:.3f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
@@ -155,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "settings": {**vars(args), "json": str(args.json)},
             "results": results,
+            "act": act_results,
         }, indent=2))
     return 0
 

@@ -63,3 +63,35 @@ def test_random_shift_is_a_per_sample_translation_of_the_edge_padded_image():
         offsets.append(matches[0])
     assert len(set(offsets)) > 1, "shifts must differ between samples"
     np.testing.assert_array_equal(random_shift(jax.random.key(0), images, 0), images)
+
+
+def test_space_to_depth_first_conv_equals_strided_conv_including_odd_sizes():
+    """The exact rewrite of the 8x8 stride-4 conv: same params, same outputs as the plain conv,
+    also where H, W are not multiples of 4 (the rows and columns a VALID conv ignores)."""
+    from dodgerl.networks.encoders import StridedConv
+
+    rng = np.random.default_rng(3)
+    for shape in [(2, 40, 40, 3), (3, 42, 45, 6), (2, 84, 84, 3), (1, 2, 47, 39, 9)]:
+        x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+        params = StridedConv(32, 8, 4).init(jax.random.key(0), x)
+        kernel, bias = params["params"]["kernel"], params["params"]["bias"]
+        assert kernel.shape == (8, 8, shape[-1], 32)
+        flat = x.reshape(-1, *shape[-3:])
+        expected = jax.lax.conv_general_dilated(
+            flat, kernel, (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+        expected = np.asarray(expected).reshape(*shape[:-3], *expected.shape[1:])
+        for s2d in (True, False):
+            got = StridedConv(32, 8, 4, space_to_depth=s2d).apply(params, x)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_nature_cnn_space_to_depth_same_params_and_features():
+    images = jnp.asarray(np.random.default_rng(4).integers(0, 256, (3, 50, 47, 6)), jnp.uint8)
+    fast, plain = NatureCNN(features=16), NatureCNN(features=16, space_to_depth=False)
+    params = fast.init(jax.random.key(0), images)
+    jax.tree.map(np.testing.assert_array_equal, params, plain.init(jax.random.key(0), images))
+    np.testing.assert_allclose(fast.apply(params, images), plain.apply(params, images),
+                               rtol=1e-5, atol=1e-5)
+    grads = [jax.grad(lambda p, m=m: jnp.sum(m.apply(p, images) ** 2))(params)
+             for m in (fast, plain)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)

@@ -41,6 +41,46 @@ from dodgerl.networks import (
 ENCODER_SHARING_MODES = ("critic", "separate")
 
 
+@dataclasses.dataclass(frozen=True)
+class ImplOptions:
+    """How the update is computed, not what it computes: every setting gives the same agent up
+    to float rounding (``bf16_dense`` aside, which only matters with ``bf16_encoder``). The
+    defaults are the fastest measured on an H100 (docs/perf_notes.md); the others exist so that
+    ``benchmarks/sac_variants.py`` can measure them. Change with ``set_impl_options``."""
+
+    conv1_space_to_depth: bool = True
+    """NatureCNN's 8x8/4 first conv as a 2x2/1 conv over a space-to-depth image (exact)."""
+    concat_online: bool = False
+    """Encode obs and next obs in one call of the online (actor's) encoder, batch 2B, and run the
+    actor head once over both; the next-obs half is detached (its gradient is exactly zero)."""
+    scan_unroll: int = 8
+    """``lax.scan`` unroll factor of the K steps (K or more: no device loop at all). Unrolled
+    steps compile slower (first call ~13 s instead of ~3 s on the H100) but skip the per-iteration
+    loop overhead (bf16 256x256: 1.16 -> 1.03 ms/step)."""
+    bf16_dense: bool = True
+    """With ``bf16_encoder``: also the final dense layer in bf16 (else it computes in fp32)."""
+
+
+_IMPL = ImplOptions()
+
+
+def impl_options() -> ImplOptions:
+    """The implementation options in effect."""
+    return _IMPL
+
+
+def set_impl_options(**changes: Any) -> ImplOptions:
+    """Replace implementation options (benchmarks only) and drop every compiled program and
+    cached network so the next call traces with them. Returns the previous options."""
+    global _IMPL
+    previous = _IMPL
+    _IMPL = dataclasses.replace(_IMPL, **changes)
+    build_networks.cache_clear()
+    _update_jit.clear_cache()
+    _act_jit.clear_cache()
+    return previous
+
+
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
@@ -204,9 +244,12 @@ def build_networks(
     """Modules for these static settings (cached, so agents with equal settings share them)."""
     is_image = len(observation_shape) == 3
     if is_image:
+        dtype = jnp.bfloat16 if config.bf16_encoder else jnp.float32
         encoder = NatureCNN(
             features=config.encoder_features,
-            dtype=jnp.bfloat16 if config.bf16_encoder else jnp.float32,
+            dtype=dtype,
+            dense_dtype=dtype if _IMPL.bf16_dense else jnp.float32,
+            space_to_depth=_IMPL.conv1_space_to_depth,
         )
     else:
         encoder = MLPEncoder(config.vector_encoder_arch)
@@ -257,24 +300,32 @@ class SACAgent(struct.PyTreeNode):
             ) -> jax.Array:
         """Actions in [-1, 1]^d for one observation (obs_shape) -> (d,) or a batch -> (B, d).
 
-        Jitted; a fixed input shape compiles once. ``deterministic`` returns tanh(mean); ``key``
-        may be None only then.
+        Cheap enough to call every env step: it calls a compiled function of only the actor head's
+        and the encoder's parameters, the observations (numpy is fine: they travel inside the
+        call) and the key, so the optimiser states never cross the jit boundary. Call it directly;
+        wrapping it in your own ``jax.jit`` of the whole agent brings that cost back. A fixed
+        input shape compiles once. ``deterministic`` returns tanh(mean); ``key`` may be None only
+        then.
         """
-        observations = jnp.asarray(observations)
-        single = observations.shape == self.observation_shape
-        if not single and observations.shape[1:] != self.observation_shape:
+        shape = tuple(np.shape(observations))
+        single = shape == self.observation_shape
+        if not single and shape[1:] != self.observation_shape:
             raise ValueError(
-                f"act: observations of shape {observations.shape} match neither "
+                f"act: observations of shape {shape} match neither "
                 f"{self.observation_shape} nor (B, *{self.observation_shape})"
             )
+        deterministic = bool(deterministic)
         if key is None:
             if not deterministic:
                 raise ValueError("act: a key is required unless deterministic=True")
-            key = jax.random.key(0)
-        if single:
-            observations = observations[None]
-        actions = _act_jit(self, observations, key, bool(deterministic))
-        return actions[0] if single else actions
+            key = _unused_key()
+        if self.config.encoder_sharing == "critic":
+            encoder_params = self.critic.params["encoder"]
+        else:
+            encoder_params = self.actor.params["encoder"]
+        return _act_jit(self.config, self.observation_shape, self.action_dim,
+                        self.actor.params["head"], encoder_params, observations, key,
+                        deterministic)
 
     def update(self, batch: Batch, key: jax.Array) -> tuple[SACAgent, dict[str, jax.Array]]:
         """K gradient steps, one per slice of the batch's leading K axis, in one compiled call.
@@ -442,18 +493,6 @@ def _encode(nets: Networks, encoder_params: Any, observations: jax.Array) -> jax
     return nets.encoder.apply({"params": encoder_params}, observations)
 
 
-def _actor_encoder_params(agent: SACAgent, critic_params: Any, actor_params: Any) -> Any:
-    if agent.config.encoder_sharing == "critic":
-        return jax.lax.stop_gradient(critic_params["encoder"])
-    return actor_params["encoder"]
-
-
-def _policy(nets: Networks, head_params: Any, features: jax.Array, key: jax.Array
-            ) -> tuple[jax.Array, jax.Array]:
-    mean, log_std = nets.actor_head.apply({"params": head_params}, features)
-    return sample_tanh_gaussian(key, mean, log_std)
-
-
 def _augment(agent: SACAgent, key: jax.Array, observations: jax.Array) -> jax.Array:
     if agent.networks.is_image and agent.config.augmentation:
         return random_shift(key, observations, agent.config.augmentation_pad)
@@ -473,6 +512,7 @@ def compute_losses(
     Each term depends only on its own parameters (the others enter through stop_gradient), so
     one gradient of the sum is each network's gradient of its own loss. Observations are encoded
     once by the critic encoder; with ``critic`` sharing the actor reads those features detached.
+    The actor head runs once over [obs features; next obs features] (the next half detached).
     """
     nets, config = agent.networks, agent.config
     k_aug, k_aug_next, k_next_action, k_action = jax.random.split(key, 4)
@@ -481,15 +521,41 @@ def compute_losses(
     log_temperature = temperature_params["log_temperature"]
     temperature = jax.lax.stop_gradient(jnp.exp(log_temperature))
 
+    batch_size = batch.rewards.shape[0]
+    sg = jax.lax.stop_gradient
+    if config.encoder_sharing == "critic":
+        online_encoder = critic_params["encoder"]  # the actor reads it detached
+    else:
+        online_encoder = actor_params["encoder"]
+    if _IMPL.concat_online:
+        # One call of the online encoder over [obs; next obs]; the next-obs half is detached, so
+        # its cotangent is exactly zero and the gradients equal the two-call form below.
+        both = _encode(nets, online_encoder,
+                       jnp.concatenate([observations, next_observations], axis=0))
+        online_features, next_features = both[:batch_size], sg(both[batch_size:])
+    else:
+        online_features = _encode(nets, online_encoder, observations)
+        next_features = _encode(nets, sg(online_encoder), next_observations)
+    if config.encoder_sharing == "critic":
+        critic_features = online_features
+        actor_features = sg(critic_features)
+    else:
+        critic_features = _encode(nets, critic_params["encoder"], observations)
+        actor_features = online_features
+
+    # Actor head, once over [obs features; next obs features]: the next half is detached.
+    mean, log_std = nets.actor_head.apply(
+        {"params": actor_params["head"]},
+        jnp.concatenate([actor_features, next_features], axis=0),
+    )
+    next_actions, next_log_probs = sample_tanh_gaussian(
+        k_next_action, sg(mean[batch_size:]), sg(log_std[batch_size:])
+    )
+    actions, log_probs = sample_tanh_gaussian(
+        k_action, mean[:batch_size], log_std[:batch_size]
+    )
+
     # Target side: no gradient flows here.
-    frozen_critic = jax.lax.stop_gradient(critic_params)
-    frozen_actor_encoder = jax.lax.stop_gradient(
-        _actor_encoder_params(agent, critic_params, actor_params)
-    )
-    next_features = _encode(nets, frozen_actor_encoder, next_observations)
-    next_actions, next_log_probs = _policy(
-        nets, jax.lax.stop_gradient(actor_params["head"]), next_features, k_next_action
-    )
     target_params = agent.critic.target_params
     next_target_q = nets.critic_head.apply(
         {"params": target_params["head"]},
@@ -501,18 +567,13 @@ def compute_losses(
     )
 
     # Critic: gradients into the critic heads and the critic encoder.
-    critic_features = _encode(nets, critic_params["encoder"], observations)
     q = nets.critic_head.apply({"params": critic_params["head"]}, critic_features, batch.actions)
     loss_critic = critic_loss(q, target)
 
-    # Actor: gradients into the actor head (and its own encoder with separate sharing).
-    if config.encoder_sharing == "critic":
-        actor_features = jax.lax.stop_gradient(critic_features)
-    else:
-        actor_features = _encode(nets, actor_params["encoder"], observations)
-    actions, log_probs = _policy(nets, actor_params["head"], actor_features, k_action)
+    # Actor: gradients into the actor head (and its own encoder with separate sharing), through
+    # the frozen critic head.
     q_policy = nets.critic_head.apply(
-        {"params": frozen_critic["head"]}, jax.lax.stop_gradient(critic_features), actions
+        {"params": sg(critic_params["head"])}, sg(critic_features), actions
     )
     loss_actor = actor_loss(log_probs, q_policy, temperature)
 
@@ -560,7 +621,7 @@ def _update(agent: SACAgent, batch: Batch, key: jax.Array) -> tuple[SACAgent, di
     def body(agent: SACAgent, inputs: tuple[Batch, jax.Array]):
         return sac_step(agent, *inputs)
 
-    agent, metrics = jax.lax.scan(body, agent, (batch, keys))
+    agent, metrics = jax.lax.scan(body, agent, (batch, keys), unroll=min(_IMPL.scan_unroll, num_steps))
     return agent, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
 
@@ -568,19 +629,30 @@ _update_jit = jax.jit(_update, donate_argnums=0)
 """The compiled update; ``_update_jit._cache_size()`` counts its compilations."""
 
 
-def _act(agent: SACAgent, observations: jax.Array, key: jax.Array, deterministic: bool
-         ) -> jax.Array:
-    nets = agent.networks
-    encoder_params = _actor_encoder_params(agent, agent.critic.params, agent.actor.params)
+def _act(config: SACConfig, observation_shape: tuple[int, ...], action_dim: int,
+         head_params: Any, encoder_params: Any, observations: jax.Array, key: jax.Array,
+         deterministic: bool) -> jax.Array:
+    nets = build_networks(config, observation_shape, action_dim)
+    single = observations.ndim == len(observation_shape)
+    if single:
+        observations = observations[None]
     features = _encode(nets, encoder_params, observations)
-    mean, log_std = nets.actor_head.apply({"params": agent.actor.params["head"]}, features)
+    mean, log_std = nets.actor_head.apply({"params": head_params}, features)
     if deterministic:
-        return jnp.tanh(mean)
-    actions, _ = sample_tanh_gaussian(key, mean, log_std)
-    return actions
+        actions = jnp.tanh(mean)
+    else:
+        actions, _ = sample_tanh_gaussian(key, mean, log_std)
+    return actions[0] if single else actions
 
 
-_act_jit = jax.jit(_act, static_argnums=3)
+@functools.lru_cache(maxsize=1)
+def _unused_key() -> jax.Array:
+    return jax.random.key(0)
+
+
+_act_jit = jax.jit(_act, static_argnums=(0, 1, 2, 7))
+"""The compiled acting path: (config, obs shape, action dim, actor head params, encoder params,
+observations, key, deterministic); one compilation per input shape."""
 
 
 def _check_batch(agent: SACAgent, batch: Batch) -> None:

@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -24,21 +25,94 @@ def nature_cnn_min_size() -> int:
     return 36
 
 
+def space_to_depth(x: jnp.ndarray, block: int) -> jnp.ndarray:
+    """(..., H, W, C) -> (..., H/b, W/b, b*b*C), channel index (dy*b + dx)*C + c.
+
+    H and W must be multiples of ``block``.
+    """
+    *lead, h, w, c = x.shape
+    x = x.reshape(*lead, h // block, block, w // block, block, c)
+    x = jnp.moveaxis(x, -4, -3)  # (..., H/b, W/b, b(dy), b(dx), C)
+    return x.reshape(*lead, h // block, w // block, block * block * c)
+
+
+def space_to_depth_kernel(kernel: jnp.ndarray, block: int) -> jnp.ndarray:
+    """An HWIO (k, k, C, O) kernel with k a multiple of ``block`` -> (k/b, k/b, b*b*C, O), the
+    kernel of the stride-1 conv over ``space_to_depth(x, block)`` equal to the stride-``block``
+    conv of ``kernel`` over ``x`` (channel order as ``space_to_depth``)."""
+    kh, kw, c, o = kernel.shape
+    kernel = kernel.reshape(kh // block, block, kw // block, block, c, o)
+    kernel = jnp.moveaxis(kernel, 2, 1)  # (kh/b, kw/b, b(dy), b(dx), C, O)
+    return kernel.reshape(kh // block, kw // block, block * block * c, o)
+
+
+class StridedConv(nn.Module):
+    """A VALID ``kernel x kernel`` conv with stride ``stride`` (``kernel`` a multiple of it), with
+    the parameters of ``nn.Conv`` (``kernel`` (k, k, C, O) HWIO, ``bias`` (O,), same init).
+
+    With ``space_to_depth`` it computes the same function exactly (up to float summation order)
+    as a stride-1 conv with a (k/s, k/s, s*s*C, O) kernel over the space-to-depth image: rows and
+    columns that the strided VALID conv never reads (beyond ``stride * (out + k/s - 1)``) are
+    cropped first. NatureCNN's first layer (8x8 stride 4 over 3 channels) is badly shaped for
+    cuDNN (3 input channels, stride 4); as a 2x2 stride-1 conv over 48 channels it is a plain
+    implicit GEMM. See docs/perf_notes.md.
+    """
+
+    features: int
+    kernel: int
+    stride: int
+    dtype: jnp.dtype = jnp.float32
+    space_to_depth: bool = True
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        k, s = self.kernel, self.stride
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (k, k, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        lead = x.shape[:-3]
+        x = x.reshape(-1, *x.shape[-3:])
+        if self.space_to_depth and k % s == 0:
+            h_out, w_out = ((n - k) // s + 1 for n in x.shape[1:3])
+            blocks = k // s
+            x = x[:, : s * (h_out + blocks - 1), : s * (w_out + blocks - 1)]
+            x = space_to_depth(x, s)
+            kernel, strides = space_to_depth_kernel(kernel, s), (1, 1)
+        else:
+            strides = (s, s)
+        y = jax.lax.conv_general_dilated(
+            x, kernel, strides, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        y = y + bias
+        return y.reshape(*lead, *y.shape[1:])
+
+
 class NatureCNN(nn.Module):
     """Mnih et al. (2015) torso: 8x8/4 32ch, 4x4/2 64ch, 3x3/1 64ch, dense ``features`` + ReLU.
 
     Takes uint8 images (..., H, W, C) and scales them to [0, 1] on the device. ``dtype`` is the
     compute dtype (bfloat16 halves the memory traffic on GPUs); parameters stay float32 and the
-    features come out float32 so the heads and losses never see bf16.
+    features come out float32 so the heads and losses never see bf16. ``dense_dtype`` (default:
+    ``dtype``) is the compute dtype of the final dense layer alone.
+
+    The first conv is computed as an exact space-to-depth rewrite (``StridedConv``) unless
+    ``space_to_depth=False``; the parameters (``Conv_0``..``Conv_2``, ``Dense_0``) and their
+    layout are the same either way.
     """
 
     features: int = 512
     dtype: jnp.dtype = jnp.float32
+    dense_dtype: jnp.dtype | None = None
+    space_to_depth: bool = True
 
     @nn.compact
     def __call__(self, observations: jnp.ndarray) -> jnp.ndarray:
         x = observations.astype(self.dtype) * jnp.asarray(1.0 / 255.0, self.dtype)
-        for channels, kernel, stride in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
+        x = StridedConv(32, 8, 4, dtype=self.dtype, space_to_depth=self.space_to_depth,
+                        name="Conv_0")(x)
+        x = nn.relu(x)
+        for i, (channels, kernel, stride) in enumerate(((64, 4, 2), (64, 3, 1)), start=1):
             x = nn.Conv(
                 channels,
                 (kernel, kernel),
@@ -46,8 +120,11 @@ class NatureCNN(nn.Module):
                 padding="VALID",
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
+                name=f"Conv_{i}",
             )(x)
             x = nn.relu(x)
         x = x.reshape(*x.shape[:-3], -1)
-        x = nn.Dense(self.features, dtype=self.dtype, param_dtype=jnp.float32)(x)
+        dense_dtype = self.dtype if self.dense_dtype is None else self.dense_dtype
+        x = nn.Dense(self.features, dtype=dense_dtype, param_dtype=jnp.float32,
+                     name="Dense_0")(x.astype(dense_dtype))
         return nn.relu(x).astype(jnp.float32)
