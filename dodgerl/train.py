@@ -126,11 +126,11 @@ class Evaluator:
         active = np.ones(n, dtype=bool)
         frames = [self.envs[0].render()] if self.record else []
         while active.any():
-            idx = np.flatnonzero(active)
             key, act_key = jax.random.split(key)
-            actions = np.asarray(act(np.stack([obs[i] for i in idx]), act_key))
-            for j, i in enumerate(idx):
-                o, r, terminated, truncated, _ = self.envs[i].step(actions[j])
+            # Finished episodes keep their last observation in the batch: one shape, one compile.
+            actions = np.asarray(act(np.stack(obs), act_key))
+            for i in np.flatnonzero(active):
+                o, r, terminated, truncated, _ = self.envs[i].step(actions[i])
                 obs[i] = o
                 returns[i] += r
                 lengths[i] += 1
@@ -318,8 +318,6 @@ def train(
     eval_log = CsvLog(run_dir / "eval.csv", EVAL_FIELDS, resume_step)
 
     k_per_call = tc.utd * tc.n_envs
-    act = jax.jit(lambda a, o, k: a.act(o, k, deterministic=False))
-    act_eval = jax.jit(lambda a, o, k: a.act(o, k, deterministic=tc.eval_deterministic))
     sampler = None
     # Cumulative wall-clock seconds per phase. The update is waited for (block_until_ready) so
     # that its compute is not billed to the next ``act``, which would need its result anyway.
@@ -341,7 +339,7 @@ def train(
         nonlocal best_eval, key
         t0 = time.perf_counter()
         key, eval_key = jax.random.split(key)
-        result = evaluator.run(lambda o, k: act_eval(agent, o, k), eval_key)
+        result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=tc.eval_deterministic), eval_key)
         row = result.row(step, wall_offset + time.perf_counter() - t_start)
         eval_log.write(row)
         last_eval[0] = row["mean_return"]
@@ -384,7 +382,7 @@ def train(
                 actions = np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
             else:
                 key, act_key = jax.random.split(key)
-                actions = np.asarray(act(agent, obs, act_key))
+                actions = np.asarray(agent.act(obs, act_key))
             t0 = time.perf_counter()
             next_obs, rewards, terminated, truncated, infos = envs.step(actions)
             t1 = time.perf_counter()
