@@ -29,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="where JAX runs the networks (sets JAX_PLATFORMS)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default results/benchmarks/<timestamp>/)")
+    parser.add_argument("--rerender", type=Path, default=None, metavar="DIR",
+                        help="only rebuild report.md and the plots from DIR/results.json")
     args = parser.parse_args(argv)
+    if args.rerender is not None:
+        results = json.loads((args.rerender / "results.json").read_text())
+        write_outputs(results, args.rerender)
+        print(f"report: {args.rerender / 'report.md'}", flush=True)
+        return 0
     suite = "tiny" if args.tiny else args.suite
     command = "python -m benchmarks " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))

@@ -238,7 +238,7 @@ def _e2e_worker(obs: ObsSetting, budget: TrainBudget, queue) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="dodgerl_bench_") as tmp:
             out = train_once(run_config(obs, budget, 1, 0, "e2e"), Path(tmp))
-        out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out["peak_rss_bytes"] = process_peak_rss_bytes()
         out["device_peak_bytes"] = device_peak_bytes()
         queue.put(out)
     except BaseException:  # noqa: BLE001 - reported by the parent
@@ -378,4 +378,19 @@ def peer_sb3(settings: SuiteSettings, device: str, ours: list[dict[str, Any]]) -
 
 
 def host_peak_rss_bytes() -> int:
+    """``ru_maxrss`` of this process, in bytes (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def process_peak_rss_bytes() -> int:
+    """Peak resident memory of this process's own address space: ``VmHWM`` of
+    /proc/self/status where there is one, else ``ru_maxrss``. In a spawned worker ``ru_maxrss``
+    would report the parent's peak (Linux carries it over fork and exec); VmHWM starts afresh
+    at exec, so it is the run's own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return host_peak_rss_bytes()

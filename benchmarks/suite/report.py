@@ -16,6 +16,15 @@ def _mb(n: float | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:,.1f} MiB"
 
 
+def _short(y: float) -> str:
+    """12345 -> '12.3k', 0.0172 -> '0.0172'."""
+    if y >= 1e6:
+        return f"{y / 1e6:.3g}M"
+    if y >= 1e3:
+        return f"{y / 1e3:.3g}k"
+    return f"{y:.3g}"
+
+
 def _num(x: float | None, digits: int = 1) -> str:
     if x is None or (isinstance(x, float) and not np.isfinite(x)):
         return "n/a"
@@ -72,7 +81,8 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
     # throughput bars, log scale
     bars: list[tuple[str, str, float]] = []
     for r in results["env_throughput"]["rows"]:
-        bars.append(("env steps/s" + ("" if r["workers"] == 1 else f" ({r['workers']} workers)"),
+        bars.append(("env steps/s (1 env)" if r["workers"] == 1 else
+                     f"env steps/s ({r['workers']} async workers)",
                      r["obs"], r["steps_per_s"]))
     for r in results["env_throughput"]["render_only"]:
         bars.append(("render-only frames/s", r["obs"], r["frames_per_s"]))
@@ -94,7 +104,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
                 xs.append(i + (j - (len(obs_labels) - 1) / 2) * width)
                 ys.append(v)
         rects = ax.bar(xs, ys, width, label=obs, color=COLORS[j % len(COLORS)])
-        ax.bar_label(rects, labels=[f"{y:,.3g}" for y in ys], fontsize=7, rotation=90, padding=2)
+        ax.bar_label(rects, labels=[_short(y) for y in ys], fontsize=7, rotation=90, padding=2)
     ax.set_yscale("log")
     ax.set_xticks(range(len(metrics)), metrics, rotation=15, ha="right", fontsize=8)
     ax.set_ylabel("rate (per second, log scale)")
@@ -193,7 +203,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             pct = " | ".join(f"{100 * st['phases_s'][p] / st['wall_s']:.1f}" for p in PHASES[:-1])
             steady = (f"{_num(st['env_steps_per_s'], 2)} | steps {int(st['from_step'])}-"
                       f"{int(st['to_step'])} ({st['wall_s']:.1f} s) | {pct} | "
-                      f"{100 * st['other_s'] / st['wall_s']:.1f}")
+                      f"{max(0.0, 100 * st['other_s'] / st['wall_s']):.1f}")
         else:
             steady = "n/a | n/a | " + " | ".join("n/a" for _ in PHASES[:-1]) + " | n/a"
         add(f"| {r['obs']} | {r['batch_size']} | {b['total_timesteps']} / {b['learning_starts']} | "
@@ -242,7 +252,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     add("From the end-to-end runs (each in its own process unless the suite says otherwise). Replay bytes per transition: the "
         "buffer's files (allocated blocks, `du`) divided by its capacity; the buffer is "
         "preallocated and stores one frame per transition. Checkpoint: `du` of the last "
-        "`checkpoints/<step>/` directory. Peak host memory: `ru_maxrss` of the run's process. "
+        "`checkpoints/<step>/` directory. Peak host memory: the run's process's peak resident set (`VmHWM`, the per-address-space form of `ru_maxrss`, which a spawned process would inherit from its parent); the suite process row is its `ru_maxrss`. "
         "Device memory: `memory_stats()['peak_bytes_in_use']` of JAX device 0 (n/a when the "
         "backend reports none, e.g. CPU).\n")
     add("| observation | observation bytes | replay bytes/transition | checkpoint size | peak host memory | peak device memory |")

@@ -122,7 +122,7 @@ QUICK = SuiteSettings(
     learning_obs=(VECTOR, IMG64_TINY),
     learning_budget={
         VECTOR.label: TrainBudget(2000, 500, 250, 5, 10_000),
-        IMG64_TINY.label: TrainBudget(350, 300, 50, 2, 2000, log_freq=50),
+        IMG64_TINY.label: TrainBudget(450, 250, 50, 2, 2000, log_freq=50),
     },
     levels=(1, 2), seeds=2, reference_episodes=20, bootstrap_reps=2000,
 )

@@ -13,8 +13,9 @@ def learning_curves(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per (obs type, level): eval steps, mean wall-clock, IQM and CI at each point."""
     reps = results["settings"]["bootstrap_reps"]
     out = []
+    order = list(dict.fromkeys(r["obs"] for r in results["learning"]))  # the suite's order
     keys = sorted({(r["obs"], r["level"]) for r in results["learning"]},
-                  key=lambda k: (k[1], k[0]))
+                  key=lambda k: (k[1], order.index(k[0])))
     for obs, level in keys:
         runs = [r for r in results["learning"] if r["obs"] == obs and r["level"] == level]
         steps_sets = [[int(e["step"]) for e in r["eval"]] for r in runs]
