@@ -133,16 +133,23 @@ def rate(fn, seconds: float, min_calls: int = 5) -> float:
     return calls / (time.perf_counter() - t0)
 
 
+WORKERS: list[int] = [1]  # DeviceSampler worker counts to measure (--workers)
+
+
 def bench_sampling(buf: ReplayBuffer, label: str, batch: int, seconds: float) -> list[dict]:
     import jax
 
     rows = [{"case": label, "path": "buf.sample (host numpy)", "K": 1, "batch": batch,
              "calls_per_s": rate(lambda: buf.sample(batch), seconds)}]
-    for k in (1, 8):
-        with DeviceSampler(buf, batch_size=batch, steps_per_call=k, prefetch=2) as sampler:
+    for k, workers in [(1, 1), (8, 1)] + [(1, w) for w in WORKERS if w > 1]:
+        with DeviceSampler(buf, batch_size=batch, steps_per_call=k, prefetch=2,
+                           workers=workers) as sampler:
             def pull():
                 jax.block_until_ready(next(sampler))
-            rows.append({"case": label, "path": f"DeviceSampler -> {jax.devices()[0].platform}",
+            path = f"DeviceSampler -> {jax.devices()[0].platform}"
+            if workers > 1:
+                path += f", {workers} workers"
+            rows.append({"case": label, "path": path,
                          "K": k, "batch": batch, "calls_per_s": rate(pull, seconds)})
     for r in rows:
         r["updates_fed_per_s"] = r["calls_per_s"] * r["K"]
@@ -160,7 +167,10 @@ def main() -> None:
     parser.add_argument("--frames-84", type=int, default=50_000, help="84x84 frames for (c)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--workers", type=str, default="1",
+                        help="comma-separated DeviceSampler worker counts for extra K=1 rows")
     args = parser.parse_args()
+    WORKERS[:] = [int(w) for w in args.workers.split(",")]
     if args.quick:
         args.frames, args.reopen_capacity, args.frames_84, args.seconds = 2000, 5000, 2000, 0.5
     if args.dir:

@@ -84,10 +84,14 @@ class ReplayConfig:
     """Capacity in transitions (split evenly between the parallel envs)."""
     prefetch: int = 2
     """Batches the background sampler keeps ready on the device."""
+    sample_workers: int = 1
+    """Sampling threads; several overlap the frame gathers of large image batches."""
 
     def validate(self) -> None:
         _check(self.buffer_size >= 2, "replay.buffer_size", f"must be >= 2, got {self.buffer_size}")
         _check(self.prefetch >= 1, "replay.prefetch", f"must be >= 1, got {self.prefetch}")
+        _check(self.sample_workers >= 1, "replay.sample_workers",
+               f"must be >= 1, got {self.sample_workers}")
 
 
 @dataclasses.dataclass(frozen=True)

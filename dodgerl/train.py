@@ -412,7 +412,7 @@ def train(
                 if sampler is None:
                     sampler = DeviceSampler(
                         replay, batch_size=config.agent.batch_size, steps_per_call=k_per_call,
-                        prefetch=config.replay.prefetch,
+                        prefetch=config.replay.prefetch, workers=config.replay.sample_workers,
                     )
                 t3 = time.perf_counter()
                 batch = sac.Batch(**next(sampler))

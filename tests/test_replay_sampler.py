@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 
 from dodgerl.replay import DeviceSampler, ReplayBuffer
 from tests.test_replay_helpers import ScriptedWriter, decode_frame, encode_frame, split_stack
@@ -34,16 +35,17 @@ def test_batches_have_a_leading_steps_axis_and_live_on_the_device(tmp_path):
     assert batch["actions"].shape == (4, 16, 3) and batch["rewards"].shape == (4, 16)
     assert batch["terminated"].dtype == np.float32
     writer.check_sample(flat(batch), k=2)
-    assert not sampler._thread.is_alive()
+    assert not any(t.is_alive() for t in sampler._threads)
 
 
-def test_sampling_while_the_main_thread_adds_never_returns_a_torn_transition(tmp_path):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_sampling_while_the_main_thread_adds_never_returns_a_torn_transition(tmp_path, workers):
     buf = make(tmp_path, capacity=16)  # 8 slots per env: the writer laps constantly
     writer = ScriptedWriter(buf)
     for _ in range(5):
         writer.step()
     C = 3
-    with DeviceSampler(buf, batch_size=32, steps_per_call=2, prefetch=2) as sampler:
+    with DeviceSampler(buf, batch_size=32, steps_per_call=2, prefetch=2, workers=workers) as sampler:
         for step in range(300):
             writer.step()
             if step % 3:
@@ -70,7 +72,7 @@ def test_sampler_waits_for_the_first_transition_and_close_stops_it(tmp_path):
     batch = next(sampler)
     assert batch["observations"].shape == (1, 8, 4, 4, 6)
     sampler.close()
-    assert not sampler._thread.is_alive()
+    assert not any(t.is_alive() for t in sampler._threads)
 
 
 def test_sample_redraws_transitions_the_writer_overwrote_while_they_were_copied(tmp_path):

@@ -16,19 +16,19 @@ from dodgerl.replay.buffer import ReplayBuffer
 class DeviceSampler:
     """Iterator of device-resident batches with a leading ``steps_per_call`` axis.
 
-    A daemon thread calls ``buffer.sample(steps_per_call * batch_size)``, reshapes every field to
+    ``workers`` daemon threads (1 by default) each call ``buffer.sample(steps_per_call * batch_size)``, reshapes every field to
     ``(K, B, ...)``, transfers the whole dict with one ``jax.device_put`` and keeps up to
     ``prefetch`` batches queued, so a jitted ``lax.scan`` over K updates never waits on the host.
-    The thread waits (without error) until the buffer holds a transition. Sampling is safe while
+    A worker waits (without error) until the buffer holds a transition. Sampling is safe while
     the main thread keeps calling ``buffer.add``; an exception in the thread is re-raised by
     ``next``.
     """
 
     def __init__(self, buffer: ReplayBuffer, batch_size: int = 64, steps_per_call: int = 1,
-                 prefetch: int = 2, device: Any = None) -> None:
-        if batch_size < 1 or steps_per_call < 1 or prefetch < 1:
-            raise ValueError(f"batch_size, steps_per_call and prefetch must be >= 1, got "
-                             f"{batch_size}, {steps_per_call}, {prefetch}")
+                 prefetch: int = 2, device: Any = None, workers: int = 1) -> None:
+        if batch_size < 1 or steps_per_call < 1 or prefetch < 1 or workers < 1:
+            raise ValueError(f"batch_size, steps_per_call, prefetch and workers must be >= 1, got "
+                             f"{batch_size}, {steps_per_call}, {prefetch}, {workers}")
         self.buffer = buffer
         self.batch_size = int(batch_size)
         self.steps_per_call = int(steps_per_call)
@@ -36,8 +36,14 @@ class DeviceSampler:
         self._queue: queue.Queue = queue.Queue(maxsize=int(prefetch))
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="DeviceSampler", daemon=True)
-        self._thread.start()
+        # Several workers overlap their frame gathers (numpy copies outside the GIL): on a
+        # many-core GPU host one thread cannot gather 256x256 batches as fast as the update eats.
+        self._threads = [
+            threading.Thread(target=self._run, name=f"DeviceSampler-{i}", daemon=True)
+            for i in range(int(workers))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def _make_batch(self) -> dict[str, jax.Array]:
         K, B = self.steps_per_call, self.batch_size
@@ -76,7 +82,7 @@ class DeviceSampler:
             try:
                 item = self._queue.get(timeout=0.1)
             except queue.Empty:
-                if not self._thread.is_alive() and self._error is None:
+                if not any(t.is_alive() for t in self._threads) and self._error is None:
                     raise StopIteration
                 continue
             if item is None:
@@ -91,7 +97,8 @@ class DeviceSampler:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
-        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def __enter__(self) -> DeviceSampler:
         return self
