@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -69,10 +70,11 @@ def make_env(env_config: EnvConfig, render_mode: str | None = None) -> gymnasium
 def make_vector_env(env_config: EnvConfig, n_envs: int, asynchronous: bool) -> gymnasium.vector.VectorEnv:
     """Parallel training envs; the final observation of an episode comes in ``info['final_obs']``
     on the step that ends it (same-step autoreset), so no transition crosses an episode."""
-    fns = [lambda: make_env(env_config) for _ in range(n_envs)]
+    fns = [functools.partial(make_env, env_config) for _ in range(n_envs)]
     mode = gymnasium.vector.AutoresetMode.SAME_STEP
     if asynchronous and n_envs > 1:
-        return gymnasium.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
+        # Spawned, not forked: forking a process whose JAX runtime has started can deadlock.
+        return gymnasium.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="spawn")
     return gymnasium.vector.SyncVectorEnv(fns, autoreset_mode=mode)
 
 
