@@ -86,8 +86,15 @@ class ReplayConfig:
     """Batches the background sampler keeps ready on the device."""
     sample_workers: int = 1
     """Sampling threads; several overlap the frame gathers of large image batches."""
+    device_mirror: bool | str = "auto"
+    """Keep a copy of the replay frames in accelerator memory and build batches there
+    (``DeviceMirror``): only indices cross to the device. ``auto``: on when JAX runs on an
+    accelerator (GPU/TPU) and the copy fits, off on the CPU (where it would only double the RAM).
+    With the mirror, ``prefetch`` and ``sample_workers`` are unused."""
 
     def validate(self) -> None:
+        _check(self.device_mirror in (True, False, "auto"), "replay.device_mirror",
+               f"must be true, false or auto, got {self.device_mirror!r}")
         _check(self.buffer_size >= 2, "replay.buffer_size", f"must be >= 2, got {self.buffer_size}")
         _check(self.prefetch >= 1, "replay.prefetch", f"must be >= 1, got {self.prefetch}")
         _check(self.sample_workers >= 1, "replay.sample_workers",
@@ -109,6 +116,13 @@ class TrainConfig:
     utd: int = 1
     """Gradient steps per env step (update-to-data ratio); all of one vector step's updates run
     in one compiled call (``utd * n_envs`` stacked batches)."""
+    update_every: int = 1
+    """Vector-env steps between update calls; each call then runs ``utd * n_envs * update_every``
+    gradient steps (same ratio, fewer and larger compiled calls)."""
+    overlap: bool = True
+    """Dispatch each update before stepping the envs, so that the envs step while the device
+    computes (JAX dispatch is asynchronous). The update then trains on the data collected up to
+    the previous vector step instead of this one. False: step, store, then update and wait."""
     eval_freq: int = 10_000
     """Evaluate every this many env steps (0 disables periodic evaluation)."""
     eval_episodes: int = 10
@@ -129,7 +143,7 @@ class TrainConfig:
     """Show a tqdm progress bar (env steps/s, ETA, last eval return)."""
 
     def validate(self) -> None:
-        for key in ("total_timesteps", "n_envs", "utd", "eval_episodes", "checkpoint_freq",
+        for key in ("total_timesteps", "n_envs", "utd", "update_every", "eval_episodes", "checkpoint_freq",
                     "keep_checkpoints", "log_freq"):
             value = getattr(self, key)
             _check(value >= 1, f"train.{key}", f"must be >= 1, got {value}")

@@ -36,6 +36,7 @@ PROGRESS_FIELDS = (
     "step", "episodes", "updates", "train_return", "train_length", "critic_loss", "actor_loss",
     "temperature", "entropy", "q_mean", "env_steps_per_s", "wall_time_s",
     "time_act_s", "time_env_s", "time_insert_s", "time_sample_s", "time_update_s", "time_eval_s",
+    "time_checkpoint_s", "time_compile_s",
 )
 EVAL_FIELDS = (
     "step", "mean_return", "std_return", "min_return", "max_return", "mean_length",
@@ -265,6 +266,7 @@ def train(
     """
     from dodgerl.agents import sac
     from dodgerl.replay import DeviceSampler, ReplayBuffer
+    from dodgerl.replay.mirror import gather_batch
 
     if resume is not None:
         run_dir, candidates = resolve_resume(resume)
@@ -319,11 +321,18 @@ def train(
     progress_log = CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)
     eval_log = CsvLog(run_dir / "eval.csv", EVAL_FIELDS, resume_step)
 
-    k_per_call = tc.utd * tc.n_envs
+    k_per_call = tc.utd * tc.n_envs * tc.update_every
     sampler = None
-    # Cumulative wall-clock seconds per phase. The update is waited for (block_until_ready) so
-    # that its compute is not billed to the next ``act``, which would need its result anyway.
-    timings = {"act": 0.0, "env": 0.0, "insert": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0}
+    mirror = None
+    if use_device_mirror(config.replay.device_mirror):
+        from dodgerl.replay.mirror import DeviceMirror
+
+        mirror = DeviceMirror(replay)  # uploads what a resumed buffer already holds
+    # Cumulative wall-clock seconds per phase. ``update`` is the update's dispatch plus the time
+    # spent waiting for the device to finish it (with ``overlap``, only the part the env step did
+    # not hide); ``compile`` is the first update call (tracing, compilation, one run).
+    timings = {"act": 0.0, "env": 0.0, "insert": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0,
+               "checkpoint": 0.0, "compile": 0.0}
 
     def meta_now() -> dict[str, Any]:
         return {
@@ -334,8 +343,61 @@ def train(
         }
 
     def save_checkpoint() -> None:
+        t0 = time.perf_counter()
         replay.commit()  # the buffer is never behind the agent that learned from it
         checkpoints.save(step, agent, meta_now())
+        timings["checkpoint"] += time.perf_counter() - t0
+
+    pending_calls = 0  # vector steps collected since the last update call (after warm-up)
+    in_flight: list[Any] = []  # metrics of a dispatched update not yet waited for
+
+    def wait_update() -> None:
+        if in_flight:
+            t0 = time.perf_counter()
+            jax.block_until_ready(in_flight.pop())
+            timings["update"] += time.perf_counter() - t0
+
+    def choose_actions(observations: np.ndarray) -> Any:
+        """Uniform random actions during warm-up, then the policy's (a device array, not waited for)."""
+        nonlocal key
+        if step < tc.learning_starts:
+            return np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
+        key, act_key = jax.random.split(key)
+        return agent.act(observations, act_key)
+
+    def maybe_update(block: bool) -> None:
+        """Run the ``k_per_call`` gradient steps due, if any (``block``: wait for the result)."""
+        nonlocal agent, metrics, key, updates, sampler, pending_calls
+        if pending_calls < tc.update_every or len(replay) < config.agent.batch_size:
+            return
+        wait_update()  # at most one update in flight: the host never runs ahead of the device
+        pending_calls = 0
+        first = timings["compile"] == 0.0
+        t3 = time.perf_counter()
+        key, update_key = jax.random.split(key)
+        if mirror is not None:
+            indices = mirror.sample_indices(config.agent.batch_size, k_per_call)
+            t4 = time.perf_counter()
+            agent, metrics = agent.update_from(mirror.frames, indices, update_key, gather_batch)
+        else:
+            if sampler is None:
+                sampler = DeviceSampler(
+                    replay, batch_size=config.agent.batch_size, steps_per_call=k_per_call,
+                    prefetch=config.replay.prefetch, workers=config.replay.sample_workers,
+                )
+            batch = sac.Batch(**next(sampler))
+            t4 = time.perf_counter()
+            agent, metrics = agent.update(batch, update_key)
+        updates += k_per_call
+        timings["sample"] += t4 - t3
+        if first:  # compile time is reported apart from the update rate
+            jax.block_until_ready(metrics)
+            timings["compile"] += time.perf_counter() - t4
+            return
+        timings["update"] += time.perf_counter() - t4
+        in_flight[:] = [metrics]
+        if block:
+            wait_update()
 
     def run_eval() -> None:
         nonlocal best_eval, key
@@ -372,6 +434,7 @@ def train(
 
         bar = tqdm(total=tc.total_timesteps, initial=step, unit="step", dynamic_ncols=True, smoothing=0.05)
 
+    pending_actions = choose_actions(obs)
     interrupted = False
     with _StopFlag() as stop:
         while step < tc.total_timesteps:
@@ -380,11 +443,7 @@ def train(
                 print(f"\n{stop.requested} received: saving a checkpoint at step {step}", flush=True)
                 break
             t_act = time.perf_counter()
-            if step < tc.learning_starts:
-                actions = np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
-            else:
-                key, act_key = jax.random.split(key)
-                actions = np.asarray(agent.act(obs, act_key))
+            actions = np.asarray(pending_actions)  # waits for the device's act, not the update
             t0 = time.perf_counter()
             next_obs, rewards, terminated, truncated, infos = envs.step(actions)
             t1 = time.perf_counter()
@@ -395,10 +454,11 @@ def train(
                 for i in np.flatnonzero(done):
                     real_next[i] = infos["final_obs"][i]
             replay.add(single_frames(obs, ec), actions, rewards, single_frames(real_next, ec), terminated, truncated)
-            t2 = time.perf_counter()
+            if mirror is not None:
+                mirror.sync()
             timings["act"] += t0 - t_act
             timings["env"] += t1 - t0
-            timings["insert"] += t2 - t1
+            timings["insert"] += time.perf_counter() - t1
             obs = next_obs
             step += tc.n_envs
             ep_return += rewards
@@ -409,22 +469,16 @@ def train(
                 recent_lengths.append(int(ep_length[i]))
                 ep_return[i] = 0.0
                 ep_length[i] = 0
-
-            if step > tc.learning_starts and len(replay) >= config.agent.batch_size:
-                if sampler is None:
-                    sampler = DeviceSampler(
-                        replay, batch_size=config.agent.batch_size, steps_per_call=k_per_call,
-                        prefetch=config.replay.prefetch, workers=config.replay.sample_workers,
-                    )
-                t3 = time.perf_counter()
-                batch = sac.Batch(**next(sampler))
-                t4 = time.perf_counter()
-                key, update_key = jax.random.split(key)
-                agent, metrics = agent.update(batch, update_key)
-                jax.block_until_ready(metrics)
-                updates += k_per_call
-                timings["sample"] += t4 - t3
-                timings["update"] += time.perf_counter() - t4
+            if step > tc.learning_starts:
+                pending_calls += 1
+            if tc.overlap:
+                # The next action is queued on the device before the update, so fetching it
+                # does not wait for the update, which then runs while the envs step.
+                pending_actions = choose_actions(obs)
+                maybe_update(block=False)
+            else:
+                maybe_update(block=True)
+                pending_actions = choose_actions(obs)
 
             if bar is not None:
                 bar.update(tc.n_envs)
@@ -462,8 +516,11 @@ def train(
 
     if bar is not None:
         bar.close()
+    wait_update()
     if sampler is not None:
         sampler.close()
+    if mirror is not None:
+        mirror.close()
     replay.close()
     envs.close()
     evaluator.close()
@@ -477,6 +534,13 @@ def train(
         flush=True,
     )
     return result
+
+
+def use_device_mirror(setting: bool | str) -> bool:
+    """``replay.device_mirror`` resolved: ``auto`` means on when JAX runs on an accelerator."""
+    if setting == "auto":
+        return jax.default_backend() != "cpu"
+    return bool(setting)
 
 
 def eval_log_has(run_dir: Path, step: int) -> bool:

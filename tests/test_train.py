@@ -85,6 +85,29 @@ def test_image_run_produces_every_file(tmp_path):
     assert gifs and all(g.stat().st_size > 1000 for g in gifs)
 
 
+@pytest.mark.parametrize("mirror,overlap,update_every", [(True, True, 1), (True, False, 3),
+                                                         (False, True, 3)])
+def test_fast_path_switches_keep_the_update_count_and_resume(tmp_path, mirror, overlap, update_every):
+    """The device mirror (forced on: the CPU is JAX's device here), the overlapped update and
+    fewer, larger update calls run the same number of gradient steps, and resume with them."""
+    raw = tiny_raw("topdown", total=120, update_every=update_every, overlap=overlap)
+    raw["env"]["frame_stack"] = 2
+    raw["replay"]["device_mirror"] = mirror
+    results = tmp_path / "r"
+    assert cli_main("topdown", ["--config", str(write_config(tmp_path, raw)),
+                                "--results-dir", str(results)]) == 0
+    run_dir = only_run_dir(results)
+    assert cli_main("topdown", ["--resume", str(run_dir), "--total-timesteps", "240"]) == 0
+    progress = read_csv(run_dir / "progress.csv")
+    assert [int(r["step"]) for r in progress] == list(range(20, 241, 20))
+    # 2 envs, utd 1: 2 gradient steps per vector step after warm-up, in calls of 2*update_every.
+    calls = [(s - 60) // 2 // update_every for s in range(20, 241, 20)]
+    assert [int(r["updates"]) for r in progress] == [2 * update_every * max(c, 0) for c in calls]
+    loss = float(progress[-1]["critic_loss"])
+    assert loss == loss and loss > 0
+    assert float(progress[-1]["time_compile_s"]) > 0
+
+
 def test_resume_continues_steps_logs_and_buffer(tmp_path):
     config = write_config(tmp_path, tiny_raw("vector", total=200))
     results = tmp_path / "r"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -337,6 +337,21 @@ class SACAgent(struct.PyTreeNode):
         _check_batch(self, batch)
         return _update_jit(self, batch, key)
 
+    def update_from(self, store: Any, indices: Any, key: jax.Array,
+                    gather: Callable[[Any, Any], Mapping[str, jax.Array]]
+                    ) -> tuple[SACAgent, dict[str, jax.Array]]:
+        """Like ``update``, but step i trains on ``gather(store, indices_i)``, built on the device
+        inside the compiled call (``indices_i``: slice i of every leaf's leading K axis).
+
+        For data that already lives on the accelerator, e.g. a replay mirror
+        (``dodgerl.replay.DeviceMirror``, ``dodgerl.replay.gather_batch``): only the indices
+        cross to the device and no (K, B, ...) batch of frames is ever materialised. ``store``
+        is read, not donated. ``gather`` must be a module-level function (it is a static
+        argument of the compiled call, and a new function object means a new compilation).
+        Same keys, same batches: same result as ``update``.
+        """
+        return _update_from_jit(self, store, indices, key, gather)
+
 
 # --------------------------------------------------------------------------------------------
 # Creation
@@ -607,26 +622,45 @@ def sac_step(agent: SACAgent, batch: Batch, key: jax.Array) -> tuple[SACAgent, d
     return agent.replace(critic=critic, actor=actor, temperature=temperature), metrics
 
 
-def _update(agent: SACAgent, batch: Batch, key: jax.Array) -> tuple[SACAgent, dict[str, jax.Array]]:
-    num_steps = batch.rewards.shape[0]
-    # Step i draws its randomness from split(key, K)[i]; a K = 1 call uses its key as is, so that
-    # K calls with keys split(key, K)[i] replay exactly one call with K stacked batches.
-    keys = key[None] if num_steps == 1 else jax.random.split(key, num_steps)
-    batch = batch.replace(
+def _as_float(batch: Batch) -> Batch:
+    return batch.replace(
         actions=batch.actions.astype(jnp.float32),
         rewards=batch.rewards.astype(jnp.float32),
         terminated=batch.terminated.astype(jnp.float32),
     )
 
-    def body(agent: SACAgent, inputs: tuple[Batch, jax.Array]):
-        return sac_step(agent, *inputs)
 
-    agent, metrics = jax.lax.scan(body, agent, (batch, keys), unroll=min(_IMPL.scan_unroll, num_steps))
+def _scan_steps(agent: SACAgent, xs: Any, num_steps: int, key: jax.Array,
+                make_batch: Callable[[Any], Batch]) -> tuple[SACAgent, dict[str, jax.Array]]:
+    # Step i draws its randomness from split(key, K)[i]; a K = 1 call uses its key as is, so that
+    # K calls with keys split(key, K)[i] replay exactly one call with K stacked batches.
+    keys = key[None] if num_steps == 1 else jax.random.split(key, num_steps)
+
+    def body(agent: SACAgent, inputs: tuple[Any, jax.Array]):
+        x, step_key = inputs
+        return sac_step(agent, _as_float(make_batch(x)), step_key)
+
+    agent, metrics = jax.lax.scan(body, agent, (xs, keys), unroll=min(_IMPL.scan_unroll, num_steps))
     return agent, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+
+def _update(agent: SACAgent, batch: Batch, key: jax.Array) -> tuple[SACAgent, dict[str, jax.Array]]:
+    return _scan_steps(agent, batch, batch.rewards.shape[0], key, lambda b: b)
 
 
 _update_jit = jax.jit(_update, donate_argnums=0)
 """The compiled update; ``_update_jit._cache_size()`` counts its compilations."""
+
+
+def _update_from(agent: SACAgent, store: Any, indices: Any, key: jax.Array,
+                 gather: Callable[[Any, Any], Mapping[str, jax.Array]]
+                 ) -> tuple[SACAgent, dict[str, jax.Array]]:
+    num_steps = jax.tree.leaves(indices)[0].shape[0]
+    return _scan_steps(agent, indices, num_steps, key, lambda idx: Batch(**gather(store, idx)))
+
+
+_update_from_jit = jax.jit(_update_from, donate_argnums=0, static_argnums=4)
+"""The compiled update over batches gathered on the device (``SACAgent.update_from``)."""
 
 
 def _act(config: SACConfig, observation_shape: tuple[int, ...], action_dim: int,

@@ -1,6 +1,7 @@
-"""On-disk replay: a crash-safe memmapped buffer (frames stored once) and a device prefetcher.
+"""On-disk replay: a crash-safe memmapped buffer (frames stored once), a device prefetcher and a
+device-resident mirror of the frames.
 
-``DeviceSampler`` is imported lazily so that processes which only write the buffer (collectors,
+``DeviceSampler`` and ``DeviceMirror`` are imported lazily so that processes which only write the buffer (collectors,
 tests' child writers) do not pay for importing JAX.
 """
 
@@ -8,7 +9,8 @@ from typing import Any
 
 from dodgerl.replay.buffer import ReplayBuffer, ReplayMismatchError, required_bytes
 
-__all__ = ["ReplayBuffer", "ReplayMismatchError", "DeviceSampler", "required_bytes"]
+__all__ = ["ReplayBuffer", "ReplayMismatchError", "DeviceSampler", "DeviceMirror", "gather_batch",
+           "required_bytes"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,4 +18,8 @@ def __getattr__(name: str) -> Any:
         from dodgerl.replay.sampler import DeviceSampler
 
         return DeviceSampler
+    if name in ("DeviceMirror", "gather_batch"):
+        from dodgerl.replay import mirror
+
+        return getattr(mirror, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -139,6 +139,7 @@ class ReplayBuffer:
         self._closed = False
         self._version = 0  # bumped by every add; keys the cache of sampleable slots
         self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._written: list[tuple[int, int]] | None = None  # (env, slot) log for a device mirror
 
         header_path = self.directory / HEADER_NAME
         if header_path.exists():
@@ -273,6 +274,8 @@ class ReplayBuffer:
         if a == episode_start:
             arr["flags"][e, s] = START
         self._frames_written[e] = a + 1
+        if self._written is not None:
+            self._written.append((e, s))
         return a
 
     def add(self, observations: Any, actions: Any, rewards: Any, next_observations: Any,
@@ -516,6 +519,54 @@ class ReplayBuffer:
             for key in out:
                 out[key][torn] = redo[key]
             env[torn], lowest[torn] = env2, lowest2
+
+    def sample_indices(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Like ``sample`` but without the frames: where they are, for a copy of the frames kept
+        elsewhere (``DeviceMirror`` gathers them on the accelerator).
+
+        Returns ``env`` (B,), ``obs_slots`` and ``next_slots`` (B, k) slot indices of the
+        observation and next-observation stacks (oldest frame first), and the small fields
+        ``actions``, ``rewards``, ``terminated`` as ``sample`` gives them. Draws from the same
+        seeded Generator as ``sample``. The frames at those slots are valid as long as no ``add``
+        happens in between (the caller samples and reads in the thread that adds).
+        """
+        with self._lock:
+            if self._closed:
+                raise ValueError("sample on a closed ReplayBuffer")
+            env, a, stack, _ = self._draw(int(batch_size))
+            S = self.slots_per_env
+            s = a % S
+            arr = self._arrays
+            next_stack = np.concatenate([stack[:, 1:], (a + 1)[:, None]], axis=1)
+            return {
+                "env": env.astype(np.int32),
+                "obs_slots": (stack % S).astype(np.int32),
+                "next_slots": (next_stack % S).astype(np.int32),
+                "actions": arr["actions"][env, s],
+                "rewards": arr["rewards"][env, s],
+                "terminated": arr["terminated"][env, s].astype(np.float32),
+            }
+
+    def track_writes(self, enabled: bool = True) -> None:
+        """Start (or stop) logging the (env, slot) of every frame written, for ``take_writes``."""
+        with self._lock:
+            self._written = [] if enabled else None
+
+    def take_writes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(env, slot) of the frames written since the last call (in write order), and clear."""
+        with self._lock:
+            if self._written is None:
+                raise ValueError("take_writes: call track_writes() first")
+            pairs, self._written = self._written, []
+        if not pairs:
+            return np.zeros(0, np.int32), np.zeros(0, np.int32)
+        arr = np.asarray(pairs, np.int32)
+        return arr[:, 0], arr[:, 1]
+
+    def frames_at(self, env: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """The stored frames at (env, slot) pairs, as one array (a copy)."""
+        with self._lock:
+            return self._arrays["observations"][np.asarray(env), np.asarray(slots)]
 
     # ------------------------------------------------------------------ introspection
 
