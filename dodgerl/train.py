@@ -362,23 +362,24 @@ def train(
         nonlocal key
         if step < tc.learning_starts:
             return np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
+        t0 = time.perf_counter()
         key, act_key = jax.random.split(key)
-        return agent.act(observations, act_key)
+        actions = agent.act(observations, act_key)  # dispatch (and the observations' transfer)
+        timings["act"] += time.perf_counter() - t0
+        return actions
 
     def maybe_update(block: bool) -> None:
         """Run the ``k_per_call`` gradient steps due, if any (``block``: wait for the result)."""
         nonlocal agent, metrics, key, updates, sampler, pending_calls
         if pending_calls < tc.update_every or len(replay) < config.agent.batch_size:
             return
-        wait_update()  # at most one update in flight: the host never runs ahead of the device
         pending_calls = 0
         first = timings["compile"] == 0.0
         t3 = time.perf_counter()
-        key, update_key = jax.random.split(key)
+        # Draw (or take) the batch before waiting for the update in flight: host work that
+        # overlaps the device instead of following it.
         if mirror is not None:
             indices = mirror.sample_indices(config.agent.batch_size, k_per_call)
-            t4 = time.perf_counter()
-            agent, metrics = agent.update_from(mirror.frames, indices, update_key, gather_batch)
         else:
             if sampler is None:
                 sampler = DeviceSampler(
@@ -386,10 +387,15 @@ def train(
                     prefetch=config.replay.prefetch, workers=config.replay.sample_workers,
                 )
             batch = sac.Batch(**next(sampler))
-            t4 = time.perf_counter()
+        timings["sample"] += time.perf_counter() - t3
+        wait_update()  # at most one update in flight: the host never runs ahead of the device
+        key, update_key = jax.random.split(key)
+        t4 = time.perf_counter()
+        if mirror is not None:
+            agent, metrics = agent.update_from(mirror.frames, indices, update_key, gather_batch)
+        else:
             agent, metrics = agent.update(batch, update_key)
         updates += k_per_call
-        timings["sample"] += t4 - t3
         if first:  # compile time is reported apart from the update rate
             jax.block_until_ready(metrics)
             timings["compile"] += time.perf_counter() - t4

@@ -151,4 +151,31 @@ FULL = SuiteSettings(
     levels=(1, 2), seeds=5, reference_episodes=100, bootstrap_reps=5000,
 )
 
-SUITES = {s.name: s for s in (TINY, QUICK, FULL)}
+FULL_10MIN = SuiteSettings(
+    name="full-10min",
+    purpose=("every row of `full` cut to what one 10-minute command on one GPU can run (the device "
+             "tool's limit per command): full-size throughput rows, learning on level 1 only with 2 "
+             "seeds and 12K (vector) / 5K (images) env steps; a measure of cost, not of final "
+             "performance"),
+    env_obs=(VECTOR, IMG84, IMG256),
+    env_steps=9000, env_repeats=2, parallel_workers=(4, 16), parallel_steps=1000,
+    render_frames=2000,
+    update_obs=(VECTOR, IMG84, IMG256),
+    update_min_steps={"vector": 500, "img84": 100, "img256": 50}, update_repeats=3,
+    e2e_obs=(VECTOR, IMG84, IMG256),
+    e2e_budget={
+        VECTOR.label: TrainBudget(8000, 3000, 0, 10, 100_000, log_freq=500),
+        IMG84.label: TrainBudget(4000, 1500, 0, 10, 100_000, log_freq=250),
+        IMG256.label: TrainBudget(3000, 1500, 0, 10, 100_000, log_freq=250),
+    },
+    e2e_in_process=True,
+    learning_obs=(VECTOR, IMG84, IMG256),
+    learning_budget={
+        VECTOR.label: TrainBudget(12_000, 3000, 1500, 10, 100_000, log_freq=500),
+        IMG84.label: TrainBudget(5000, 2000, 1000, 10, 100_000, log_freq=500),
+        IMG256.label: TrainBudget(5000, 2000, 1000, 10, 100_000, log_freq=500),
+    },
+    levels=(1,), seeds=2, reference_episodes=100, bootstrap_reps=5000,
+)
+
+SUITES = {s.name: s for s in (TINY, QUICK, FULL, FULL_10MIN)}

@@ -1,0 +1,272 @@
+"""End-to-end training throughput: env steps/s of whole ``dodgerl.train`` runs, with a breakdown.
+
+Each case is a real training run (``dodgerl.train.train``, the code behind
+``experiments/*_sac.py``) of a shipped config plus the overrides the case names: parallel envs,
+the device replay mirror, the overlapped update, evaluation every 10K steps, checkpoints, the
+GIF of the best policy. The rate is counted from the first progress row after the first update
+call (so compile time, reported apart, and the random warm-up are excluded) to the last row:
+
+* ``steps/s``: all of it, evaluation and checkpoints included;
+* ``steps/s excl. eval+ckpt``: the same window minus the time spent evaluating and checkpointing.
+
+The breakdown (ms per 1000 env steps over the same window) comes from the loop's own timers:
+act (fetching the actions from the device), env (``envs.step``), insert (replay add + mirror
+sync), sample (drawing indices / taking a prefetched batch), update (dispatch + waiting for the
+device beyond what the env step hid), eval, checkpoint.
+
+    python benchmarks/e2e_throughput.py --cases img256,img84,vector --steps 50000 --out DIR
+    python benchmarks/e2e_throughput.py --cases cpu_vector --steps 20000       # 2-core CPU
+
+Run directories are deleted after each case (a 256x256 buffer is 19.7 GB); their
+``progress.csv`` and ``eval.csv`` are kept under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FAST_IMG = ["train.n_envs=16", "train.async_envs=true", "train.overlap=true"]
+# name: (config file, overrides, description)
+CASES: dict[str, tuple[str, list[str], str]] = {
+    "img256": ("sac_topdown_cnn_easy.yaml", FAST_IMG,
+               "256x256, default config, 16 async envs, overlap, mirror auto"),
+    "img256_bf16": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true"],
+                    "as img256, bf16 encoder compute"),
+    "img256_utd2": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.utd=2"],
+                    "as img256_bf16, UTD 2"),
+    "img84": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84"],
+              "84x84, default config otherwise, 16 async envs, overlap"),
+    "img84_bf16": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84", "agent.bf16_encoder=true"],
+                   "as img84, bf16 encoder compute"),
+    "vector": ("sac_vector_easy.yaml", ["train.n_envs=16", "train.overlap=true"],
+               "65-dim state, batch 256, 16 in-process envs, overlap"),
+    "img256_plain": ("sac_topdown_cnn_easy.yaml",
+                     ["train.n_envs=1", "train.overlap=false", "replay.device_mirror=false"],
+                     "256x256, default config, the plain loop: 1 env, no overlap, host sampler"),
+    "cpu_vector": ("sac_vector_easy.yaml", ["train.n_envs=1", "train.update_every=8", "train.overlap=true"],
+                   "65-dim state, batch 256, 1 env, 8 env steps per 8-step update call"),
+    "cpu_vector_plain": ("sac_vector_easy.yaml", ["train.n_envs=1", "train.overlap=false"],
+                         "65-dim state, batch 256, the plain loop: 1 env, an update call per step"),
+}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -> dict:
+    from dodgerl.config import apply_overrides, config_from_dict, read_yaml
+    from dodgerl.train import train
+
+    config_file, overrides, description = CASES[name]
+    raw = read_yaml(CONFIGS / config_file)
+    raw["experiment"] = f"e2e_{name}"
+    overrides = overrides + ["train.progress_bar=false", "train.log_freq=1000"] + extra
+    config = config_from_dict(apply_overrides(raw, overrides))
+    total = config.train.learning_starts + steps
+    t0 = time.perf_counter()
+    result = train(config, results_dir=workdir, total_timesteps=total)
+    wall = time.perf_counter() - t0
+    progress = _rows(result.run_dir / "progress.csv")
+    evals = _rows(result.run_dir / "eval.csv")
+    case_out = out / name
+    case_out.mkdir(parents=True, exist_ok=True)
+    for f in ("progress.csv", "eval.csv", "config.yaml"):
+        shutil.copy(result.run_dir / f, case_out / f)
+    shutil.rmtree(result.run_dir, ignore_errors=True)
+
+    timed = [r for r in progress if float(r["time_compile_s"]) > 0]
+    first, last = timed[0], timed[-1]
+
+    def delta(field: str) -> float:
+        return float(last[field]) - float(first[field])
+
+    n = int(last["step"]) - int(first["step"])
+    window = delta("wall_time_s")
+    eval_ckpt = delta("time_eval_s") + delta("time_checkpoint_s")
+    per_k = {k: round(1000 * 1000 * delta(f"time_{k}_s") / n, 1)
+             for k in ("act", "env", "insert", "sample", "update", "eval", "checkpoint")}
+    accounted = sum(per_k.values())
+    return {
+        "case": name,
+        "description": description,
+        "config": config_file,
+        "overrides": overrides,
+        "env_steps_timed": n,
+        "window_s": round(window, 2),
+        "env_steps_per_s": round(n / window, 1),
+        "env_steps_per_s_excl_eval_ckpt": round(n / (window - eval_ckpt), 1),
+        "compile_s": round(float(last["time_compile_s"]), 2),
+        "warmup_steps": config.train.learning_starts,
+        "gradient_steps": int(last["updates"]),
+        "ms_per_1000_steps": per_k,
+        "ms_per_1000_steps_other": round(1000 * 1000 * window / n - accounted, 1),
+        "run_wall_s": round(wall, 1),
+        "eval": [(int(r["step"]), float(r["mean_return"])) for r in evals],
+    }
+
+
+LEARNING_MODES = {
+    # Same config (sac_vector_easy.yaml, n_envs 1), same seeds; only the loop's fast-path switches differ.
+    "plain": ["train.overlap=false", "train.update_every=1", "replay.device_mirror=false"],
+    "fast": ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true"],
+}
+
+
+def learning(out: Path, seeds: list[int], steps: int, level: int = 1) -> dict:
+    """Eval curves of the plain loop and the fast path, vector obs, all runs in parallel processes."""
+    import subprocess
+
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONUNBUFFERED="1")
+    procs = []
+    for mode, overrides in LEARNING_MODES.items():
+        for seed in seeds:
+            results = out / "learning" / mode / f"seed{seed}"
+            cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "vector_sac.py"),
+                   "--level", str(level), "--seed", str(seed), "--total-timesteps", str(steps),
+                   "--results-dir", str(results), "--set", "train.progress_bar=false",
+                   "--set", "train.eval_freq=5000", "--set", "train.video=false"]
+            for o in overrides:
+                cmd += ["--set", o]
+            log = (out / "learning" / f"{mode}_seed{seed}.log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            procs.append((mode, seed, results, subprocess.Popen(cmd, stdout=log.open("w"),
+                                                               stderr=subprocess.STDOUT, env=env)))
+    curves: dict = {}
+    for mode, seed, results, proc in procs:
+        rc = proc.wait()
+        runs = sorted(results.glob("*/*/eval.csv"))
+        if rc != 0 or not runs:
+            curves.setdefault(mode, {})[seed] = {"error": f"exit {rc}"}
+            continue
+        rows = _rows(runs[-1])
+        prog = _rows(runs[-1].parent / "progress.csv")
+        curves.setdefault(mode, {})[seed] = {
+            "eval": [(int(r["step"]), float(r["mean_return"])) for r in rows],
+            "wall_s": float(prog[-1]["wall_time_s"]) if prog else None,
+        }
+        for big in runs[-1].parent.glob("replay"):
+            shutil.rmtree(big, ignore_errors=True)
+    (out / "learning.json").write_text(json.dumps({"modes": LEARNING_MODES, "level": level,
+                                                   "steps": steps, "curves": curves}, indent=1))
+    return curves
+
+
+def machine() -> dict:
+    import jax
+
+    dev = jax.devices()[0]
+    info = {"python": platform.python_version(), "jax": jax.__version__,
+            "device": f"{dev.platform}: {getattr(dev, 'device_kind', str(dev))}",
+            "host_cpus": os.cpu_count(), "platform": platform.platform()}
+    try:
+        import flax
+        import optax
+
+        info["flax"], info["optax"] = flax.__version__, optax.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| case | env steps/s | excl. eval+ckpt | timed steps | compile s | act | env | insert "
+        "| sample | update | eval | ckpt | other | last eval |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        t = r["ms_per_1000_steps"]
+        last_eval = f"{r['eval'][-1][1]:.1f} @ {r['eval'][-1][0]}" if r["eval"] else "-"
+        lines.append(
+            f"| {r['case']} | **{r['env_steps_per_s']:.0f}** | {r['env_steps_per_s_excl_eval_ckpt']:.0f} "
+            f"| {r['env_steps_timed']} | {r['compile_s']:.1f} | {t['act']:.0f} | {t['env']:.0f} "
+            f"| {t['insert']:.0f} | {t['sample']:.0f} | {t['update']:.0f} | {t['eval']:.0f} "
+            f"| {t['checkpoint']:.0f} | {r['ms_per_1000_steps_other']:.0f} | {last_eval} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--cases", default="img256,img84,vector",
+                        help=f"comma-separated, from: {', '.join(CASES)}")
+    parser.add_argument("--steps", type=int, default=50_000,
+                        help="env steps after the warm-up, per case")
+    parser.add_argument("--plain-steps", type=int, default=5_000,
+                        help="env steps after the warm-up for the *_plain cases (slow)")
+    parser.add_argument("--set", dest="extra", action="append", default=[],
+                        help="extra override for every case, e.g. train.eval_freq=0")
+    parser.add_argument("--out", type=Path, default=Path("results/benchmarks/e2e"))
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the runs go while they run (default: OUT/runs)")
+    parser.add_argument("--learning-seeds", default="",
+                        help="comma-separated seeds: also run the plain-vs-fast vector learning "
+                        "comparison (level 1), all runs in parallel, before the throughput cases")
+    parser.add_argument("--learning-steps", type=int, default=60_000)
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="skip the remaining cases once this many seconds have passed")
+    args = parser.parse_args(argv)
+    names = [c for c in args.cases.split(",") if c]
+    seeds = [int(x) for x in args.learning_seeds.split(",") if x]
+    unknown = [c for c in names if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case {unknown[0]!r}; known: {', '.join(CASES)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = args.workdir or args.out / "runs"
+    info = machine()
+    print(json.dumps(info), flush=True)
+    results: list[dict] = []
+    t_start = time.perf_counter()
+    if seeds:
+        print(f"== learning: plain vs fast, vector level 1, seeds {seeds}", flush=True)
+        curves = learning(args.out, seeds, args.learning_steps)
+        for mode, per_seed in curves.items():
+            for seed, c in per_seed.items():
+                print(mode, seed, c, flush=True)
+    for name in names:
+        if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
+            print(f"budget spent: skipping {name}", flush=True)
+            continue
+        steps = args.plain_steps if name.endswith("_plain") else args.steps
+        print(f"== {name}: {CASES[name][2]} ({steps} steps after warm-up)", flush=True)
+        results.append(measure(name, steps, workdir, args.out, args.extra))
+        print(table(results[-1:]), flush=True)
+        (args.out / "e2e.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))
+    by_name = {r["case"]: r for r in results}
+    report = [
+        "# End-to-end training throughput", "",
+        f"Command: `python benchmarks/e2e_throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "",
+        "Env steps/s after the warm-up, compile excluded; breakdown in ms per 1000 env steps "
+        "(see the script's docstring).", "",
+        table(results), "",
+    ]
+    for fast, plain in (("img256", "img256_plain"), ("img256_bf16", "img256_plain"),
+                        ("cpu_vector", "cpu_vector_plain")):
+        if fast in by_name and plain in by_name:
+            ratio = by_name[fast]["env_steps_per_s"] / by_name[plain]["env_steps_per_s"]
+            report.append(f"- {fast} / {plain}: **{ratio:.1f}x** env steps/s (same run)")
+    report += ["", "Cases:", ""] + [
+        f"- `{r['case']}`: {r['description']}; `{r['config']}` + `{' '.join(r['overrides'])}`"
+        for r in results]
+    (args.out / "report.md").write_text("\n".join(report) + "\n")
+    print("\n".join(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
