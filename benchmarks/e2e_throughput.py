@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # update_throughput
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -88,7 +89,11 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
         shutil.copy(result.run_dir / f, case_out / f)
     shutil.rmtree(result.run_dir, ignore_errors=True)
 
+    ceiling = update_ceiling(config)
     timed = [r for r in progress if float(r["time_compile_s"]) > 0]
+    if len(timed) < 2:
+        raise SystemExit(f"{name}: fewer than 2 progress rows after the first update; "
+                         "give more --steps (rows are written every 1000 env steps)")
     first, last = timed[0], timed[-1]
 
     def delta(field: str) -> float:
@@ -115,6 +120,9 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
         "ms_per_1000_steps": per_k,
         "ms_per_1000_steps_other": round(1000 * 1000 * window / n - accounted, 1),
         "run_wall_s": round(wall, 1),
+        "update_only_steps_per_s": ceiling,
+        "fraction_of_update_ceiling": (round(n / window * config.train.utd / ceiling, 3)
+                                       if ceiling else None),
         "eval": [(int(r["step"]), float(r["mean_return"])) for r in evals],
     }
 
@@ -165,6 +173,58 @@ def learning(out: Path, seeds: list[int], steps: int, level: int = 1) -> dict:
     return curves
 
 
+def plot_learning(json_path: Path, png: Path) -> str:
+    """Eval return vs env steps of both modes, every seed drawn; returns a markdown table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(Path(json_path).read_text())
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = {"plain": "tab:blue", "fast": "tab:orange"}
+    rows = ["| mode | seed | " + " | ".join(str(s) for s, _ in
+                                           next(iter(data["curves"]["plain"].values()))["eval"]) + " | wall s |"]
+    rows.append("| --- " * (len(rows[0].split("|")) - 2) + "|")
+    for mode, per_seed in data["curves"].items():
+        for seed, c in sorted(per_seed.items()):
+            steps, rets = zip(*c["eval"])
+            ax.plot(steps, rets, color=colors.get(mode), alpha=0.8, marker="o", ms=3,
+                    label=f"{mode} (seed {seed})", linestyle="-" if mode == "fast" else "--")
+            rows.append(f"| {mode} | {seed} | " + " | ".join(f"{r:.0f}" for r in rets)
+                        + f" | {c['wall_s']:.0f} |")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("eval mean return (10 episodes)")
+    ax.set_title(f"vector obs, level {data['level']}: plain loop vs fast path, same config and seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    return "\n".join(rows)
+
+
+def update_ceiling(config) -> float | None:
+    """Gradient steps/s of the update alone with this run's shapes and K, batches already on the
+    device (``benchmarks/update_throughput.py``'s ``measure``): what the loop could reach at best."""
+    import update_throughput
+
+    ec, tc = config.env, config.train
+    if ec.obs_mode == "vector":
+        case = "vector"
+    elif ec.frame_stack == 1 and f"img{ec.image_size}" in update_throughput.CASES:
+        case = f"img{ec.image_size}"
+    else:
+        return None
+    agent = config.agent
+    k = tc.utd * tc.n_envs * tc.update_every
+    overrides = {f: getattr(agent, f) for f in ("net_arch", "n_critics", "encoder_sharing",
+                                               "augmentation", "encoder_features")}
+    out = update_throughput.measure(case, k, agent.bf16_encoder, repeats=3,
+                                    min_steps=max(8 * k, 200 if case == "vector" else 64),
+                                    config_overrides=overrides)
+    return round(out["grad_steps_per_s"], 1)
+
+
 def machine() -> dict:
     import jax
 
@@ -184,15 +244,17 @@ def machine() -> dict:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| case | env steps/s | excl. eval+ckpt | timed steps | compile s | act | env | insert "
-        "| sample | update | eval | ckpt | other | last eval |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| case | env steps/s | excl. eval+ckpt | update alone, steps/s | e2e / update alone "
+        "| timed steps | compile s | act | env | insert | sample | update | eval | ckpt | other "
+        "| last eval |",
+        "| --- " * 16 + "|",
     ]
     for r in results:
         t = r["ms_per_1000_steps"]
         last_eval = f"{r['eval'][-1][1]:.1f} @ {r['eval'][-1][0]}" if r["eval"] else "-"
         lines.append(
             f"| {r['case']} | **{r['env_steps_per_s']:.0f}** | {r['env_steps_per_s_excl_eval_ckpt']:.0f} "
+            f"| {r.get('update_only_steps_per_s') or '-'} | {r.get('fraction_of_update_ceiling') or '-'} "
             f"| {r['env_steps_timed']} | {r['compile_s']:.1f} | {t['act']:.0f} | {t['env']:.0f} "
             f"| {t['insert']:.0f} | {t['sample']:.0f} | {t['update']:.0f} | {t['eval']:.0f} "
             f"| {t['checkpoint']:.0f} | {r['ms_per_1000_steps_other']:.0f} | {last_eval} |")
@@ -219,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-steps", type=int, default=60_000)
     parser.add_argument("--budget-s", type=float, default=None,
                         help="skip the remaining cases once this many seconds have passed")
+    parser.add_argument("--plot-learning", type=Path, default=None, metavar="JSON",
+                        help="only draw learning.json (from --learning-seeds) as a PNG beside it")
     args = parser.parse_args(argv)
+    if args.plot_learning is not None:
+        print(plot_learning(args.plot_learning, args.plot_learning.with_suffix(".png")))
+        return 0
     names = [c for c in args.cases.split(",") if c]
     seeds = [int(x) for x in args.learning_seeds.split(",") if x]
     unknown = [c for c in names if c not in CASES]
