@@ -115,3 +115,25 @@ def test_update_from_mirror_equals_update_on_the_host_batch(tmp_path):
     for name in m1:
         np.testing.assert_allclose(m1[name], m2[name], rtol=1e-5, atol=1e-6)
     assert int(fused.critic.step) == k
+
+
+def test_update_from_compiles_once(tmp_path):
+    """The first call (fresh agent) and later calls (agents returned by the update) share one
+    program: a second compilation would stall a GPU run for ~20 s inside its timed window."""
+    buf = make(tmp_path, observation_shape=(5,), observation_dtype=np.float32)
+    writer = ScriptedWriter(buf)
+    for _ in range(20):
+        writer.step()
+    mirror = DeviceMirror(buf)
+    space = gymnasium.spaces.Box(-np.inf, np.inf, (5,), np.float32)
+    actions = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    agent = sac.create(jax.random.key(0), space, actions,
+                       sac.SACConfig(net_arch=(8,), batch_size=4, gamma=0.95))  # a fresh program
+    before = sac._update_from_jit._cache_size()
+    for i in range(3):
+        agent, metrics = agent.update_from(mirror.frames, mirror.sample_indices(4, 2),
+                                           jax.random.key(i), gather_batch)
+        writer.step()
+        mirror.sync()
+    assert np.isfinite(float(metrics["critic_loss"]))
+    assert sac._update_from_jit._cache_size() == before + 1
