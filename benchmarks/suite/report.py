@@ -70,9 +70,9 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
             ax.set_title(f"Level {level}: eval return vs {xlabel.split(' (')[0]}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
-        fig.suptitle(f"dodgerl learning curves, suite '{results['suite']}' "
-                     f"({results['device']}); IQM over seeds with 95% stratified bootstrap CI",
-                     fontsize=10)
+        # Two lines: with one level the figure is narrow and a one-line title was cut off.
+        fig.suptitle(f"dodgerl learning curves, suite '{results['suite']}' ({results['device']})\n"
+                     "IQM over seeds with 95% stratified bootstrap CI", fontsize=10)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
