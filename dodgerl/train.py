@@ -150,7 +150,7 @@ class Evaluator:
 
 def write_gif(frames: list[np.ndarray], path: Path, fps: int = 30, max_frames: int = 400) -> None:
     """Write an animated GIF (every n-th frame so that at most ``max_frames`` are kept)."""
-    from PIL import Image
+    from PIL import Image  # Pillow: installed with matplotlib, a core dependency
 
     stride = max(1, math.ceil(len(frames) / max_frames))
     images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames[::stride]]
