@@ -134,6 +134,7 @@ def test_tiny_results_json_and_plots(tiny_report):
     assert sorted((r["level"], r["seed"]) for r in runs) == [(1, 0), (1, 1), (2, 0), (2, 1)]
     assert all(r["eval"] and {"step", "mean_return", "wall_time_s"} <= set(r["eval"][0]) for r in runs)
     e2e = results["end_to_end"][0]
-    assert set(e2e["timings"]) == {"act", "env", "insert", "sample", "update", "eval"}
+    assert set(e2e["timings"]) == {"act", "env", "insert", "sample", "update", "eval", "checkpoint",
+                                   "compile"}
     assert e2e["steady"]["env_steps_per_s"] > 0
     assert e2e["checkpoint_bytes"] > 0 and e2e["replay_bytes_per_transition"] > 0
