@@ -463,28 +463,37 @@ class ReplayBuffer:
             env, a, stack, _ = self._locate(env, frames)
             return self._gather(env, a, stack)
 
-    def _gather(self, env: np.ndarray, a: np.ndarray, stack: np.ndarray) -> dict[str, np.ndarray]:
+    def _frame_indices(self, a: np.ndarray, stack: np.ndarray) -> np.ndarray:
+        """(B, k+1) absolute frames: the observation stack and then the next frame, oldest first.
+        ``[:, :k]`` is the observation's stack, ``[:, 1:]`` the next observation's."""
+        return np.concatenate([stack, (a + 1)[:, None]], axis=1)
+
+    def _small_fields(self, env: np.ndarray, a: np.ndarray) -> dict[str, np.ndarray]:
+        """Action, reward and terminated (as float32) of the transitions starting at (env, a)."""
         arr = self._arrays
+        s = a % self.slots_per_env
+        return {
+            "actions": arr["actions"][env, s],
+            "rewards": arr["rewards"][env, s],
+            "terminated": arr["terminated"][env, s].astype(np.float32),
+        }
+
+    def _gather(self, env: np.ndarray, a: np.ndarray, stack: np.ndarray) -> dict[str, np.ndarray]:
         S = self.slots_per_env
         k = self.frame_stack
-        obs_mm = arr["observations"]
-        s = a % S
+        obs_mm = self._arrays["observations"]
         if k == 1:
-            observations = obs_mm[env, s]
+            observations = obs_mm[env, a % S]
             next_observations = obs_mm[env, (a + 1) % S]
         else:
             # One gather of the k+1 distinct frames serves both stacks: next = obs shifted by one.
-            idx = np.concatenate([stack, (a + 1)[:, None]], axis=1)
-            frames = obs_mm[env[:, None], idx % S]  # (B, k+1, *obs_shape)
+            frames = obs_mm[env[:, None], self._frame_indices(a, stack) % S]  # (B, k+1, *obs_shape)
             observations = self._stack_channels(frames[:, :k])
             next_observations = self._stack_channels(frames[:, 1:])
-        return {
-            "observations": observations,
-            "actions": arr["actions"][env, s],
-            "rewards": arr["rewards"][env, s],
-            "next_observations": next_observations,
-            "terminated": arr["terminated"][env, s].astype(np.float32),
-        }
+        small = self._small_fields(env, a)
+        return {"observations": observations, "actions": small["actions"],
+                "rewards": small["rewards"], "next_observations": next_observations,
+                "terminated": small["terminated"]}
 
     def _stack_channels(self, frames: np.ndarray) -> np.ndarray:
         """(B, k, *shape, C) -> (B, *shape, k*C): channel-last, oldest frame first."""
@@ -534,17 +543,12 @@ class ReplayBuffer:
             if self._closed:
                 raise ValueError("sample on a closed ReplayBuffer")
             env, a, stack, _ = self._draw(int(batch_size))
-            S = self.slots_per_env
-            s = a % S
-            arr = self._arrays
-            next_stack = np.concatenate([stack[:, 1:], (a + 1)[:, None]], axis=1)
+            slots = (self._frame_indices(a, stack) % self.slots_per_env).astype(np.int32)
             return {
                 "env": env.astype(np.int32),
-                "obs_slots": (stack % S).astype(np.int32),
-                "next_slots": (next_stack % S).astype(np.int32),
-                "actions": arr["actions"][env, s],
-                "rewards": arr["rewards"][env, s],
-                "terminated": arr["terminated"][env, s].astype(np.float32),
+                "obs_slots": slots[:, :-1],
+                "next_slots": slots[:, 1:],
+                **self._small_fields(env, a),
             }
 
     def track_writes(self, enabled: bool = True) -> None:
