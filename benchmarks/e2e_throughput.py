@@ -24,7 +24,6 @@ Run directories are deleted after each case (a 256x256 buffer is 19.7 GB); their
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -35,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # update_throughput
+from benchmarks.suite.measure import read_csv, steady_window  # noqa: E402
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -63,9 +63,8 @@ CASES: dict[str, tuple[str, list[str], str]] = {
 }
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+# The loop's timers split into the breakdown columns (the suite's phases plus checkpoints).
+E2E_PHASES = ("act", "env", "insert", "sample", "update", "eval", "checkpoint")
 
 
 def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -> dict:
@@ -81,8 +80,8 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
     t0 = time.perf_counter()
     result = train(config, results_dir=workdir, total_timesteps=total)
     wall = time.perf_counter() - t0
-    progress = _rows(result.run_dir / "progress.csv")
-    evals = _rows(result.run_dir / "eval.csv")
+    progress = read_csv(result.run_dir / "progress.csv")
+    evals = read_csv(result.run_dir / "eval.csv")
     case_out = out / name
     case_out.mkdir(parents=True, exist_ok=True)
     for f in ("progress.csv", "eval.csv", "config.yaml"):
@@ -90,38 +89,30 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
     shutil.rmtree(result.run_dir, ignore_errors=True)
 
     ceiling = update_ceiling(config)
-    timed = [r for r in progress if float(r["time_compile_s"]) > 0]
-    if len(timed) < 2:
+    window = steady_window(progress, E2E_PHASES)
+    if window is None:
         raise SystemExit(f"{name}: fewer than 2 progress rows after the first update; "
                          "give more --steps (rows are written every 1000 env steps)")
-    first, last = timed[0], timed[-1]
-
-    def delta(field: str) -> float:
-        return float(last[field]) - float(first[field])
-
-    n = int(last["step"]) - int(first["step"])
-    window = delta("wall_time_s")
-    eval_ckpt = delta("time_eval_s") + delta("time_checkpoint_s")
-    per_k = {k: round(1000 * 1000 * delta(f"time_{k}_s") / n, 1)
-             for k in ("act", "env", "insert", "sample", "update", "eval", "checkpoint")}
-    accounted = sum(per_k.values())
+    n, wall_window = int(window["steps"]), window["wall_s"]
+    eval_ckpt = window["phases_s"]["eval"] + window["phases_s"]["checkpoint"]
+    per_k = {k: round(1000 * 1000 * v / n, 1) for k, v in window["phases_s"].items()}
     return {
         "case": name,
         "description": description,
         "config": config_file,
         "overrides": overrides,
         "env_steps_timed": n,
-        "window_s": round(window, 2),
-        "env_steps_per_s": round(n / window, 1),
-        "env_steps_per_s_excl_eval_ckpt": round(n / (window - eval_ckpt), 1),
-        "compile_s": round(float(last["time_compile_s"]), 2),
+        "window_s": round(wall_window, 2),
+        "env_steps_per_s": round(n / wall_window, 1),
+        "env_steps_per_s_excl_eval_ckpt": round(n / (wall_window - eval_ckpt), 1),
+        "compile_s": round(progress[-1]["time_compile_s"], 2),
         "warmup_steps": config.train.learning_starts,
-        "gradient_steps": int(last["updates"]),
+        "gradient_steps": int(progress[-1]["updates"]),
         "ms_per_1000_steps": per_k,
-        "ms_per_1000_steps_other": round(1000 * 1000 * window / n - accounted, 1),
+        "ms_per_1000_steps_other": round(1000 * 1000 * window["other_s"] / n, 1),
         "run_wall_s": round(wall, 1),
         "update_only_steps_per_s": ceiling,
-        "fraction_of_update_ceiling": (round(n / window * config.train.utd / ceiling, 3)
+        "fraction_of_update_ceiling": (round(n / wall_window * config.train.utd / ceiling, 3)
                                        if ceiling else None),
         "eval": [(int(r["step"]), float(r["mean_return"])) for r in evals],
     }
@@ -160,8 +151,8 @@ def learning(out: Path, seeds: list[int], steps: int, level: int = 1) -> dict:
         if rc != 0 or not runs:
             curves.setdefault(mode, {})[seed] = {"error": f"exit {rc}"}
             continue
-        rows = _rows(runs[-1])
-        prog = _rows(runs[-1].parent / "progress.csv")
+        rows = read_csv(runs[-1])
+        prog = read_csv(runs[-1].parent / "progress.csv")
         curves.setdefault(mode, {})[seed] = {
             "eval": [(int(r["step"]), float(r["mean_return"])) for r in rows],
             "wall_s": float(prog[-1]["wall_time_s"]) if prog else None,

@@ -196,20 +196,22 @@ def device_peak_bytes() -> int | None:
     return int(stats["peak_bytes_in_use"])
 
 
-def steady_window(progress: list[dict[str, float]]) -> dict[str, Any] | None:
+def steady_window(progress: list[dict[str, float]],
+                  phases: tuple[str, ...] = PHASES) -> dict[str, Any] | None:
     """Env steps/s and per-phase seconds between the first and last progress rows that come after
-    the first gradient step, so the update's compilation (billed to the first update) is left out."""
+    the first gradient step, so the update's compilation (billed to the first update) is left out.
+    ``phases``: which ``time_<phase>_s`` columns to split the window into (the rest is other)."""
     rows = [r for r in progress if (r.get("updates") or 0) > 0]
     if len(rows) < 2:
         return None
     a, b = rows[0], rows[-1]
     wall = b["wall_time_s"] - a["wall_time_s"]
     steps = b["step"] - a["step"]
-    phases = {p: b[f"time_{p}_s"] - a[f"time_{p}_s"] for p in PHASES}
+    split = {p: b[f"time_{p}_s"] - a[f"time_{p}_s"] for p in phases}
     return {"from_step": a["step"], "to_step": b["step"], "steps": steps, "wall_s": wall,
             "env_steps_per_s": steps / wall if wall > 0 else None,
-            "updates": b["updates"] - a["updates"], "phases_s": phases,
-            "other_s": wall - sum(phases.values())}
+            "updates": b["updates"] - a["updates"], "phases_s": split,
+            "other_s": wall - sum(split.values())}
 
 
 def train_once(config, results_dir: Path) -> dict[str, Any]:
