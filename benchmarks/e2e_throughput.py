@@ -63,6 +63,20 @@ CASES: dict[str, tuple[str, list[str], str]] = {
 }
 
 
+# Peer cases: Stable-Baselines3 SAC on the same env, image size and batch, 1 env, UTD 1
+# (train_freq 1, gradient_steps 1), its own defaults otherwise (CnnPolicy: one encoder per network).
+# name: (config file whose env and batch size it takes, env overrides, description)
+SB3_CASES: dict[str, tuple[str, list[str], str]] = {
+    "sb3_img256": ("sac_topdown_cnn_easy.yaml", [], "Stable-Baselines3 SAC CnnPolicy, 256x256, batch 64, 1 env"),
+    "sb3_img84": ("sac_topdown_cnn_easy.yaml", ["env.image_size=84"],
+                  "Stable-Baselines3 SAC CnnPolicy, 84x84, batch 64, 1 env"),
+    "sb3_vector": ("sac_vector_easy.yaml", [], "Stable-Baselines3 SAC MlpPolicy, vector, batch 256, 1 env"),
+}
+# Which of our cases each peer is compared with (same env, image size and batch).
+SB3_PEER_OF = {"sb3_img256": ("img256_bf16", "img256"), "sb3_img84": ("img84_bf16", "img84"),
+               "sb3_vector": ("vector", "cpu_vector")}
+
+
 # The loop's timers split into the breakdown columns (the suite's phases plus checkpoints).
 E2E_PHASES = ("act", "env", "insert", "sample", "update", "eval", "checkpoint")
 
@@ -116,6 +130,68 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
                                        if ceiling else None),
         "eval": [(int(r["step"]), float(r["mean_return"])) for r in evals],
     }
+
+
+def measure_sb3(name: str, steps: int, out: Path, warmup: int = 1000) -> dict:
+    """Env steps/s of Stable-Baselines3 SAC learning on the same env: ``warmup`` random steps, then
+    ``steps`` steps with one gradient step each, timed by a callback from the first update on.
+    The replay buffer holds ``warmup + steps`` transitions (its size does not change the rate)."""
+    import torch
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from dodgerl.config import apply_overrides, config_from_dict, read_yaml
+    from dodgerl.train import make_env
+
+    config_file, overrides, description = SB3_CASES[name]
+    config = config_from_dict(apply_overrides(read_yaml(CONFIGS / config_file), overrides))
+    image = config.env.obs_mode != "vector"
+
+    class Clock(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.marks: list[tuple[int, float]] = []
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= warmup and self.num_timesteps % 100 == 0:
+                self.marks.append((self.num_timesteps, time.perf_counter()))
+            return True
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = SAC("CnnPolicy" if image else "MlpPolicy", make_env(config.env),
+                batch_size=config.agent.batch_size, buffer_size=warmup + steps + 1,
+                learning_starts=warmup, train_freq=1, gradient_steps=1,
+                policy_kwargs={"net_arch": list(config.agent.net_arch)},
+                device=device, seed=0, verbose=0)
+    clock = Clock()
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=warmup + steps, callback=clock)
+    wall = time.perf_counter() - t0
+    (first_step, first_t), (last_step, last_t) = clock.marks[1], clock.marks[-1]
+    rate = (last_step - first_step) / (last_t - first_t)
+    import stable_baselines3
+
+    result = {"case": name, "description": description, "config": config_file,
+              "overrides": overrides, "sb3": stable_baselines3.__version__,
+              "torch": torch.__version__, "device": device,
+              "env_steps_timed": last_step - first_step, "window_s": round(last_t - first_t, 2),
+              "env_steps_per_s": round(rate, 2), "run_wall_s": round(wall, 1)}
+    case_out = out / name
+    case_out.mkdir(parents=True, exist_ok=True)
+    (case_out / "sb3.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def sb3_table(peers: list[dict], by_name: dict[str, dict]) -> str:
+    lines = ["| peer | SB3 env steps/s | timed steps | ours | our env steps/s | ratio (ours / SB3) |",
+             "| --- " * 6 + "|"]
+    for p in peers:
+        mine = next((by_name[c] for c in SB3_PEER_OF[p["case"]] if c in by_name), None)
+        ratio = f"**{mine['env_steps_per_s'] / p['env_steps_per_s']:.0f}x**" if mine else "-"
+        lines.append(f"| {p['case']} (SB3 {p['sb3']}, torch {p['torch']}, {p['device']}) "
+                     f"| {p['env_steps_per_s']:.1f} | {p['env_steps_timed']} "
+                     f"| {mine['case'] if mine else '-'} | {mine['env_steps_per_s'] if mine else '-'} | {ratio} |")
+    return "\n".join(lines)
 
 
 LEARNING_MODES = {
@@ -256,11 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--cases", default="img256,img84,vector",
-                        help=f"comma-separated, from: {', '.join(CASES)}")
+                        help=f"comma-separated, from: {', '.join(CASES)}; Stable-Baselines3 "
+                        f"peers: {', '.join(SB3_CASES)}")
     parser.add_argument("--steps", type=int, default=50_000,
                         help="env steps after the warm-up, per case")
     parser.add_argument("--plain-steps", type=int, default=5_000,
                         help="env steps after the warm-up for the *_plain cases (slow)")
+    parser.add_argument("--sb3-steps", type=int, default=1_000,
+                        help="env steps after a 1000-step warm-up for the sb3_* peer cases")
     parser.add_argument("--set", dest="extra", action="append", default=[],
                         help="extra override for every case, e.g. train.eval_freq=0")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/e2e"))
@@ -280,14 +359,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = [c for c in args.cases.split(",") if c]
     seeds = [int(x) for x in args.learning_seeds.split(",") if x]
-    unknown = [c for c in names if c not in CASES]
+    unknown = [c for c in names if c not in CASES and c not in SB3_CASES]
     if unknown:
-        parser.error(f"unknown case {unknown[0]!r}; known: {', '.join(CASES)}")
+        parser.error(f"unknown case {unknown[0]!r}; known: {', '.join([*CASES, *SB3_CASES])}")
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = args.workdir or args.out / "runs"
     info = machine()
     print(json.dumps(info), flush=True)
     results: list[dict] = []
+    peers: list[dict] = []
     t_start = time.perf_counter()
     if seeds:
         print(f"== learning: plain vs fast, vector level 1, seeds {seeds}", flush=True)
@@ -298,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
             print(f"budget spent: skipping {name}", flush=True)
+            continue
+        if name in SB3_CASES:
+            print(f"== {name}: {SB3_CASES[name][2]} ({args.sb3_steps} steps after warm-up)", flush=True)
+            peers.append(measure_sb3(name, args.sb3_steps, args.out))
+            print(json.dumps(peers[-1]), flush=True)
+            (args.out / "sb3.json").write_text(json.dumps(peers, indent=1))
             continue
         steps = args.plain_steps if name.endswith("_plain") else args.steps
         print(f"== {name}: {CASES[name][2]} ({steps} steps after warm-up)", flush=True)
@@ -318,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         if fast in by_name and plain in by_name:
             ratio = by_name[fast]["env_steps_per_s"] / by_name[plain]["env_steps_per_s"]
             report.append(f"- {fast} / {plain}: **{ratio:.1f}x** env steps/s (same run)")
+    if peers:
+        report += ["", "Stable-Baselines3 SAC on the same env, image size and batch, 1 env, UTD 1, "
+                   "same machine, same run (its defaults otherwise: CnnPolicy gives actor and "
+                   "critics their own encoder):", "", sb3_table(peers, by_name)]
     report += ["", "Cases:", ""] + [
         f"- `{r['case']}`: {r['description']}; `{r['config']}` + `{' '.join(r['overrides'])}`"
         for r in results]

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Run several vector-SAC training runs side by side and gather every eval.csv into one file.
+#   bash benchmarks/seed_sweep.sh SECONDS LEVEL "seed [--set k=v ...]" ["seed ..."] ...
+# SWEEP_DEVICE=cpu (default): each run pinned to its own 2 cores (a 2-core-CPU-like slot), JAX on
+#   the CPU; 8 slots fit the 16-core GPU host.
+# SWEEP_DEVICE=gpu: every run shares the one GPU (no preallocation), each pinned to one core.
+# Runs that are still going after SECONDS get SIGTERM (they checkpoint and stop); the table
+# $OUT/sweep_eval.csv has one row per evaluation of every run.
+set -uo pipefail
+secs=$1; level=$2; shift 2
+out=${OUT:-/tmp/out}; mkdir -p "$out"
+device=${SWEEP_DEVICE:-cpu}
+export PYTHONUNBUFFERED=1 SDL_VIDEODRIVER=dummy
+if [ "$device" = cpu ]; then
+  export JAX_PLATFORMS=cpu; width=2
+else
+  export XLA_PYTHON_CLIENT_PREALLOCATE=false; width=1
+fi
+ncores=$(nproc)
+i=0; pids=()
+for spec in "$@"; do
+  seed=${spec%% *}; rest=${spec#"$seed"}
+  first=$(( (width * i) % ncores )); last=$(( first + width - 1 ))
+  taskset -c "$first-$last" python3 experiments/vector_sac.py --level "$level" --seed "$seed" \
+    --results-dir "/tmp/sweep/$i" --set train.progress_bar=false --set train.video=false $rest \
+    > "/tmp/sweep_$i.log" 2>&1 &
+  pids+=($!); i=$((i+1))
+done
+start=$SECONDS
+while [ $((SECONDS - start)) -lt "$secs" ]; do
+  alive=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+  [ "$alive" = 0 ] && break
+  sleep 2
+done
+kill -TERM "${pids[@]}" 2>/dev/null; wait
+echo "sweep: $i runs on $device, $((SECONDS - start)) s"
+echo "run,spec,step,mean_return,std_return,min_return,max_return,mean_length,episodes,wall_time_s" > "$out/sweep_eval.csv"
+i=0
+for spec in "$@"; do
+  f=$(ls /tmp/sweep/$i/*/*/eval.csv 2>/dev/null | head -1)
+  [ -n "$f" ] && tail -n +2 "$f" | tr -d '\r' | sed "s|^|$i,\"$spec\",|" >> "$out/sweep_eval.csv"
+  tail -2 "/tmp/sweep_$i.log"; i=$((i+1))
+done
+cat "$out/sweep_eval.csv"
