@@ -68,14 +68,25 @@ def make_env(env_config: EnvConfig, render_mode: str | None = None) -> gymnasium
     return env
 
 
+def _make_worker_env(env_config: EnvConfig) -> gymnasium.Env:
+    """``make_env`` inside an env subprocess, which leaves SIGINT and SIGTERM to the training
+    process: Ctrl-C in a terminal (and ``timeout``, ``kill -- -PGID``) signals the whole process
+    group, and a worker that died on it would break the checkpoint-and-exit of the main process.
+    The main process closes the workers itself; if it dies, they exit on the closed pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return make_env(env_config)
+
+
 def make_vector_env(env_config: EnvConfig, n_envs: int, asynchronous: bool) -> gymnasium.vector.VectorEnv:
     """Parallel training envs; the final observation of an episode comes in ``info['final_obs']``
     on the step that ends it (same-step autoreset), so no transition crosses an episode."""
-    fns = [functools.partial(make_env, env_config) for _ in range(n_envs)]
     mode = gymnasium.vector.AutoresetMode.SAME_STEP
     if asynchronous and n_envs > 1:
         # Spawned, not forked: forking a process whose JAX runtime has started can deadlock.
+        fns = [functools.partial(_make_worker_env, env_config) for _ in range(n_envs)]
         return gymnasium.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="spawn")
+    fns = [functools.partial(make_env, env_config) for _ in range(n_envs)]
     return gymnasium.vector.SyncVectorEnv(fns, autoreset_mode=mode)
 
 

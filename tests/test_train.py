@@ -193,15 +193,21 @@ def test_kill_9_then_resume_continues_from_last_complete_checkpoint(tmp_path):
     assert steps == list(range(20, steps[-1] + 1, 20)), "progress.csv has a gap after resume"
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    raw = tiny_raw("vector", total=1_000_000, checkpoint_freq=100_000, eval_freq=0)
+@pytest.mark.parametrize("to_group", [False, True], ids=["process", "process-group-async-envs"])
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, to_group):
+    # to_group: the signal reaches every process of the group, env subprocesses included, as
+    # Ctrl-C in a terminal, `timeout` or `kill -- -PGID` do; the workers must leave it to the
+    # training process, which checkpoints and then closes them.
+    raw = tiny_raw("vector", total=1_000_000, checkpoint_freq=100_000, eval_freq=0,
+                   async_envs=to_group)
     config = write_config(tmp_path, raw)
     results = tmp_path / "r"
     env = dict(os.environ, SDL_VIDEODRIVER="dummy", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "experiments" / "vector_sac.py"), "--config", str(config),
          "--results-dir", str(results)],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=to_group)
     deadline = time.time() + 120
     run_dir = None
     while time.time() < deadline:
@@ -213,7 +219,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         time.sleep(0.2)
     assert run_dir is not None
     assert not complete_checkpoints(run_dir / "checkpoints")
-    proc.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "SIGTERM received" in out
