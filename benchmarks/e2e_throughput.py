@@ -14,6 +14,12 @@ act (fetching the actions from the device), env (``envs.step``), insert (replay 
 sync), sample (drawing indices / taking a prefetched batch), update (dispatch + waiting for the
 device beyond what the env step hid), eval, checkpoint.
 
+The ``sb3_*`` cases run Stable-Baselines3's SAC (when installed) on the same env, image size and
+batch, 1 env, UTD 1, and the report gives our rate over theirs, measured in the same run.
+
+    # every H100 figure of the README in one ~8-minute run (benchmarks/reports/e2e_h100/run5):
+    python benchmarks/e2e_throughput.py --cases img256_bf16,img84,vector,sb3_img256,sb3_img84,sb3_vector \
+        --steps 50000 --sb3-steps 1000 --budget-s 470
     python benchmarks/e2e_throughput.py --cases img256,img84,vector --steps 50000 --out DIR
     python benchmarks/e2e_throughput.py --cases cpu_vector --steps 20000       # 2-core CPU
 
