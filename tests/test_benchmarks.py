@@ -138,3 +138,39 @@ def test_tiny_results_json_and_plots(tiny_report):
                                    "compile"}
     assert e2e["steady"]["env_steps_per_s"] > 0
     assert e2e["checkpoint_bytes"] > 0 and e2e["replay_bytes_per_transition"] > 0
+
+
+def test_loop_parts_times_every_part_of_an_iteration(tmp_path):
+    from benchmarks import loop_parts
+
+    out = tmp_path / "parts.json"
+    assert loop_parts.main(["--set", "env.image_size=64", "--set", "train.n_envs=2",
+                            "--set", "agent.net_arch=[16]", "--set", "agent.batch_size=8",
+                            "--set", "agent.encoder_features=32",
+                            "--iters", "2", "--capacity", "200", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n_envs"] == 2 and result["k"] == 2
+    parts = result["ms_per_iteration"]
+    assert len(parts) == 7 and all(ms > 0 for ms in parts.values())
+    # an iteration that waits for each part costs more than any one of its parts
+    serial = next(v for k, v in parts.items() if k.startswith("serial"))
+    assert serial > max(v for k, v in parts.items() if k.startswith(("insert", "sample", "act")))
+
+
+def test_plot_eval_draws_runs_and_rejects_a_spec_without_label(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "plot_eval.py"
+    spec = importlib.util.spec_from_file_location("plot_eval", path)
+    plot_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_eval)
+
+    csv_path = tmp_path / "eval.csv"
+    csv_path.write_text("step,mean_return,std_return,min_return,max_return,mean_length\n"
+                        "1000,-50,1,-60,-40,20\n2000,10,1,0,20,80\n")
+    png = tmp_path / "curves.png"
+    assert plot_eval.main([f"run a={csv_path}", f"run b={csv_path}", "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        plot_eval.main([str(csv_path), "--out", str(png)])
