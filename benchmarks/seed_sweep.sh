@@ -6,6 +6,9 @@
 # SWEEP_DEVICE=gpu: every run shares the one GPU (no preallocation), each pinned to one core.
 # Runs that are still going after SECONDS get SIGTERM (they checkpoint and stop); the table
 # $OUT/sweep_eval.csv has one row per evaluation of every run.
+# SWEEP_RESUME=1 (same arguments again, same machine): each run i continues from its run
+# directory under /tmp/sweep/i with --resume (its own config.yaml), for sweeps longer than one
+# 10-minute device call.
 set -uo pipefail
 secs=$1; level=$2; shift 2
 out=${OUT:-/tmp/out}; mkdir -p "$out"
@@ -21,9 +24,15 @@ i=0; pids=()
 for spec in "$@"; do
   seed=${spec%% *}; rest=${spec#"$seed"}
   first=$(( (width * i) % ncores )); last=$(( first + width - 1 ))
-  taskset -c "$first-$last" python3 experiments/vector_sac.py --level "$level" --seed "$seed" \
-    --results-dir "/tmp/sweep/$i" --set train.progress_bar=false --set train.video=false $rest \
-    > "/tmp/sweep_$i.log" 2>&1 &
+  if [ "${SWEEP_RESUME:-0}" = 1 ]; then
+    run_dir=$(dirname "$(ls -d /tmp/sweep/$i/*/*/config.yaml | head -1)")
+    taskset -c "$first-$last" python3 experiments/vector_sac.py --resume "$run_dir" \
+      >> "/tmp/sweep_$i.log" 2>&1 &
+  else
+    taskset -c "$first-$last" python3 experiments/vector_sac.py --level "$level" --seed "$seed" \
+      --results-dir "/tmp/sweep/$i" --set train.progress_bar=false --set train.video=false $rest \
+      > "/tmp/sweep_$i.log" 2>&1 &
+  fi
   pids+=($!); i=$((i+1))
 done
 start=$SECONDS
