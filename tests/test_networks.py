@@ -95,3 +95,24 @@ def test_nature_cnn_space_to_depth_same_params_and_features():
     grads = [jax.grad(lambda p, m=m: jnp.sum(m.apply(p, images) ** 2))(params)
              for m in (fast, plain)]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
+
+
+def test_nature_cnn_layernorm_tanh_output_is_a_normalised_bounded_trunk():
+    images = jnp.asarray(np.random.default_rng(1).integers(0, 256, (4, 40, 40, 3)), jnp.uint8)
+    trunk = NatureCNN(features=32, output="layernorm_tanh")
+    params = trunk.init(jax.random.key(0), images)
+    assert set(params["params"]) == {"Conv_0", "Conv_1", "Conv_2", "Dense_0", "LayerNorm_0"}
+    features, state = trunk.apply(params, images, capture_intermediates=True)
+    dense = np.asarray(state["intermediates"]["Dense_0"]["__call__"][0])
+    normalised = (dense - dense.mean(-1, keepdims=True)) / np.sqrt(dense.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(features, np.tanh(normalised), rtol=1e-4, atol=1e-5)
+    assert np.all(np.abs(features) < 1.0) and np.any(features < 0)  # a ReLU torso is never < 0
+    # the same conv and dense parameters, ReLU output: the two outputs differ only after Dense_0
+    relu_params = {"params": {k: v for k, v in params["params"].items() if k != "LayerNorm_0"}}
+    np.testing.assert_allclose(NatureCNN(features=32).apply(relu_params, images),
+                               np.maximum(dense, 0.0), rtol=1e-5, atol=1e-6)
+
+
+def test_nature_cnn_rejects_unknown_output():
+    with np.testing.assert_raises_regex(ValueError, "output 'gelu'"):
+        NatureCNN(features=8, output="gelu").init(jax.random.key(0), jnp.zeros((1, 40, 40, 3), jnp.uint8))

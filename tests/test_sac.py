@@ -188,6 +188,19 @@ def test_critic_sharing_encoder_trained_by_critic_loss_only(space):
     assert _nonzero(jax.tree.map(lambda a, b: a - b, actor_before, to_numpy(frozen.actor.params)))
 
 
+def test_layernorm_tanh_trunk_is_part_of_the_critic_encoder_and_trained_by_critic_loss():
+    cfg = sac.SACConfig(**TINY, encoder_output="layernorm_tanh")
+    agent = sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, cfg)
+    assert "LayerNorm_0" in agent.critic.params["encoder"]
+    batch = jax.tree.map(lambda x: x[0], random_batch(IMAGE_SPACE, 1, 8))
+    critic_g, actor_g = _loss_grads(agent, batch, "critic_loss")
+    assert _nonzero(critic_g["encoder"]["LayerNorm_0"])
+    critic_g, _ = _loss_grads(agent, batch, "actor_loss")
+    assert not _nonzero(critic_g)
+    agent, metrics = agent.update(random_batch(IMAGE_SPACE, 2, 8), jax.random.key(1))
+    assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
+
+
 @pytest.mark.parametrize("space", [VECTOR_SPACE, IMAGE_SPACE], ids=["vector", "image"])
 def test_separate_encoders_each_trained_by_own_loss(space):
     cfg = sac.SACConfig(**TINY, vector_encoder_arch=(8,), encoder_sharing="separate")
@@ -300,6 +313,7 @@ def test_agent_is_one_pytree_that_orbax_round_trips(tmp_path):
         ({"net_arch": [256, -1]}, "net_arch"),
         ({"initial_temperature": 0.0}, "initial_temperature"),
         ({"augmentation": "yes"}, "augmentation"),
+        ({"encoder_output": "gelu"}, "encoder_output"),
     ],
 )
 def test_from_dict_rejects_bad_config_naming_the_key(bad, name):

@@ -29,6 +29,7 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from dodgerl.networks import (
+    NATURE_CNN_OUTPUTS,
     CriticEnsemble,
     MLPEncoder,
     NatureCNN,
@@ -126,6 +127,9 @@ class SACConfig:
     """Run the CNN in bfloat16 (params, optimiser and heads stay float32)."""
     encoder_features: int = 512
     """Width of the NatureCNN's final dense layer (image observations)."""
+    encoder_output: str = "relu"
+    """What follows that dense layer: 'relu' (Nature-DQN, as SB3's NatureCNN) or 'layernorm_tanh'
+    (LayerNorm then tanh, the trunk of SAC-AE / DrQ; with ``encoder_features: 50`` as in DrQ)."""
     vector_encoder_arch: tuple[int, ...] = ()
     """Hidden widths of the MLP encoder for vector observations. Empty = identity: the heads read
     the raw state, as in plain SAC from state (then sharing has nothing to share)."""
@@ -182,6 +186,8 @@ class SACConfig:
             fail("target_entropy", "must be a finite number or None")
         if self.encoder_sharing not in ENCODER_SHARING_MODES:
             fail("encoder_sharing", f"must be one of {ENCODER_SHARING_MODES}")
+        if self.encoder_output not in NATURE_CNN_OUTPUTS:
+            fail("encoder_output", f"must be one of {NATURE_CNN_OUTPUTS}")
         for name in ("augmentation", "bf16_encoder"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "must be true or false")
@@ -250,6 +256,7 @@ def build_networks(
             dtype=dtype,
             dense_dtype=dtype if _IMPL.bf16_dense else jnp.float32,
             space_to_depth=_IMPL.conv1_space_to_depth,
+            output=config.encoder_output,
         )
     else:
         encoder = MLPEncoder(config.vector_encoder_arch)

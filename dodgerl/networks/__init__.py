@@ -2,11 +2,12 @@
 
 from dodgerl.networks.augmentations import random_shift
 from dodgerl.networks.distributions import sample_tanh_gaussian, tanh_gaussian_log_prob
-from dodgerl.networks.encoders import MLPEncoder, NatureCNN, nature_cnn_min_size
+from dodgerl.networks.encoders import NATURE_CNN_OUTPUTS, MLPEncoder, NatureCNN, nature_cnn_min_size
 from dodgerl.networks.heads import MLP, CriticEnsemble, TanhGaussianActorHead
 
 __all__ = [
     "MLP",
+    "NATURE_CNN_OUTPUTS",
     "CriticEnsemble",
     "MLPEncoder",
     "NatureCNN",

@@ -20,6 +20,10 @@ class MLPEncoder(nn.Module):
         return x
 
 
+NATURE_CNN_OUTPUTS = ("relu", "layernorm_tanh")
+"""What may follow NatureCNN's dense layer (``NatureCNN.output``)."""
+
+
 def nature_cnn_min_size() -> int:
     """Smallest square image side the three VALID convolutions accept (36 pixels)."""
     return 36
@@ -99,15 +103,22 @@ class NatureCNN(nn.Module):
     The first conv is computed as an exact space-to-depth rewrite (``StridedConv``) unless
     ``space_to_depth=False``; the parameters (``Conv_0``..``Conv_2``, ``Dense_0``) and their
     layout are the same either way.
+
+    ``output`` is what follows the dense layer: ``"relu"`` (Nature-DQN, SB3's NatureCNN) or
+    ``"layernorm_tanh"`` (LayerNorm then tanh, as the trunk of SAC-AE / DrQ's encoder: bounded,
+    normalised features for the heads; computed in float32).
     """
 
     features: int = 512
     dtype: jnp.dtype = jnp.float32
     dense_dtype: jnp.dtype | None = None
     space_to_depth: bool = True
+    output: str = "relu"
 
     @nn.compact
     def __call__(self, observations: jnp.ndarray) -> jnp.ndarray:
+        if self.output not in NATURE_CNN_OUTPUTS:
+            raise ValueError(f"NatureCNN output {self.output!r}: must be one of {NATURE_CNN_OUTPUTS}")
         x = observations.astype(self.dtype) * jnp.asarray(1.0 / 255.0, self.dtype)
         x = StridedConv(32, 8, 4, dtype=self.dtype, space_to_depth=self.space_to_depth,
                         name="Conv_0")(x)
@@ -127,4 +138,6 @@ class NatureCNN(nn.Module):
         dense_dtype = self.dtype if self.dense_dtype is None else self.dense_dtype
         x = nn.Dense(self.features, dtype=dense_dtype, param_dtype=jnp.float32,
                      name="Dense_0")(x.astype(dense_dtype))
+        if self.output == "layernorm_tanh":
+            return jnp.tanh(nn.LayerNorm(name="LayerNorm_0")(x.astype(jnp.float32)))
         return nn.relu(x).astype(jnp.float32)
