@@ -279,6 +279,16 @@ def test_shipped_configs_load_and_match_the_seed():
     assert load_config(REPO / "configs" / "sac_topdown_cnn_hard.yaml").env.level == 2
     assert load_config(REPO / "configs" / "sac_vector_easy.yaml").env.obs_mode == "vector"
     assert load_config(REPO / "configs" / "sac_vector_hard.yaml").env.level == 2
+    drq = load_config(REPO / "configs" / "sac_topdown_drq84_easy.yaml")
+    assert (drq.env.image_size, drq.env.frame_stack, drq.agent.augmentation) == (84, 3, True)
+    assert (drq.env.level, drq.train.n_envs, drq.agent.batch_size) == (1, 16, 64)
+
+
+def test_every_config_in_configs_loads():
+    paths = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(paths) >= 5
+    for path in paths:
+        load_config(path)  # raises ConfigError naming the key on any bad entry
 
 
 def test_help_documents_every_option():
