@@ -174,3 +174,16 @@ def test_plot_eval_draws_runs_and_rejects_a_spec_without_label(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit):
         plot_eval.main([str(csv_path), "--out", str(png)])
+
+
+def test_suite_pixel_setting_with_frame_stack_and_shift_reaches_the_run_config():
+    from benchmarks.suite.measure import env_config, run_config
+    from benchmarks.suite.settings import FULL, IMG84, IMG84_DRQ
+
+    assert IMG84_DRQ in FULL.learning_obs and IMG84_DRQ.label in FULL.learning_budget
+    config = run_config(IMG84_DRQ, FULL.learning_budget[IMG84_DRQ.label], 2, 3, "learning")
+    assert (config.env.image_size, config.env.frame_stack, config.env.level) == (84, 3, 2)
+    assert config.agent.augmentation is True and config.agent.batch_size == 64 and config.seed == 3
+    assert env_config(IMG84_DRQ).frame_stack == 3
+    plain = run_config(IMG84, FULL.learning_budget[IMG84.label], 1, 0, "learning")
+    assert (plain.env.frame_stack, plain.agent.augmentation) == (1, False)

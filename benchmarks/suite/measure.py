@@ -33,7 +33,7 @@ def log(message: str) -> None:
 def env_config(obs: ObsSetting, level: int = 1):
     from dodgerl.config import EnvConfig
 
-    return EnvConfig(level=level, obs_mode=obs.obs_mode, image_size=obs.image_size)
+    return EnvConfig(level=level, obs_mode=obs.obs_mode, image_size=obs.image_size, **obs.env)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def run_config(obs: ObsSetting, budget: TrainBudget, level: int, seed: int, expe
     return config_from_dict({
         "experiment": experiment,
         "seed": seed,
-        "env": {"level": level, "obs_mode": obs.obs_mode, "image_size": obs.image_size},
+        "env": {"level": level, "obs_mode": obs.obs_mode, "image_size": obs.image_size, **obs.env},
         "agent": {"batch_size": obs.batch_size, **obs.agent},
         "replay": {"buffer_size": budget.buffer_size},
         "train": {

@@ -217,11 +217,12 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "is the IQM over seeds of the mean deterministic eval return, with a 95% percentile "
         f"bootstrap CI ({s['bootstrap_reps']} resamples; `benchmarks/suite/stats.py`). "
         "Budgets:\n")
-    add("| observation | batch | agent overrides | env steps | warm-up | eval every | eval episodes |")
+    add("| observation | batch | overrides | env steps | warm-up | eval every | eval episodes |")
     add("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for ob in s["learning_obs"]:
         b = s["learning_budget"][ob["label"]]
-        add(f"| {ob['label']} | {ob['batch_size']} | {ob['agent'] or 'configured'} | "
+        overrides = {**ob["agent"], **{f"env.{k}": v for k, v in ob.get("env", {}).items()}}
+        add(f"| {ob['label']} | {ob['batch_size']} | {overrides or 'configured'} | "
             f"{b['total_timesteps']:,} | {b['learning_starts']:,} | {b['eval_freq']:,} | "
             f"{b['eval_episodes']} |")
     add("")

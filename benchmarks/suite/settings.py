@@ -25,6 +25,8 @@ class ObsSetting:
     """SAC batch size (the configured sizes: 256 for vector, 64 for images)."""
     agent: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     """Extra ``agent.*`` config keys (e.g. a tiny network for CPU smoke runs)."""
+    env: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    """Extra ``env.*`` config keys of the training and eval envs (e.g. ``frame_stack``)."""
 
     @property
     def update_case(self) -> str:
@@ -47,6 +49,9 @@ class TrainBudget:
 VECTOR = ObsSetting("vector", "vector", 256, 256)
 IMG84 = ObsSetting("image 84x84", "topdown", 84, 64)
 IMG256 = ObsSetting("image 256x256", "topdown", 256, 64)
+IMG84_DRQ = ObsSetting("image 84x84, 3 frames + shift", "topdown", 84, 64, {"augmentation": True},
+                       {"frame_stack": 3})
+"""The pixel setting that learns level 1 (configs/sac_topdown_drq84_easy.yaml, with one env here)."""
 TINY_NET = {"net_arch": [64, 64], "encoder_features": 64}
 IMG64_TINY = ObsSetting("image 64x64 (tiny net)", "topdown", 64, 32, TINY_NET)
 VECTOR_TINY = ObsSetting("vector (tiny net)", "vector", 256, 64, {"net_arch": [64, 64]})
@@ -130,7 +135,8 @@ QUICK = SuiteSettings(
 FULL = SuiteSettings(
     name="full",
     purpose=("the real comparison, meant for a GPU machine: the shipped configs' budgets "
-             "(100K env steps from state and from 84x84 and 256x256 images), 5 seeds per setting"),
+             "(100K env steps from state and from 84x84 and 256x256 images, and 84x84 with 3 "
+             "frames and random shifts), 5 seeds per setting"),
     env_obs=(VECTOR, IMG84, IMG256),
     env_steps=30_000, env_repeats=3, parallel_workers=(2, 4, 8), parallel_steps=5000,
     render_frames=5000,
@@ -142,11 +148,12 @@ FULL = SuiteSettings(
         IMG84.label: TrainBudget(10_000, 2000, 0, 10, 100_000, log_freq=500),
         IMG256.label: TrainBudget(10_000, 2000, 0, 10, 100_000, log_freq=500),
     },
-    learning_obs=(VECTOR, IMG84, IMG256),
+    learning_obs=(VECTOR, IMG84, IMG256, IMG84_DRQ),
     learning_budget={
         VECTOR.label: TrainBudget(100_000, 5000, 5000, 10, 100_000, log_freq=1000),
         IMG84.label: TrainBudget(100_000, 5000, 5000, 10, 100_000, log_freq=1000),
         IMG256.label: TrainBudget(100_000, 5000, 5000, 10, 100_000, log_freq=1000),
+        IMG84_DRQ.label: TrainBudget(100_000, 5000, 5000, 10, 100_000, log_freq=1000),
     },
     levels=(1, 2), seeds=5, reference_episodes=100, bootstrap_reps=5000,
 )
