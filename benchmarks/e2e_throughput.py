@@ -146,6 +146,7 @@ def measure_sb3(name: str, steps: int, out: Path, warmup: int = 1000) -> dict:
     """Env steps/s of Stable-Baselines3 SAC learning on the same env: ``warmup`` random steps, then
     ``steps`` steps with one gradient step each, timed by a callback from the first update on.
     The replay buffer holds ``warmup + steps`` transitions (its size does not change the rate)."""
+    import stable_baselines3
     import torch
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
@@ -179,8 +180,6 @@ def measure_sb3(name: str, steps: int, out: Path, warmup: int = 1000) -> dict:
     wall = time.perf_counter() - t0
     (first_step, first_t), (last_step, last_t) = clock.marks[1], clock.marks[-1]
     rate = (last_step - first_step) / (last_t - first_t)
-    import stable_baselines3
-
     result = {"case": name, "description": description, "config": config_file,
               "overrides": overrides, "sb3": stable_baselines3.__version__,
               "torch": torch.__version__, "device": device,

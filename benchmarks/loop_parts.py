@@ -87,16 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         replay = ReplayBuffer(Path(tmp) / "replay", capacity=args.capacity, observation_shape=shape,
                               observation_dtype=dtype, action_dim=2, n_envs=n)
+        def add(i: int) -> None:
+            replay.add(pool[i % 4], actions, np.ones(n, np.float32), pool[(i + 1) % 4], zeros, zeros)
+
         fill = min(args.capacity, 4 * k * config.agent.batch_size) // n + 8
         for i in range(fill):
-            replay.add(pool[i % 4], actions, np.ones(n, np.float32), pool[(i + 1) % 4], zeros, zeros)
+            add(i)
         mirror = DeviceMirror(replay)
         b = config.agent.batch_size
         state = {"agent": agent, "key": jax.random.key(1), "i": 0, "metrics": None}
 
         def insert() -> None:
-            i = state["i"] = state["i"] + 1
-            replay.add(pool[i % 4], actions, np.ones(n, np.float32), pool[(i + 1) % 4], zeros, zeros)
+            state["i"] += 1
+            add(state["i"])
             mirror.sync()
 
         def sample():
@@ -130,21 +133,15 @@ def main(argv: list[str] | None = None) -> int:
             dispatch_update(sample())
             jax.block_until_ready(state["metrics"])
 
-        def iteration_overlapped() -> None:
+        def iteration_overlapped(with_act: bool = True) -> None:
             # the loop's order: update in flight while the host inserts, acts and samples
             indices = sample()
             if state["metrics"] is not None:
                 jax.block_until_ready(state["metrics"])
             dispatch_update(indices)
             insert()
-            act()
-
-        def iteration_overlapped_no_act() -> None:
-            indices = sample()
-            if state["metrics"] is not None:
-                jax.block_until_ready(state["metrics"])
-            dispatch_update(indices)
-            insert()
+            if with_act:
+                act()
 
         parts = {
             "update alone (update_from, K = utd x n_envs)": update_alone,
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             "act (n_envs obs, actions fetched)": act,
             "serial iteration (insert, act, sample, update; each waited for)": iteration_serial,
             "overlapped iteration (update in flight during insert + act)": iteration_overlapped,
-            "overlapped iteration without act": iteration_overlapped_no_act,
+            "overlapped iteration without act": lambda: iteration_overlapped(with_act=False),
         }
         rows = {}
         for name, fn in parts.items():
