@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dodgerl.networks import MLPEncoder, NatureCNN, random_shift
+from dodgerl.networks import CriticEnsemble, MLPEncoder, NatureCNN, random_shift
 
 
 def test_nature_cnn_feature_shape_and_float32_params_under_bf16():
@@ -116,3 +116,35 @@ def test_nature_cnn_layernorm_tanh_output_is_a_normalised_bounded_trunk():
 def test_nature_cnn_rejects_unknown_output():
     with np.testing.assert_raises_regex(ValueError, "output 'gelu'"):
         NatureCNN(features=8, output="gelu").init(jax.random.key(0), jnp.zeros((1, 40, 40, 3), jnp.uint8))
+
+
+def test_critic_layer_norm_q_values_match_a_hand_computation():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(5, 7)).astype(np.float32)
+    actions = rng.uniform(-1, 1, size=(5, 2)).astype(np.float32)
+    ensemble = CriticEnsemble((8, 6), n_critics=3, layer_norm=True)
+    params = ensemble.init(jax.random.key(0), features, actions)
+    # Perturb the LayerNorm scale/bias away from their (1, 0) init so the check covers them.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, p: p + 0.1 * rng.normal(size=p.shape).astype(np.float32)
+        if "LayerNorm" in jax.tree_util.keystr(path) else p,
+        params,
+    )
+    q = np.asarray(ensemble.apply(params, features, actions))
+    assert q.shape == (3, 5)
+
+    mlp = params["params"]["Vmap_QHead_0"]["MLP_0"]
+    x0 = np.concatenate([features, actions], axis=-1)
+    for c in range(3):
+        x = x0
+        for i in range(2):
+            dense, norm = mlp[f"Dense_{i}"], mlp[f"LayerNorm_{i}"]
+            x = x @ np.asarray(dense["kernel"][c]) + np.asarray(dense["bias"][c])
+            x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+            x = np.maximum(x * np.asarray(norm["scale"][c]) + np.asarray(norm["bias"][c]), 0.0)
+        out = mlp["Dense_2"]
+        expected = x @ np.asarray(out["kernel"][c])[:, 0] + np.asarray(out["bias"][c])[0]
+        np.testing.assert_allclose(q[c], expected, rtol=1e-4, atol=1e-5)
+    # Without layer_norm the same module has no LayerNorm parameters at all.
+    plain = CriticEnsemble((8, 6), n_critics=3).init(jax.random.key(0), features, actions)
+    assert "LayerNorm" not in str(jax.tree_util.tree_structure(plain))

@@ -314,6 +314,7 @@ def test_agent_is_one_pytree_that_orbax_round_trips(tmp_path):
         ({"initial_temperature": 0.0}, "initial_temperature"),
         ({"augmentation": "yes"}, "augmentation"),
         ({"encoder_output": "gelu"}, "encoder_output"),
+        ({"critic_layer_norm": 1}, "critic_layer_norm"),
     ],
 )
 def test_from_dict_rejects_bad_config_naming_the_key(bad, name):

@@ -111,6 +111,9 @@ class SACConfig:
     """Hidden widths of the actor head and of each critic head."""
     n_critics: int = 2
     """Number of Q-heads in the ensemble; targets and the actor use the min over them."""
+    critic_layer_norm: bool = False
+    """LayerNorm after every hidden layer of each Q-head (Dense -> LayerNorm -> ReLU, as the
+    critics of DroQ / RLPD); the actor head is unchanged."""
     initial_temperature: float = 1.0
     """alpha at creation (> 0); log(alpha) is the learned parameter."""
     target_entropy: float | None = None
@@ -188,7 +191,7 @@ class SACConfig:
             fail("encoder_sharing", f"must be one of {ENCODER_SHARING_MODES}")
         if self.encoder_output not in NATURE_CNN_OUTPUTS:
             fail("encoder_output", f"must be one of {NATURE_CNN_OUTPUTS}")
-        for name in ("augmentation", "bf16_encoder"):
+        for name in ("augmentation", "bf16_encoder", "critic_layer_norm"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "must be true or false")
 
@@ -262,7 +265,7 @@ def build_networks(
         encoder = MLPEncoder(config.vector_encoder_arch)
     return Networks(
         encoder=encoder,
-        critic_head=CriticEnsemble(config.net_arch, config.n_critics),
+        critic_head=CriticEnsemble(config.net_arch, config.n_critics, config.critic_layer_norm),
         actor_head=TanhGaussianActorHead(
             config.net_arch, action_dim, config.log_std_min, config.log_std_max
         ),

@@ -7,15 +7,23 @@ import jax.numpy as jnp
 
 
 class MLP(nn.Module):
-    """ReLU hidden layers ``net_arch``, then a linear layer of ``out_features``."""
+    """ReLU hidden layers ``net_arch``, then a linear layer of ``out_features``.
+
+    With ``layer_norm`` each hidden layer is Dense -> LayerNorm -> ReLU (as the critics of
+    DroQ / RLPD), which keeps Q-estimates bounded when the critic is updated often.
+    """
 
     net_arch: Sequence[int]
     out_features: int
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         for width in self.net_arch:
-            x = nn.relu(nn.Dense(width)(x))
+            x = nn.Dense(width)(x)
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+            x = nn.relu(x)
         return nn.Dense(self.out_features)(x)
 
 
@@ -43,20 +51,23 @@ class TanhGaussianActorHead(nn.Module):
 
 class _QHead(nn.Module):
     net_arch: Sequence[int]
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        return MLP(self.net_arch, 1)(x)[..., 0]
+        return MLP(self.net_arch, 1, self.layer_norm)(x)[..., 0]
 
 
 class CriticEnsemble(nn.Module):
     """``n_critics`` independent Q(features, action) MLPs evaluated as one vmapped network.
 
-    Returns Q-values of shape (n_critics, *batch).
+    Returns Q-values of shape (n_critics, *batch). ``layer_norm``: LayerNorm after every hidden
+    Dense layer of each Q-head.
     """
 
     net_arch: Sequence[int]
     n_critics: int = 2
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, features: jnp.ndarray, actions: jnp.ndarray) -> jnp.ndarray:
@@ -69,4 +80,4 @@ class CriticEnsemble(nn.Module):
             out_axes=0,
             axis_size=self.n_critics,
         )
-        return ensemble(self.net_arch)(x)
+        return ensemble(self.net_arch, self.layer_norm)(x)
