@@ -91,6 +91,10 @@ class ReplayConfig:
     (``DeviceMirror``): only indices cross to the device. ``auto``: on when JAX runs on an
     accelerator (GPU/TPU) and the copy fits, off on the CPU (where it would only double the RAM).
     With the mirror, ``prefetch`` and ``sample_workers`` are unused."""
+    n_step: int = 1
+    """n-step returns: each sampled transition sums up to ``n_step`` discounted rewards of its
+    episode and bootstraps from the observation that many steps later (``ReplayBuffer``'s
+    ``n_step``; the discount is ``agent.gamma``). 1 = plain one-step SAC."""
 
     def validate(self) -> None:
         _check(self.device_mirror in (True, False, "auto"), "replay.device_mirror",
@@ -99,6 +103,7 @@ class ReplayConfig:
         _check(self.prefetch >= 1, "replay.prefetch", f"must be >= 1, got {self.prefetch}")
         _check(self.sample_workers >= 1, "replay.sample_workers",
                f"must be >= 1, got {self.sample_workers}")
+        _check(self.n_step >= 1, "replay.n_step", f"must be >= 1, got {self.n_step}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -327,6 +327,8 @@ def train(
         n_envs=tc.n_envs,
         frame_stack=ec.frame_stack,
         seed=config.seed,
+        n_step=config.replay.n_step,
+        gamma=config.agent.gamma,
     )
     resume_step = step if candidates else None
     progress_log = CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)

@@ -204,3 +204,55 @@ def test_add_rejects_wrong_shapes_and_unsafe_dtypes(tmp_path):
 def test_encoding_round_trips():
     for dtype, shape in [(np.uint8, (4, 4, 3)), (np.float32, (7,))]:
         assert decode_frame(encode_frame(2, 70_001, shape, dtype)) == (70_001, 2)
+
+
+@pytest.mark.parametrize("k,capacity", [(1, 400), (3, 400), (2, 40)])
+def test_n_step_sums_rewards_within_the_episode_and_bootstraps_m_steps_later(tmp_path, k, capacity):
+    n, gamma = 3, 0.9
+    buf = make(tmp_path, capacity=capacity, n_envs=2, frame_stack=k, n_step=n, gamma=gamma,
+               observation_shape=(3, 2, 1))
+    writer = ScriptedWriter(buf, lengths=lambda e, j: 1 + (2 * e + 3 * j) % 6)  # 1..6 steps
+    spans = set()
+    for step in range(120):  # capacity 40 wraps several times; 400 never does
+        writer.step()
+        if step % 10 != 9:
+            continue
+        batch = buf.sample(256)
+        assert set(batch) == {"observations", "actions", "rewards", "next_observations",
+                              "terminated", "discounts"}
+        for i in range(256):
+            a, e = decode_frame(batch["observations"][i][..., (k - 1):k])
+            ends = [f for f in writer.final[e] if f > a]
+            left = (min(ends) if ends else writer.frames[e] - 1) - a  # steps to episode end/cursor
+            m = min(n, left)
+            spans.add(m)
+            np.testing.assert_allclose(batch["rewards"][i],
+                                       sum(gamma**j * (a + j) / 4 for j in range(m)), rtol=1e-6)
+            assert batch["terminated"][i] == float(writer.terminated_at[e][a + m - 1])
+            np.testing.assert_allclose(batch["discounts"][i], gamma**m, rtol=1e-6)
+            start = writer.episode_start[e][a]
+            lowest_kept = max(start, writer.frames[e] - buf.slots_per_env)
+            for c in range(k):  # next stack: frames a+m-k+1 .. a+m, clamped into the episode
+                expected = max(a + m - (k - 1) + c, lowest_kept)
+                assert decode_frame(batch["next_observations"][i][..., c:c + 1]) == (expected, e)
+            assert tuple(batch["actions"][i]) == (a, e)
+    assert spans == {1, 2, 3}  # full spans and ones cut by episode ends / the write cursor
+
+
+def test_n_step_one_is_the_one_step_sample(tmp_path):
+    plain = make(tmp_path, "plain", frame_stack=2)
+    one = make(tmp_path, "one", frame_stack=2, n_step=1, gamma=0.5)
+    for buf in (plain, one):
+        writer = ScriptedWriter(buf)
+        for _ in range(50):
+            writer.step()
+    a, b = plain.sample(300), one.sample(300)
+    assert set(a) == set(b) and "discounts" not in b
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_n_step_must_be_a_positive_integer(tmp_path, bad):
+    with pytest.raises(ValueError, match="n_step"):
+        make(tmp_path, n_step=bad)

@@ -134,14 +134,24 @@ class ScriptedWriter:
             a, e = decode_frame(obs[-1])
             assert (e, a) in valid, f"sampled transition env {e} frame {a} is not sampleable"
             lo = max(self.episode_start[e][a], self.frames[e] - S, self.valid_from[e])
+            # n-step (buffer.n_step > 1): m steps, cut at the episode's end or the write cursor.
+            ends = [f for f in self.final[e] if f > a]
+            m = min(self.buf.n_step, (min(ends) if ends else self.frames[e] - 1) - a)
             want_obs = [max(a - j, lo) for j in range(k - 1, -1, -1)]
-            want_next = [max(a + 1 - j, lo) for j in range(k - 1, -1, -1)]
+            want_next = [max(a + m - j, lo) for j in range(k - 1, -1, -1)]
             for got, f in zip(obs, want_obs):
                 np.testing.assert_array_equal(got, self._frame(e, f))
             for got, f in zip(nxt, want_next):
                 np.testing.assert_array_equal(got, self._frame(e, f))
             np.testing.assert_array_equal(batch["actions"][i][:2], [a, e])
-            assert batch["rewards"][i] == np.float32(a / 4)
-            assert batch["terminated"][i] == float(self.terminated_at[e][a])
+            if self.buf.n_step == 1:
+                assert batch["rewards"][i] == np.float32(a / 4)
+                assert "discounts" not in batch
+            else:
+                g = self.buf.gamma
+                np.testing.assert_allclose(batch["rewards"][i],
+                                           sum(g**j * (a + j) / 4 for j in range(m)), rtol=1e-6)
+                np.testing.assert_allclose(batch["discounts"][i], g**m, rtol=1e-6)
+            assert batch["terminated"][i] == float(self.terminated_at[e][a + m - 1])
             seen.add((e, a))
         return seen

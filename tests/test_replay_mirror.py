@@ -31,10 +31,14 @@ def host_frames(buf):
     return np.asarray(buf._arrays["observations"])
 
 
-@pytest.mark.parametrize("k,shape,dtype", [(1, (6, 5, 3), np.uint8), (3, (6, 5, 3), np.uint8),
-                                           (1, (7,), np.float32)])
-def test_mirror_tracks_buffer_and_gathers_what_sample_returns(tmp_path, k, shape, dtype):
-    buf = make(tmp_path, frame_stack=k, observation_shape=shape, observation_dtype=dtype)
+@pytest.mark.parametrize("k,shape,dtype,n_step", [(1, (6, 5, 3), np.uint8, 1),
+                                                  (3, (6, 5, 3), np.uint8, 1),
+                                                  (1, (7,), np.float32, 1),
+                                                  (3, (6, 5, 3), np.uint8, 3),
+                                                  (1, (7,), np.float32, 4)])
+def test_mirror_tracks_buffer_and_gathers_what_sample_returns(tmp_path, k, shape, dtype, n_step):
+    buf = make(tmp_path, frame_stack=k, observation_shape=shape, observation_dtype=dtype,
+               n_step=n_step)
     writer = ScriptedWriter(buf, lengths=lambda e, j: 2 + (e + 5 * j) % 9)
     mirror = DeviceMirror(buf)
     checked = 0

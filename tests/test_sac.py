@@ -59,6 +59,49 @@ def test_critic_target_takes_min_over_critics_and_masks_only_terminated():
         np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+def test_critic_target_with_per_transition_discounts():
+    # n-step transitions bootstrap with gamma**m of their own span m.
+    rewards = np.array([1.0, -0.5, 2.0], np.float32)
+    terminated = np.array([0.0, 1.0, 0.0], np.float32)
+    next_q = np.array([[3.0, 10.0, -1.0], [2.0, 11.0, 4.0]], np.float32)
+    next_log_probs = np.array([-1.0, 0.5, 0.25], np.float32)
+    discounts = np.array([0.9**3, 0.9**2, 0.9], np.float32)
+    expected = np.array([1.0 + 0.729 * 2.2, -0.5, 2.0 + 0.9 * -1.05], np.float32)
+    got = sac.critic_target(rewards, terminated, next_q, next_log_probs, jnp.float32(0.2),
+                            discounts)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_batch_discounts_replace_gamma_in_the_update():
+    agent = sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE, sac.SACConfig(**TINY))
+    batch = jax.tree.map(lambda x: x[0], random_batch(VECTOR_SPACE, 1, 8, terminated_fraction=0.0))
+    key = jax.random.key(3)
+
+    def losses(b):
+        _, metrics = sac.compute_losses(agent, agent.critic.params, agent.actor.params,
+                                        agent.temperature.params, b, key)
+        return {k: float(v) for k, v in metrics.items()}
+
+    gamma = np.full(8, agent.config.gamma, np.float32)
+    assert losses(batch.replace(discounts=gamma)) == pytest.approx(losses(batch), rel=1e-6)
+    # A zero discount cuts the bootstrap exactly as termination does.
+    no_bootstrap = losses(batch.replace(discounts=np.zeros(8, np.float32)))
+    assert no_bootstrap == pytest.approx(losses(batch.replace(terminated=np.ones(8, np.float32))),
+                                         rel=1e-6)
+    assert no_bootstrap["critic_loss"] != pytest.approx(losses(batch)["critic_loss"], rel=1e-3)
+    # Through the jitted K-step update too, and the shape is checked.
+    k_batch = random_batch(VECTOR_SPACE, 2, 8)
+    with_gamma = k_batch.replace(discounts=np.full((2, 8), agent.config.gamma, np.float32))
+    a1, m1 = sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE,
+                        sac.SACConfig(**TINY)).update(k_batch, key)
+    a2, m2 = sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE,
+                        sac.SACConfig(**TINY)).update(with_gamma, key)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+                 to_numpy(a1.critic.params), to_numpy(a2.critic.params))
+    with pytest.raises(ValueError, match="discounts"):
+        agent.update(k_batch.replace(discounts=np.ones(8, np.float32)), key)
+
+
 def test_critic_loss_is_half_squared_error_summed_over_critics():
     q = np.array([[1.0, 2.0], [0.0, 4.0]], np.float32)
     target = np.array([2.0, 2.0], np.float32)

@@ -85,14 +85,18 @@ def test_image_run_produces_every_file(tmp_path):
     assert gifs and all(g.stat().st_size > 1000 for g in gifs)
 
 
-@pytest.mark.parametrize("mirror,overlap,update_every", [(True, True, 1), (True, False, 3),
-                                                         (False, True, 3)])
-def test_fast_path_switches_keep_the_update_count_and_resume(tmp_path, mirror, overlap, update_every):
+@pytest.mark.parametrize("mirror,overlap,update_every,n_step", [(True, True, 1, 1),
+                                                                (True, False, 3, 3),
+                                                                (False, True, 3, 2)])
+def test_fast_path_switches_keep_the_update_count_and_resume(tmp_path, mirror, overlap,
+                                                             update_every, n_step):
     """The device mirror (forced on: the CPU is JAX's device here), the overlapped update and
-    fewer, larger update calls run the same number of gradient steps, and resume with them."""
+    fewer, larger update calls run the same number of gradient steps, and resume with them;
+    n-step sampling goes through both batch paths (mirror and host sampler)."""
     raw = tiny_raw("topdown", total=120, update_every=update_every, overlap=overlap)
     raw["env"]["frame_stack"] = 2
     raw["replay"]["device_mirror"] = mirror
+    raw["replay"]["n_step"] = n_step
     results = tmp_path / "r"
     assert cli_main("topdown", ["--config", str(write_config(tmp_path, raw)),
                                 "--results-dir", str(results)]) == 0
@@ -236,6 +240,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, to_group):
         ("train.n_envz=2", "unknown config key train.n_envz"),
         ("train.n_envs=two", "train.n_envs: expected an integer"),
         ("train.n_envs=0", "train.n_envs: must be >= 1"),
+        ("replay.n_step=0", "replay.n_step: must be >= 1"),
         ("env.image_size=32", "env.image_size: must be in 64..256"),
         ("env.obs_mode=lidar", "env.obs_mode"),
         ("agent.actor_lr=-1", "actor_lr"),

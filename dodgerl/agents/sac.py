@@ -221,13 +221,18 @@ class SACConfig:
 class Batch(struct.PyTreeNode):
     """Transitions. ``update`` wants a leading K axis on every field: observations (K, B, *obs),
     actions (K, B, d), rewards (K, B), next_observations (K, B, *obs), terminated (K, B) float32
-    (1.0 where the episode ended by termination: no bootstrap; truncations pass 0.0)."""
+    (1.0 where the episode ended by termination: no bootstrap; truncations pass 0.0).
+
+    ``discounts`` (K, B), optional: the factor that multiplies the bootstrapped value of each
+    transition instead of ``config.gamma``. n-step returns pass gamma**m here, m the steps summed
+    into ``rewards`` (``ReplayBuffer(n_step=n)`` samples them); None means one-step (gamma)."""
 
     observations: jax.Array
     actions: jax.Array
     rewards: jax.Array
     next_observations: jax.Array
     terminated: jax.Array
+    discounts: jax.Array | None = None
 
 
 class CriticTrainState(TrainState):
@@ -474,11 +479,12 @@ def critic_target(
     next_target_q: jax.Array,
     next_log_probs: jax.Array,
     temperature: jax.Array,
-    gamma: float,
+    gamma: float | jax.Array,
 ) -> jax.Array:
     """Soft TD target y = r + gamma * (1 - terminated) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')).
 
-    next_target_q is (n_critics, B); everything else is (B,) or scalar. Truncated transitions
+    next_target_q is (n_critics, B); everything else is (B,) or scalar (``gamma`` may be a (B,)
+    array of per-transition discounts, e.g. gamma**m for m-step returns). Truncated transitions
     must arrive with terminated = 0 so that they bootstrap.
     """
     assert next_target_q.ndim == 2 and next_target_q.shape[1:] == rewards.shape, (
@@ -592,7 +598,8 @@ def compute_losses(
         next_actions,
     )
     target = critic_target(
-        batch.rewards, batch.terminated, next_target_q, next_log_probs, temperature, config.gamma
+        batch.rewards, batch.terminated, next_target_q, next_log_probs, temperature,
+        config.gamma if batch.discounts is None else batch.discounts,
     )
 
     # Critic: gradients into the critic heads and the critic encoder.
@@ -641,6 +648,7 @@ def _as_float(batch: Batch) -> Batch:
         actions=batch.actions.astype(jnp.float32),
         rewards=batch.rewards.astype(jnp.float32),
         terminated=batch.terminated.astype(jnp.float32),
+        discounts=None if batch.discounts is None else batch.discounts.astype(jnp.float32),
     )
 
 
@@ -718,6 +726,8 @@ def _check_batch(agent: SACAgent, batch: Batch) -> None:
         "actions": (*rewards_shape, agent.action_dim),
         "terminated": rewards_shape,
     }
+    if batch.discounts is not None:
+        expected["discounts"] = rewards_shape
     for name, shape in expected.items():
         got = tuple(np.shape(getattr(batch, name)))
         if got != shape:

@@ -103,6 +103,13 @@ class ReplayBuffer:
     ``add`` writes one step of every env, ``commit`` makes it survive a crash, ``sample`` draws
     uniformly among stored transitions. ``add``/``commit`` belong to one thread; ``sample`` may
     run concurrently in another (DeviceSampler does).
+
+    ``n_step`` and ``gamma`` only shape what is sampled (they are not stored with the buffer): with
+    ``n_step = n > 1`` the transition drawn at step t covers the steps t .. t+m-1 of its episode,
+    m = min(n, steps left in the episode, steps stored so far); its ``rewards`` is
+    sum_j gamma**j r_{t+j}, ``next_observations`` the observation at t+m, ``terminated`` whether
+    the episode terminated at t+m, and ``discounts`` = gamma**m (the factor of the bootstrapped
+    value; ``sac.Batch.discounts``). ``n_step = 1`` samples one-step transitions, no discounts.
     """
 
     def __init__(
@@ -116,7 +123,15 @@ class ReplayBuffer:
         frame_stack: int = 1,
         seed: int = 0,
         preallocate: bool = True,
+        n_step: int = 1,
+        gamma: float = 0.99,
     ) -> None:
+        if isinstance(n_step, bool) or not isinstance(n_step, (int, np.integer)) or n_step < 1:
+            raise ValueError(f"n_step must be an integer >= 1, got {n_step!r}")
+        if not 0.0 <= float(gamma) <= 1.0:
+            raise ValueError(f"gamma must lie in [0, 1], got {gamma!r}")
+        self.n_step = int(n_step)
+        self.gamma = float(gamma)
         self.directory = Path(directory)
         self.capacity = int(capacity)
         self.observation_shape = tuple(int(d) for d in observation_shape)
@@ -421,7 +436,7 @@ class ReplayBuffer:
         with self._lock:
             self.rng.bit_generator.state = state
 
-    def _draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _draw(self, batch_size: int) -> tuple[np.ndarray, ...]:
         """Choose transitions uniformly among the sampleable ones. Caller holds the lock."""
         env_all, frames_all = self._sampleable()
         if frames_all.size == 0:
@@ -429,15 +444,39 @@ class ReplayBuffer:
         pick = self.rng.integers(0, frames_all.size, size=batch_size)
         return self._locate(env_all[pick], frames_all[pick])
 
-    def _locate(self, env: np.ndarray, a: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Frames of the observation stacks of transitions (env, a). Caller holds the lock.
+    def _horizon(self, env: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """Steps m (B,) in [1, n_step] of the n-step transitions starting at (env, a): transitions
+        a, a+1, ... while they belong to a's episode and are complete. Caller holds the lock.
 
-        Returns env (B,), a (B,), stack frames (B, k) oldest first, lowest frame read (B,).
+        Transition a+j continues the run iff frame a+j starts a transition (VALID: not an
+        episode's final frame) and its next frame is written; a+j > a, so if a is still stored
+        so is a+j.
+        """
+        m = np.ones(a.shape, np.int64)
+        if self.n_step == 1:
+            return m
+        S = self.slots_per_env
+        flags = self._arrays["flags"]
+        last_complete = self._frames_written[env] - 2  # newest frame whose next frame is written
+        going = np.ones(a.shape, bool)
+        for j in range(1, self.n_step):
+            f = a + j
+            going &= f <= last_complete
+            going &= (flags[env, f % S] & VALID).astype(bool)
+            m += going
+        return m
+
+    def _locate(self, env: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Where the transitions (env, a) are. Caller holds the lock.
+
+        Returns env (B,), a (B,), the observation stack's frames (B, k) oldest first, the next
+        observation's stack (B, k) (frames up to a + m), m (B,) the steps it spans, and the
+        lowest frame read (B,).
         """
         k = self.frame_stack
+        m = self._horizon(env, a)
         if k == 1:
-            return env, a, a[:, None], a.copy()
+            return env, a, a[:, None], (a + m)[:, None], m, a.copy()
         S = self.slots_per_env
         # Clamp at the episode's first frame, or at the oldest frame of it still present when the
         # ring has overwritten its start: never into another episode or the write cursor.
@@ -445,7 +484,8 @@ class ReplayBuffer:
         lo = np.maximum.reduce([ep_start, self._oldest[env], self._frames_written[env] - S])
         offsets = np.arange(-(k - 1), 1, dtype=np.int64)
         stack = np.maximum(a[:, None] + offsets[None, :], lo[:, None])
-        return env, a, stack, stack[:, 0].copy()
+        next_stack = np.maximum((a + m)[:, None] + offsets[None, :], lo[:, None])
+        return env, a, stack, next_stack, m, stack[:, 0].copy()
 
     def transitions(self) -> tuple[np.ndarray, np.ndarray]:
         """(env, absolute frame) of every sampleable transition, e.g. to audit a buffer."""
@@ -460,40 +500,52 @@ class ReplayBuffer:
         """
         env, frames = np.asarray(env, np.int64), np.asarray(frames, np.int64)
         with self._lock:
-            env, a, stack, _ = self._locate(env, frames)
-            return self._gather(env, a, stack)
+            env, a, stack, next_stack, m, _ = self._locate(env, frames)
+            return self._gather(env, a, stack, next_stack, m)
 
-    def _frame_indices(self, a: np.ndarray, stack: np.ndarray) -> np.ndarray:
-        """(B, k+1) absolute frames: the observation stack and then the next frame, oldest first.
-        ``[:, :k]`` is the observation's stack, ``[:, 1:]`` the next observation's."""
-        return np.concatenate([stack, (a + 1)[:, None]], axis=1)
-
-    def _small_fields(self, env: np.ndarray, a: np.ndarray) -> dict[str, np.ndarray]:
-        """Action, reward and terminated (as float32) of the transitions starting at (env, a)."""
+    def _small_fields(self, env: np.ndarray, a: np.ndarray, m: np.ndarray) -> dict[str, np.ndarray]:
+        """Action, (n-step) reward and terminated (as float32) of the transitions starting at
+        (env, a) and spanning m steps; with n_step > 1 also their discounts gamma**m."""
         arr = self._arrays
-        s = a % self.slots_per_env
+        S = self.slots_per_env
+        s = a % S
+        if self.n_step == 1:
+            return {
+                "actions": arr["actions"][env, s],
+                "rewards": arr["rewards"][env, s],
+                "terminated": arr["terminated"][env, s].astype(np.float32),
+            }
+        j = np.arange(self.n_step, dtype=np.int64)
+        inside = j[None, :] < m[:, None]
+        rewards = np.where(inside, arr["rewards"][env[:, None], (a[:, None] + j[None, :]) % S], 0.0)
         return {
             "actions": arr["actions"][env, s],
-            "rewards": arr["rewards"][env, s],
-            "terminated": arr["terminated"][env, s].astype(np.float32),
+            "rewards": (rewards @ (self.gamma ** j.astype(np.float64))).astype(np.float32),
+            "terminated": arr["terminated"][env, (a + m - 1) % S].astype(np.float32),
+            "discounts": (self.gamma ** m.astype(np.float64)).astype(np.float32),
         }
 
-    def _gather(self, env: np.ndarray, a: np.ndarray, stack: np.ndarray) -> dict[str, np.ndarray]:
+    def _gather(self, env: np.ndarray, a: np.ndarray, stack: np.ndarray, next_stack: np.ndarray,
+                m: np.ndarray) -> dict[str, np.ndarray]:
         S = self.slots_per_env
         k = self.frame_stack
         obs_mm = self._arrays["observations"]
         if k == 1:
             observations = obs_mm[env, a % S]
-            next_observations = obs_mm[env, (a + 1) % S]
-        else:
+            next_observations = obs_mm[env, next_stack[:, 0] % S]
+        elif self.n_step == 1:
             # One gather of the k+1 distinct frames serves both stacks: next = obs shifted by one.
-            frames = obs_mm[env[:, None], self._frame_indices(a, stack) % S]  # (B, k+1, *obs_shape)
+            both = np.concatenate([stack, next_stack[:, -1:]], axis=1)
+            frames = obs_mm[env[:, None], both % S]  # (B, k+1, *obs_shape)
             observations = self._stack_channels(frames[:, :k])
             next_observations = self._stack_channels(frames[:, 1:])
-        small = self._small_fields(env, a)
-        return {"observations": observations, "actions": small["actions"],
-                "rewards": small["rewards"], "next_observations": next_observations,
-                "terminated": small["terminated"]}
+        else:
+            observations = self._stack_channels(obs_mm[env[:, None], stack % S])
+            next_observations = self._stack_channels(obs_mm[env[:, None], next_stack % S])
+        small = self._small_fields(env, a, m)
+        return {"observations": observations, "actions": small.pop("actions"),
+                "rewards": small.pop("rewards"), "next_observations": next_observations,
+                "terminated": small.pop("terminated"), **small}
 
     def _stack_channels(self, frames: np.ndarray) -> np.ndarray:
         """(B, k, *shape, C) -> (B, *shape, k*C): channel-last, oldest frame first."""
@@ -516,15 +568,15 @@ class ReplayBuffer:
         with self._lock:
             if self._closed:
                 raise ValueError("sample on a closed ReplayBuffer")
-            env, a, stack, lowest = self._draw(batch_size)
-        out = self._gather(env, a, stack)
+            env, a, stack, next_stack, m, lowest = self._draw(batch_size)
+        out = self._gather(env, a, stack, next_stack, m)
         while True:
             with self._lock:
                 torn = np.flatnonzero(lowest + self.slots_per_env < self._frames_written[env])
                 if torn.size == 0:
                     return out
-                env2, a2, stack2, lowest2 = self._draw(torn.size)
-            redo = self._gather(env2, a2, stack2)
+                env2, a2, stack2, next2, m2, lowest2 = self._draw(torn.size)
+            redo = self._gather(env2, a2, stack2, next2, m2)
             for key in out:
                 out[key][torn] = redo[key]
             env[torn], lowest[torn] = env2, lowest2
@@ -535,20 +587,21 @@ class ReplayBuffer:
 
         Returns ``env`` (B,), ``obs_slots`` and ``next_slots`` (B, k) slot indices of the
         observation and next-observation stacks (oldest frame first), and the small fields
-        ``actions``, ``rewards``, ``terminated`` as ``sample`` gives them. Draws from the same
+        ``actions``, ``rewards``, ``terminated`` (and ``discounts``) as ``sample`` gives them.
+        Draws from the same
         seeded Generator as ``sample``. The frames at those slots are valid as long as no ``add``
         happens in between (the caller samples and reads in the thread that adds).
         """
         with self._lock:
             if self._closed:
                 raise ValueError("sample on a closed ReplayBuffer")
-            env, a, stack, _ = self._draw(int(batch_size))
-            slots = (self._frame_indices(a, stack) % self.slots_per_env).astype(np.int32)
+            env, a, stack, next_stack, m, _ = self._draw(int(batch_size))
+            S = self.slots_per_env
             return {
                 "env": env.astype(np.int32),
-                "obs_slots": slots[:, :-1],
-                "next_slots": slots[:, 1:],
-                **self._small_fields(env, a),
+                "obs_slots": (stack % S).astype(np.int32),
+                "next_slots": (next_stack % S).astype(np.int32),
+                **self._small_fields(env, a, m),
             }
 
     def track_writes(self, enabled: bool = True) -> None:

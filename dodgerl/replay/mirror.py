@@ -62,13 +62,16 @@ def gather_batch(frames: jax.Array, indices: dict[str, jax.Array]) -> dict[str, 
         B, k, *shape, C = x.shape
         return jnp.moveaxis(x, 1, -2).reshape(B, *shape, k * C)
 
-    return {
+    batch = {
         "observations": stack(indices["obs_slots"]),
         "actions": indices["actions"],
         "rewards": indices["rewards"],
         "next_observations": stack(indices["next_slots"]),
         "terminated": indices["terminated"],
     }
+    if "discounts" in indices:  # n-step sampling (ReplayBuffer(n_step > 1))
+        batch["discounts"] = indices["discounts"]
+    return batch
 
 
 class DeviceMirror:
