@@ -344,13 +344,17 @@ def peer_sb3(settings: SuiteSettings, device: str, ours: list[dict[str, Any]]) -
         rows = []
         for obs in settings.learning_obs:
             budget = settings.learning_budget[obs.label]
+            steps = budget.total_timesteps
+            if settings.peer_steps is not None:
+                steps = min(steps, settings.peer_steps)
             env = make_env(env_config(obs, 1))
             model = SAC("MlpPolicy" if obs.obs_mode == "vector" else "CnnPolicy", env,
                         batch_size=obs.batch_size, buffer_size=budget.buffer_size,
-                        learning_starts=budget.learning_starts, train_freq=1, gradient_steps=1,
-                        device="cuda" if device == "gpu" else "cpu", seed=0, verbose=0)
+                        learning_starts=min(budget.learning_starts, steps // 2), train_freq=1,
+                        gradient_steps=1, device="cuda" if device == "gpu" else "cpu", seed=0,
+                        verbose=0)
             start = time.perf_counter()
-            model.learn(total_timesteps=budget.total_timesteps)
+            model.learn(total_timesteps=steps)
             wall = time.perf_counter() - start
             eval_env = make_env(env_config(obs, 1))
             returns = []
@@ -366,8 +370,9 @@ def peer_sb3(settings: SuiteSettings, device: str, ours: list[dict[str, Any]]) -
             mine = [r for r in ours if r["obs"] == obs.label and r["level"] == 1 and r["seed"] == 0]
             our_sps = mine[0]["steps"] / mine[0]["wall_s"] if mine else None
             our_ret = mine[0]["eval"][-1]["mean_return"] if mine and mine[0]["eval"] else None
-            sb3_sps = budget.total_timesteps / wall
-            rows.append({"obs": obs.label, "steps": budget.total_timesteps, "sb3_wall_s": wall,
+            sb3_sps = steps / wall
+            rows.append({"obs": obs.label, "steps": steps,
+                         "dodgerl_steps": mine[0]["steps"] if mine else None, "sb3_wall_s": wall,
                          "sb3_steps_per_s": sb3_sps, "dodgerl_steps_per_s": our_sps,
                          "throughput_ratio": our_sps / sb3_sps if our_sps else None,
                          "sb3_return": float(np.mean(returns)), "dodgerl_return": our_ret})

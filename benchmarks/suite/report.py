@@ -276,11 +276,18 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         add(f"Peer row skipped. {p['note'].strip()}\n")
     else:
         add(f"stable-baselines3 {p['version']} SAC (MlpPolicy for vectors, CnnPolicy for images) "
-            "on the same env, budget and device as the level-1 seed-0 learning run.\n")
-        add("| observation | env steps | SB3 steps/s | dodgerl steps/s | throughput ratio (dodgerl/SB3) | SB3 return | dodgerl return |")
-        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+            "on the same env, batch and device as the level-1 seed-0 learning run.\n")
+        capped = [r for r in p["rows"] if r.get("dodgerl_steps") and r["steps"] < r["dodgerl_steps"]]
+        if capped:
+            add("SB3 ran fewer env steps than dodgerl here (the suite's `peer_steps` cap): "
+                "the throughput ratio holds, the returns are after different budgets and are not "
+                "comparable.\n")
+        add("| observation | SB3 env steps | dodgerl env steps | SB3 steps/s | dodgerl steps/s | throughput ratio (dodgerl/SB3) | SB3 return | dodgerl return |")
+        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in p["rows"]:
-            add(f"| {r['obs']} | {r['steps']:,} | {_num(r['sb3_steps_per_s'])} | "
+            ours = r.get("dodgerl_steps")
+            add(f"| {r['obs']} | {r['steps']:,} | {f'{ours:,}' if ours else '-'} | "
+                f"{_num(r['sb3_steps_per_s'])} | "
                 f"{_num(r['dodgerl_steps_per_s'])} | {_num(r['throughput_ratio'], 2)} | "
                 f"{_num(r['sb3_return'])} | {_num(r['dodgerl_return'])} |")
         add("")

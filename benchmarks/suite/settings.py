@@ -93,6 +93,9 @@ class SuiteSettings:
     reference_episodes: int = 10
     """Episodes of the random and heuristic policies per level (seeds eval_seed + i)."""
     bootstrap_reps: int = 2000
+    peer_steps: int | None = None
+    """Cap on the stable-baselines3 peer's env steps per observation type (None: the learning
+    budget). Below the budget the peer row measures throughput; its return is not comparable."""
 
 
 TINY = SuiteSettings(
@@ -183,6 +186,7 @@ FULL_10MIN = SuiteSettings(
         IMG256.label: TrainBudget(5000, 2000, 1000, 10, 100_000, log_freq=500),
     },
     levels=(1,), seeds=2, reference_episodes=100, bootstrap_reps=5000,
+    peer_steps=1500,  # SB3 runs 30-95 env steps/s here: its full learning budgets take ~7 min
 )
 
 SUITES = {s.name: s for s in (TINY, QUICK, FULL, FULL_10MIN)}
