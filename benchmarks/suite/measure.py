@@ -350,7 +350,9 @@ def peer_sb3(settings: SuiteSettings, device: str, ours: list[dict[str, Any]]) -
             env = make_env(env_config(obs, 1))
             model = SAC("MlpPolicy" if obs.obs_mode == "vector" else "CnnPolicy", env,
                         batch_size=obs.batch_size, buffer_size=budget.buffer_size,
-                        learning_starts=min(budget.learning_starts, steps // 2), train_freq=1,
+                        # the same warm-up fraction as our run, so the rates are comparable
+                        learning_starts=max(1, budget.learning_starts * steps
+                                            // budget.total_timesteps), train_freq=1,
                         gradient_steps=1, device="cuda" if device == "gpu" else "cpu", seed=0,
                         verbose=0)
             start = time.perf_counter()
