@@ -124,13 +124,14 @@ def test_interleaved_envs_each_next_observation_is_that_envs_next(tmp_path):
     assert writer.check_sample(batch, k=1) == writer.expected_transitions()
 
 
-def test_reopen_continues_in_place_and_cuts_the_open_episode(tmp_path):
-    buf = make(tmp_path, capacity=60, n_envs=3, frame_stack=2)
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_reopen_continues_in_place_and_cuts_the_open_episode(tmp_path, n_step):
+    buf = make(tmp_path, capacity=60, n_envs=3, frame_stack=2, n_step=n_step)
     writer = ScriptedWriter(buf, lengths=lambda e, j: 7)
     for _ in range(12):
         writer.step()
     buf.close()
-    buf = make(tmp_path, capacity=60, n_envs=3, frame_stack=2)
+    buf = make(tmp_path, capacity=60, n_envs=3, frame_stack=2, n_step=n_step)
     writer.buf = buf
     writer.reopened()
     assert len(buf) == len(writer.expected_transitions())
@@ -256,3 +257,9 @@ def test_n_step_one_is_the_one_step_sample(tmp_path):
 def test_n_step_must_be_a_positive_integer(tmp_path, bad):
     with pytest.raises(ValueError, match="n_step"):
         make(tmp_path, n_step=bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, True, "0.9", None])
+def test_n_step_gamma_must_be_a_number_in_unit_interval(tmp_path, bad):
+    with pytest.raises(ValueError, match="gamma"):
+        make(tmp_path, n_step=3, gamma=bad)

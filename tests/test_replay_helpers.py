@@ -122,7 +122,10 @@ class ScriptedWriter:
         return out
 
     def check_sample(self, batch: dict[str, np.ndarray], k: int) -> set[tuple[int, int]]:
-        """Assert every row of ``batch`` is exactly a stored transition; return those seen."""
+        """Assert every row of ``batch`` is exactly a stored transition; return those seen.
+
+        n-step spans are computed from the writer's cursor now: call it on samples drawn with no
+        add since (a span cut by the cursor at draw time would look too short afterwards)."""
         S = self.buf.slots_per_env
         C = self.buf.observation_shape[-1]
         valid = self.expected_transitions()

@@ -277,11 +277,13 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     else:
         add(f"stable-baselines3 {p['version']} SAC (MlpPolicy for vectors, CnnPolicy for images) "
             "on the same env, batch and device as the level-1 seed-0 learning run.\n")
-        capped = [r for r in p["rows"] if r.get("dodgerl_steps") and r["steps"] < r["dodgerl_steps"]]
+        capped = [r for r in p["rows"]
+                  if r.get("dodgerl_steps") is None or r["steps"] < r["dodgerl_steps"]]
         if capped:
-            add("SB3 ran fewer env steps than dodgerl here (the suite's `peer_steps` cap): "
-                "the throughput ratio holds, the returns are after different budgets and are not "
-                "comparable.\n")
+            add("SB3 ran fewer env steps than dodgerl here (the suite's `peer_steps` cap, with "
+                "the same warm-up fraction): the returns are after different budgets and are not "
+                "comparable, and the throughput ratio compares a short SB3 run (its start-up "
+                "weighs more) with our whole learning run.\n")
         add("| observation | SB3 env steps | dodgerl env steps | SB3 steps/s | dodgerl steps/s | throughput ratio (dodgerl/SB3) | SB3 return | dodgerl return |")
         add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in p["rows"]:

@@ -186,7 +186,7 @@ FULL_10MIN = SuiteSettings(
         IMG256.label: TrainBudget(5000, 2000, 1000, 10, 100_000, log_freq=500),
     },
     levels=(1,), seeds=2, reference_episodes=100, bootstrap_reps=5000,
-    peer_steps=1500,  # SB3 runs 30-95 env steps/s here: its full learning budgets take ~7 min
+    peer_steps=1500,  # SB3 runs 30-150 env steps/s here: its full learning budgets take ~7 min
 )
 
 SUITES = {s.name: s for s in (TINY, QUICK, FULL, FULL_10MIN)}

@@ -110,6 +110,7 @@ class ReplayBuffer:
     sum_j gamma**j r_{t+j}, ``next_observations`` the observation at t+m, ``terminated`` whether
     the episode terminated at t+m, and ``discounts`` = gamma**m (the factor of the bootstrapped
     value; ``sac.Batch.discounts``). ``n_step = 1`` samples one-step transitions, no discounts.
+    Pass the agent's gamma (``train`` does): the buffer cannot check that they agree.
     """
 
     def __init__(
@@ -128,8 +129,9 @@ class ReplayBuffer:
     ) -> None:
         if isinstance(n_step, bool) or not isinstance(n_step, (int, np.integer)) or n_step < 1:
             raise ValueError(f"n_step must be an integer >= 1, got {n_step!r}")
-        if not 0.0 <= float(gamma) <= 1.0:
-            raise ValueError(f"gamma must lie in [0, 1], got {gamma!r}")
+        if (isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.number))
+                or not 0.0 <= float(gamma) <= 1.0):
+            raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
         self.n_step = int(n_step)
         self.gamma = float(gamma)
         self.directory = Path(directory)
@@ -640,4 +642,5 @@ class ReplayBuffer:
         return (f"ReplayBuffer({str(self.directory)!r}, capacity={self.capacity}, "
                 f"observation_shape={self.observation_shape}, "
                 f"observation_dtype={self.observation_dtype}, action_dim={self.action_dim}, "
-                f"n_envs={self.n_envs}, frame_stack={self.frame_stack}, len={len(self)})")
+                f"n_envs={self.n_envs}, frame_stack={self.frame_stack}, n_step={self.n_step}, "
+                f"gamma={self.gamma}, len={len(self)})")
