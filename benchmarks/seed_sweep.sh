@@ -3,7 +3,8 @@
 #   bash benchmarks/seed_sweep.sh SECONDS LEVEL "seed [--set k=v ...]" ["seed ..."] ...
 # SWEEP_DEVICE=cpu (default): each run pinned to its own 2 cores (a 2-core-CPU-like slot), JAX on
 #   the CPU; 8 slots fit the 16-core GPU host.
-# SWEEP_DEVICE=gpu: every run shares the one GPU (no preallocation), each pinned to one core.
+# SWEEP_DEVICE=gpu: every run shares the one GPU (no preallocation), each pinned to its own
+#   nproc / runs host cores (at least one): a run's speed is bound by its host core(s), not the GPU.
 # Runs that are still going after SECONDS get SIGTERM (they checkpoint and stop); the table
 # $OUT/sweep_eval.csv has one row per evaluation of every run.
 # SWEEP_RESUME=1 (same arguments again, same machine): each run i continues from its run
@@ -20,6 +21,7 @@ else
   export XLA_PYTHON_CLIENT_PREALLOCATE=false; width=1
 fi
 ncores=$(nproc)
+if [ "$device" = gpu ]; then width=$(( ncores / $# )); [ "$width" -lt 1 ] && width=1; fi
 i=0; pids=()
 for spec in "$@"; do
   seed=${spec%% *}; rest=${spec#"$seed"}
