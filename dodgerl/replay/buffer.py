@@ -510,18 +510,15 @@ class ReplayBuffer:
         (env, a) and spanning m steps; with n_step > 1 also their discounts gamma**m."""
         arr = self._arrays
         S = self.slots_per_env
-        s = a % S
+        actions = arr["actions"][env, a % S]
         if self.n_step == 1:
-            return {
-                "actions": arr["actions"][env, s],
-                "rewards": arr["rewards"][env, s],
-                "terminated": arr["terminated"][env, s].astype(np.float32),
-            }
+            return {"actions": actions, "rewards": arr["rewards"][env, a % S],
+                    "terminated": arr["terminated"][env, a % S].astype(np.float32)}
         j = np.arange(self.n_step, dtype=np.int64)
         inside = j[None, :] < m[:, None]
         rewards = np.where(inside, arr["rewards"][env[:, None], (a[:, None] + j[None, :]) % S], 0.0)
         return {
-            "actions": arr["actions"][env, s],
+            "actions": actions,
             "rewards": (rewards @ (self.gamma ** j.astype(np.float64))).astype(np.float32),
             "terminated": arr["terminated"][env, (a + m - 1) % S].astype(np.float32),
             "discounts": (self.gamma ** m.astype(np.float64)).astype(np.float32),
@@ -544,10 +541,8 @@ class ReplayBuffer:
         else:
             observations = self._stack_channels(obs_mm[env[:, None], stack % S])
             next_observations = self._stack_channels(obs_mm[env[:, None], next_stack % S])
-        small = self._small_fields(env, a, m)
-        return {"observations": observations, "actions": small.pop("actions"),
-                "rewards": small.pop("rewards"), "next_observations": next_observations,
-                "terminated": small.pop("terminated"), **small}
+        return {"observations": observations, "next_observations": next_observations,
+                **self._small_fields(env, a, m)}
 
     def _stack_channels(self, frames: np.ndarray) -> np.ndarray:
         """(B, k, *shape, C) -> (B, *shape, k*C): channel-last, oldest frame first."""
@@ -590,8 +585,7 @@ class ReplayBuffer:
         Returns ``env`` (B,), ``obs_slots`` and ``next_slots`` (B, k) slot indices of the
         observation and next-observation stacks (oldest frame first), and the small fields
         ``actions``, ``rewards``, ``terminated`` (and ``discounts``) as ``sample`` gives them.
-        Draws from the same
-        seeded Generator as ``sample``. The frames at those slots are valid as long as no ``add``
+        Draws from the same seeded Generator as ``sample``. The frames at those slots are valid as long as no ``add``
         happens in between (the caller samples and reads in the thread that adds).
         """
         with self._lock:

@@ -62,16 +62,11 @@ def gather_batch(frames: jax.Array, indices: dict[str, jax.Array]) -> dict[str, 
         B, k, *shape, C = x.shape
         return jnp.moveaxis(x, 1, -2).reshape(B, *shape, k * C)
 
-    batch = {
-        "observations": stack(indices["obs_slots"]),
-        "actions": indices["actions"],
-        "rewards": indices["rewards"],
-        "next_observations": stack(indices["next_slots"]),
-        "terminated": indices["terminated"],
-    }
-    if "discounts" in indices:  # n-step sampling (ReplayBuffer(n_step > 1))
-        batch["discounts"] = indices["discounts"]
-    return batch
+    # The slot indices become frames; the small fields (actions, rewards, terminated, and
+    # discounts with n-step sampling) pass through as sample_indices gave them.
+    small = {k: v for k, v in indices.items() if k not in ("env", "obs_slots", "next_slots")}
+    return {"observations": stack(indices["obs_slots"]),
+            "next_observations": stack(indices["next_slots"]), **small}
 
 
 class DeviceMirror:
