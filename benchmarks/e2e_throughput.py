@@ -45,6 +45,8 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAST_IMG = ["train.n_envs=16", "train.async_envs=true", "train.overlap=true"]
+# Vector cases with envs in subprocesses (groups of envs_per_worker) and evaluation episodes too.
+FAST_VEC = ["train.async_envs=true", "train.overlap=true", "train.eval_async_envs=true"]
 # name: (config file, overrides, description)
 CASES: dict[str, tuple[str, list[str], str]] = {
     "img256": ("sac_topdown_cnn_easy.yaml", FAST_IMG,
@@ -57,12 +59,18 @@ CASES: dict[str, tuple[str, list[str], str]] = {
               "84x84, default config otherwise, 16 async envs, overlap"),
     "img84_bf16": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84", "agent.bf16_encoder=true"],
                    "as img84, bf16 encoder compute"),
-    "vector": ("sac_vector_easy.yaml", ["train.n_envs=16", "train.overlap=true"],
+    "vector": ("sac_vector_easy.yaml", ["train.n_envs=16", "train.overlap=true", "train.eval_async_envs=true"],
                "65-dim state, batch 256, 16 in-process envs, overlap"),
-    "vector_64envs": ("sac_vector_easy.yaml", ["train.n_envs=64", "train.overlap=true"],
+    "vector_64envs": ("sac_vector_easy.yaml", ["train.n_envs=64", "train.overlap=true", "train.eval_async_envs=true"],
                       "65-dim state, batch 256, 64 in-process envs (64 gradient steps per call), overlap"),
-    "vector_128envs": ("sac_vector_easy.yaml", ["train.n_envs=128", "train.overlap=true"],
+    "vector_128envs": ("sac_vector_easy.yaml", ["train.n_envs=128", "train.overlap=true", "train.eval_async_envs=true"],
                        "65-dim state, batch 256, 128 in-process envs (128 gradient steps per call), overlap"),
+    "vector_128envs_grouped": ("sac_vector_easy.yaml", FAST_VEC + ["train.n_envs=128", "train.envs_per_worker=8"],
+                               "65-dim state, batch 256, 128 envs in 16 subprocesses of 8 (128 gradient "
+                               "steps per call), overlap"),
+    "vector_256envs_grouped": ("sac_vector_easy.yaml", FAST_VEC + ["train.n_envs=256", "train.envs_per_worker=16"],
+                               "65-dim state, batch 256, 256 envs in 16 subprocesses of 16 (256 gradient "
+                               "steps per call), overlap"),
     "img256_plain": ("sac_topdown_cnn_easy.yaml",
                      ["train.n_envs=1", "train.overlap=false", "replay.device_mirror=false"],
                      "256x256, default config, the plain loop: 1 env, no overlap, host sampler"),
@@ -84,7 +92,7 @@ SB3_CASES: dict[str, tuple[str, list[str], str]] = {
 }
 # Which of our cases each peer is compared with (same env, image size and batch).
 SB3_PEER_OF = {"sb3_img256": ("img256_bf16", "img256"), "sb3_img84": ("img84_bf16", "img84"),
-               "sb3_vector": ("vector", "cpu_vector")}
+               "sb3_vector": ("vector_256envs_grouped", "vector_128envs_grouped", "vector", "cpu_vector")}
 
 
 # The loop's timers split into the breakdown columns (the suite's phases plus checkpoints).

@@ -118,6 +118,10 @@ class TrainConfig:
     """Parallel training envs (a Gymnasium vector env)."""
     async_envs: bool = False
     """Step the parallel envs in subprocesses (AsyncVectorEnv) instead of in this process."""
+    envs_per_worker: int = 1
+    """With ``async_envs``: envs stepped in turn by each subprocess (``n_envs`` must be a
+    multiple). Above 1, fewer processes and pipe round trips per step: for many cheap envs
+    (vector observations), e.g. 128 envs as 16 processes of 8."""
     utd: int = 1
     """Gradient steps per env step (update-to-data ratio); all of one vector step's updates run
     in one compiled call (``utd * n_envs`` stacked batches)."""
@@ -136,6 +140,17 @@ class TrainConfig:
     """Evaluate the mean action (True) or sample from the policy (False)."""
     eval_seed: int = 1_000_000
     """Evaluation episode i uses env seed ``eval_seed + i``: the same list at every evaluation."""
+    eval_in_background: bool = False
+    """Evaluate a copy of the agent on the CPU in a background thread while training goes on
+    (at most one evaluation in flight; its row and ``best/`` are those of the step it copied, and
+    are written when it finishes; a checkpoint waits for it). Worth it when the policy is small
+    (vector observations) and the accelerator is busy with updates: acting then neither waits
+    for them nor stops the loop. Image policies act slowly on a CPU."""
+    eval_async_envs: bool = False
+    """Step evaluation episodes 1, 2, ... in subprocesses (episode 0 in this process, beside
+    them): an evaluation then takes about one episode's env time instead of ``eval_episodes``
+    episodes'. Same episodes and results as in-process; worth it when env steps are costly
+    (images) and cores are free."""
     checkpoint_freq: int = 25_000
     """Save a checkpoint every this many env steps (and always at the end)."""
     keep_checkpoints: int = 3
@@ -148,13 +163,15 @@ class TrainConfig:
     """Show a tqdm progress bar (env steps/s, ETA, last eval return)."""
 
     def validate(self) -> None:
-        for key in ("total_timesteps", "n_envs", "utd", "update_every", "eval_episodes", "checkpoint_freq",
+        for key in ("total_timesteps", "n_envs", "envs_per_worker", "utd", "update_every", "eval_episodes", "checkpoint_freq",
                     "keep_checkpoints", "log_freq"):
             value = getattr(self, key)
             _check(value >= 1, f"train.{key}", f"must be >= 1, got {value}")
         _check(self.learning_starts >= 0, "train.learning_starts",
                f"must be >= 0, got {self.learning_starts}")
         _check(self.eval_freq >= 0, "train.eval_freq", f"must be >= 0, got {self.eval_freq}")
+        _check(self.n_envs % self.envs_per_worker == 0, "train.envs_per_worker",
+               f"must divide train.n_envs ({self.n_envs}), got {self.envs_per_worker}")
 
 
 _SECTIONS = {"env": EnvConfig, "replay": ReplayConfig, "train": TrainConfig}

@@ -21,6 +21,7 @@ import math
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -78,16 +79,26 @@ def _make_worker_env(env_config: EnvConfig) -> gymnasium.Env:
     return make_env(env_config)
 
 
-def make_vector_env(env_config: EnvConfig, n_envs: int, asynchronous: bool) -> gymnasium.vector.VectorEnv:
+def make_vector_env(env_config: EnvConfig, n_envs: int, asynchronous: bool,
+                    envs_per_worker: int = 1) -> gymnasium.vector.VectorEnv:
     """Parallel training envs; the final observation of an episode comes in ``info['final_obs']``
-    on the step that ends it (same-step autoreset), so no transition crosses an episode."""
-    mode = gymnasium.vector.AutoresetMode.SAME_STEP
+    on the step that ends it (same-step autoreset), so no transition crosses an episode. With
+    ``asynchronous``, subprocesses step them, ``envs_per_worker`` envs each."""
+    if asynchronous and n_envs > 1 and envs_per_worker > 1:
+        from dodgerl.envs.grouped import GroupedAsyncVectorEnv
+
+        return GroupedAsyncVectorEnv(functools.partial(_make_worker_env, env_config), n_envs, envs_per_worker)
     if asynchronous and n_envs > 1:
-        # Spawned, not forked: forking a process whose JAX runtime has started can deadlock.
-        fns = [functools.partial(_make_worker_env, env_config) for _ in range(n_envs)]
-        return gymnasium.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="spawn")
+        return _async_vector_env(env_config, n_envs)
     fns = [functools.partial(make_env, env_config) for _ in range(n_envs)]
-    return gymnasium.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+    return gymnasium.vector.SyncVectorEnv(fns, autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP)
+
+
+def _async_vector_env(env_config: EnvConfig, n_envs: int) -> gymnasium.vector.AsyncVectorEnv:
+    # Spawned, not forked: forking a process whose JAX runtime has started can deadlock.
+    fns = [functools.partial(_make_worker_env, env_config) for _ in range(n_envs)]
+    return gymnasium.vector.AsyncVectorEnv(
+        fns, autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP, context="spawn")
 
 
 def single_frames(observations: np.ndarray, env_config: EnvConfig) -> np.ndarray:
@@ -122,41 +133,72 @@ class EvalResult:
 
 class Evaluator:
     """Runs ``episodes`` evaluation episodes in lockstep (one batched ``act`` per step), each on
-    its own env reset with seed ``seed + i``, so every evaluation sees the same episodes."""
+    its own env reset with seed ``seed + i``, so every evaluation sees the same episodes.
 
-    def __init__(self, env_config: EnvConfig, episodes: int, seed: int, record: bool) -> None:
-        self.envs = [
-            make_env(env_config, render_mode="rgb_array" if (record and i == 0) else None)
-            for i in range(episodes)
-        ]
+    With ``asynchronous``, episodes 1, 2, ... step in subprocesses (a Gymnasium AsyncVectorEnv)
+    while episode 0, the one recorded for the video, steps in this process: an evaluation then
+    costs about one episode's env steps instead of all of them. The episodes, the batches given
+    to ``act`` and so the results are the same either way (a finished episode keeps its last
+    observation in the batch; a worker env that finished and was reset is ignored until the end).
+    """
+
+    def __init__(self, env_config: EnvConfig, episodes: int, seed: int, record: bool,
+                 asynchronous: bool = False) -> None:
+        self.first = make_env(env_config, render_mode="rgb_array" if record else None)
+        self.vector = None
+        self.others: list[gymnasium.Env] = []
+        if asynchronous and episodes > 1:
+            self.vector = _async_vector_env(env_config, episodes - 1)
+        else:
+            self.others = [make_env(env_config) for _ in range(episodes - 1)]
+        self.episodes = episodes
         self.seeds = [seed + i for i in range(episodes)]
         self.record = record
 
     def run(self, act: Callable[[np.ndarray, jax.Array], np.ndarray], key: jax.Array) -> EvalResult:
-        n = len(self.envs)
-        obs = [env.reset(seed=s)[0] for env, s in zip(self.envs, self.seeds)]
+        n = self.episodes
+        first_obs = self.first.reset(seed=self.seeds[0])[0]
+        obs = np.empty((n, *first_obs.shape), dtype=first_obs.dtype)
+        obs[0] = first_obs
+        if self.vector is not None:
+            obs[1:] = self.vector.reset(seed=self.seeds[1:])[0]
+        for i, env in enumerate(self.others, start=1):
+            obs[i] = env.reset(seed=self.seeds[i])[0]
+        local = [self.first, *self.others]  # env i of this process is episode i
         returns = np.zeros(n)
         lengths = np.zeros(n, dtype=np.int64)
         active = np.ones(n, dtype=bool)
-        frames = [self.envs[0].render()] if self.record else []
+        frames = [self.first.render()] if self.record else []
         while active.any():
             key, act_key = jax.random.split(key)
             # Finished episodes keep their last observation in the batch: one shape, one compile.
-            actions = np.asarray(act(np.stack(obs), act_key))
-            for i in np.flatnonzero(active):
-                o, r, terminated, truncated, _ = self.envs[i].step(actions[i])
+            actions = np.asarray(act(obs, act_key))
+            if self.vector is not None:
+                self.vector.step_async(actions[1:])  # the workers step while this process does
+            for i in np.flatnonzero(active[: len(local)]):
+                o, r, terminated, truncated, _ = local[i].step(actions[i])
                 obs[i] = o
                 returns[i] += r
                 lengths[i] += 1
                 if i == 0 and self.record:
-                    frames.append(self.envs[0].render())
+                    frames.append(self.first.render())
                 if terminated or truncated:
                     active[i] = False
+            if self.vector is not None:
+                o, r, terminated, truncated, _ = self.vector.step_wait()
+                live = active[1:].copy()
+                obs[1:][live] = o[live]
+                returns[1:][live] += r[live]
+                lengths[1:][live] += 1
+                active[1:] = live & ~(terminated | truncated)
         return EvalResult(returns, lengths, frames)
 
     def close(self) -> None:
-        for env in self.envs:
+        self.first.close()
+        for env in self.others:
             env.close()
+        if self.vector is not None:
+            self.vector.close()
 
 
 def write_gif(frames: list[np.ndarray], path: Path, fps: int = 30, max_frames: int = 400) -> None:
@@ -294,8 +336,9 @@ def train(
         on_start(run_dir)
     tc, ec = config.train, config.env
 
-    envs = make_vector_env(ec, tc.n_envs, tc.async_envs)
-    evaluator = Evaluator(ec, tc.eval_episodes, tc.eval_seed, record=tc.video)
+    envs = make_vector_env(ec, tc.n_envs, tc.async_envs, tc.envs_per_worker)
+    evaluator = Evaluator(ec, tc.eval_episodes, tc.eval_seed, record=tc.video,
+                          asynchronous=tc.eval_async_envs)
     key = jax.random.PRNGKey(config.seed)
     key, init_key = jax.random.split(key)
     agent = sac.create(init_key, envs.single_observation_space, envs.single_action_space, config.agent)
@@ -344,6 +387,7 @@ def train(
     # Cumulative wall-clock seconds per phase. ``update`` is the update's dispatch plus the time
     # spent waiting for the device to finish it (with ``overlap``, only the part the env step did
     # not hide); ``compile`` is the first update call (tracing, compilation, one run).
+    cpu_device = jax.devices("cpu")[0]
     timings = {"act": 0.0, "env": 0.0, "insert": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0,
                "checkpoint": 0.0, "compile": 0.0}
 
@@ -356,6 +400,7 @@ def train(
         }
 
     def save_checkpoint() -> None:
+        finish_eval()  # a checkpoint's best_eval and eval.csv cover every evaluation up to it
         t0 = time.perf_counter()
         replay.commit()  # the buffer is never behind the agent that learned from it
         checkpoints.save(step, agent, meta_now())
@@ -365,9 +410,10 @@ def train(
     in_flight: list[Any] = []  # metrics of a dispatched update not yet waited for
 
     def wait_update() -> None:
+        nonlocal metrics
         if in_flight:
             t0 = time.perf_counter()
-            jax.block_until_ready(in_flight.pop())
+            metrics = jax.block_until_ready(in_flight.pop())
             timings["update"] += time.perf_counter() - t0
 
     def choose_actions(observations: np.ndarray) -> Any:
@@ -405,32 +451,65 @@ def train(
         key, update_key = jax.random.split(key)
         t4 = time.perf_counter()
         if mirror is not None:
-            agent, metrics = agent.update_from(mirror.frames, indices, update_key, gather_batch)
+            agent, new_metrics = agent.update_from(mirror.frames, indices, update_key, gather_batch)
         else:
-            agent, metrics = agent.update(batch, update_key)
+            agent, new_metrics = agent.update(batch, update_key)
         updates += k_per_call
         if first:  # compile time is reported apart from the update rate
-            jax.block_until_ready(metrics)
+            metrics = jax.block_until_ready(new_metrics)
             timings["compile"] += time.perf_counter() - t4
             return
         timings["update"] += time.perf_counter() - t4
-        in_flight[:] = [metrics]
+        in_flight[:] = [new_metrics]
         if block:
             wait_update()
 
-    def run_eval() -> None:
-        nonlocal best_eval, key
-        t0 = time.perf_counter()
-        key, eval_key = jax.random.split(key)
-        result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=tc.eval_deterministic), eval_key)
-        row = result.row(step, wall_offset + time.perf_counter() - t_start)
+    eval_pool = ThreadPoolExecutor(1, thread_name_prefix="eval") if tc.eval_in_background else None
+    pending_eval: list[tuple[Any, int, Any, dict[str, Any]]] = []  # (future, step, agent copy, meta)
+
+    def record_eval(eval_step: int, result: EvalResult, evaluated: Any, meta: dict[str, Any],
+                    t_done: float) -> None:
+        nonlocal best_eval
+        row = result.row(eval_step, wall_offset + t_done - t_start)
         eval_log.write(row)
         last_eval[0] = row["mean_return"]
         if best_eval is None or row["mean_return"] > best_eval:
             best_eval = row["mean_return"]
-            checkpoints.save_best(step, agent, meta_now())
+            checkpoints.save_best(eval_step, evaluated, {**meta, "best_eval": best_eval})
             if tc.video and result.frames:
-                write_gif(result.frames, run_dir / "videos" / f"best_step{step}.gif")
+                write_gif(result.frames, run_dir / "videos" / f"best_step{eval_step}.gif")
+
+    def finish_eval() -> None:
+        """Wait for the background evaluation in flight, if any, and log it."""
+        if pending_eval:
+            t0 = time.perf_counter()
+            future, eval_step, evaluated, meta = pending_eval.pop()
+            result, t_done = future.result()
+            record_eval(eval_step, result, evaluated, meta, t_done)
+            timings["eval"] += time.perf_counter() - t0
+
+    def run_eval() -> None:
+        """Evaluate the agent of this step: here, or (``eval_in_background``) a copy of it on the
+        CPU, in a thread, while training goes on; its row and best/ come when it finishes."""
+        nonlocal key
+        finish_eval()  # at most one in flight: rows stay in step order
+        t0 = time.perf_counter()
+        key, eval_key = jax.random.split(key)
+        deterministic = tc.eval_deterministic
+        if eval_pool is None:
+            result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), eval_key)
+            record_eval(step, result, agent, meta_now(), time.perf_counter())
+        else:
+            # A copy (the next update donates the agent's buffers), where acting does not queue
+            # behind the accelerator's updates.
+            copy = jax.device_put(agent, cpu_device, may_alias=False)
+            copy_key = jax.device_put(eval_key, cpu_device, may_alias=False)
+
+            def job() -> tuple[EvalResult, float]:
+                result = evaluator.run(lambda o, k: copy.act(o, k, deterministic=deterministic), copy_key)
+                return result, time.perf_counter()
+
+            pending_eval.append((eval_pool.submit(job), step, copy, meta_now()))
         timings["eval"] += time.perf_counter() - t0
 
     print(f"run directory: {run_dir}", flush=True)
@@ -441,7 +520,7 @@ def train(
     ep_length = np.zeros(tc.n_envs, dtype=np.int64)
     recent_returns: list[float] = []
     recent_lengths: list[int] = []
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}  # of the latest update call waited for (logging never waits)
     next_log = (step // tc.log_freq + 1) * tc.log_freq
     next_eval = (step // tc.eval_freq + 1) * tc.eval_freq if tc.eval_freq else None
     next_ckpt = (step // tc.checkpoint_freq + 1) * tc.checkpoint_freq
@@ -529,9 +608,12 @@ def train(
                 next_ckpt += tc.checkpoint_freq
                 save_checkpoint()
 
+        finish_eval()
         if not interrupted and (next_eval is None or not eval_log_has(run_dir, step)):
             run_eval()
         save_checkpoint()
+    if eval_pool is not None:
+        eval_pool.shutdown()
 
     if bar is not None:
         bar.close()

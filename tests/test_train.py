@@ -112,6 +112,41 @@ def test_fast_path_switches_keep_the_update_count_and_resume(tmp_path, mirror, o
     assert float(progress[-1]["time_compile_s"]) > 0
 
 
+def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path):
+    """Training envs in subprocesses (2 per process), evaluation episodes in subprocesses, and
+    evaluations of a CPU copy of the agent in a background thread give the run that stepping
+    and evaluating everything in this process gives: same episodes, losses, evaluations and
+    best/ checkpoint; a resumed run too."""
+    outcomes = []
+    for i, switches in enumerate([{}, {"async_envs": True, "envs_per_worker": 2,
+                                       "eval_async_envs": True, "eval_in_background": True}]):
+        raw = tiny_raw("vector", total=200, n_envs=4, eval_episodes=3, eval_freq=40, **switches)
+        raw["env"]["level"] = 2  # episodes end within the run
+        # Batches drawn on the loop's thread (the mirror), not by prefetching sampler threads,
+        # whose draws depend on how much of the buffer they happened to see.
+        raw["replay"]["device_mirror"] = True
+        results = tmp_path / f"r{i}"
+        assert cli_main("vector", ["--config", str(write_config(tmp_path, raw)),
+                                   "--results-dir", str(results)]) == 0
+        run_dir = only_run_dir(results)
+        assert cli_main("vector", ["--resume", str(run_dir), "--total-timesteps", "320"]) == 0
+        progress = read_csv(run_dir / "progress.csv")
+        evals = read_csv(run_dir / "eval.csv")
+        best = [int(p.name) for p in (run_dir / "best").iterdir() if p.name.isdigit()]
+        outcomes.append((
+            [(r["step"], r["episodes"], r["train_return"], r["critic_loss"]) for r in progress],
+            [(r["step"], r["mean_return"], r["min_return"], r["mean_length"]) for r in evals],
+            sorted(best),
+        ))
+    assert outcomes[0] == outcomes[1]
+    progress, evals, best = outcomes[0]
+    assert [int(r[0]) for r in evals] == list(range(40, 321, 40))
+    returns = [float(r[1]) for r in evals]
+    assert int(evals[returns.index(max(returns))][0]) == max(best)  # best/ holds the best policy
+    assert int(progress[-1][1]) >= 4  # episodes ended, so autoreset was exercised
+    assert min(float(r[3]) for r in evals) < 60  # and some evaluation episodes ended early
+
+
 def test_resume_continues_steps_logs_and_buffer(tmp_path):
     config = write_config(tmp_path, tiny_raw("vector", total=200))
     results = tmp_path / "r"
