@@ -45,8 +45,10 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAST_IMG = ["train.n_envs=16", "train.async_envs=true", "train.overlap=true"]
-# Vector cases with envs in subprocesses (groups of envs_per_worker) and evaluation episodes too.
-FAST_VEC = ["train.async_envs=true", "train.overlap=true", "train.eval_async_envs=true"]
+# Vector cases with envs in subprocesses (groups of envs_per_worker), evaluation episodes too,
+# evaluations of a CPU copy of the agent in a background thread.
+FAST_VEC = ["train.async_envs=true", "train.overlap=true", "train.eval_async_envs=true",
+            "train.eval_in_background=true"]
 # name: (config file, overrides, description)
 CASES: dict[str, tuple[str, list[str], str]] = {
     "img256": ("sac_topdown_cnn_easy.yaml", FAST_IMG,
