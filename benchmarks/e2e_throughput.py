@@ -73,6 +73,10 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "vector_256envs_grouped": ("sac_vector_easy.yaml", FAST_VEC + ["train.n_envs=256", "train.envs_per_worker=16"],
                                "65-dim state, batch 256, 256 envs in 16 subprocesses of 16 (256 gradient "
                                "steps per call), overlap"),
+    "vector_256envs_grouped_eval_here": (
+        "sac_vector_easy.yaml", FAST_VEC + ["train.n_envs=256", "train.envs_per_worker=16",
+                                            "train.eval_async_envs=false"],
+        "as vector_256envs_grouped, the background evaluation's episodes stepped in its thread"),
     "img256_plain": ("sac_topdown_cnn_easy.yaml",
                      ["train.n_envs=1", "train.overlap=false", "replay.device_mirror=false"],
                      "256x256, default config, the plain loop: 1 env, no overlap, host sampler"),
