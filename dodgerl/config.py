@@ -121,7 +121,8 @@ class TrainConfig:
     envs_per_worker: int = 1
     """With ``async_envs``: envs stepped in turn by each subprocess (``n_envs`` must be a
     multiple). Above 1, fewer processes and pipe round trips per step: for many cheap envs
-    (vector observations), e.g. 128 envs as 16 processes of 8."""
+    (vector observations), e.g. 128 envs as 16 processes of 8. With ``eval_async_envs``, also
+    the most evaluation episodes one subprocess steps."""
     utd: int = 1
     """Gradient steps per env step (update-to-data ratio); all of one vector step's updates run
     in one compiled call (``utd * n_envs`` stacked batches)."""

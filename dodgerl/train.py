@@ -135,20 +135,25 @@ class Evaluator:
     """Runs ``episodes`` evaluation episodes in lockstep (one batched ``act`` per step), each on
     its own env reset with seed ``seed + i``, so every evaluation sees the same episodes.
 
-    With ``asynchronous``, episodes 1, 2, ... step in subprocesses (a Gymnasium AsyncVectorEnv)
-    while episode 0, the one recorded for the video, steps in this process: an evaluation then
+    With ``asynchronous``, episodes 1, 2, ... step in subprocesses (a Gymnasium AsyncVectorEnv,
+    or, with ``envs_per_worker`` > 1, a GroupedAsyncVectorEnv of up to that many episodes per
+    subprocess) while episode 0, the one recorded for the video, steps in this process: an evaluation then
     costs about one episode's env steps instead of all of them. The episodes, the batches given
     to ``act`` and so the results are the same either way (a finished episode keeps its last
     observation in the batch; a worker env that finished and was reset is ignored until the end).
     """
 
     def __init__(self, env_config: EnvConfig, episodes: int, seed: int, record: bool,
-                 asynchronous: bool = False) -> None:
+                 asynchronous: bool = False, envs_per_worker: int = 1) -> None:
         self.first = make_env(env_config, render_mode="rgb_array" if record else None)
         self.vector = None
         self.others: list[gymnasium.Env] = []
         if asynchronous and episodes > 1:
-            self.vector = _async_vector_env(env_config, episodes - 1)
+            # As many subprocesses as episodes 1.. need with at most envs_per_worker each (the
+            # largest divisor of episodes - 1 that fits): one pipe round trip per subprocess.
+            k = max(d for d in range(1, min(envs_per_worker, episodes - 1) + 1) if (episodes - 1) % d == 0)
+            self.vector = make_vector_env(env_config, episodes - 1, True, k) if k > 1 else \
+                _async_vector_env(env_config, episodes - 1)
         else:
             self.others = [make_env(env_config) for _ in range(episodes - 1)]
         self.episodes = episodes
@@ -338,7 +343,7 @@ def train(
 
     envs = make_vector_env(ec, tc.n_envs, tc.async_envs, tc.envs_per_worker)
     evaluator = Evaluator(ec, tc.eval_episodes, tc.eval_seed, record=tc.video,
-                          asynchronous=tc.eval_async_envs)
+                          asynchronous=tc.eval_async_envs, envs_per_worker=tc.envs_per_worker)
     key = jax.random.PRNGKey(config.seed)
     key, init_key = jax.random.split(key)
     agent = sac.create(init_key, envs.single_observation_space, envs.single_action_space, config.agent)

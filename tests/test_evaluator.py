@@ -33,11 +33,15 @@ def one_episode(env_config: EnvConfig, seed: int, record: bool) -> tuple[float, 
 
 
 @pytest.mark.parametrize("obs_mode", ["vector", "topdown"])
-@pytest.mark.parametrize("asynchronous", [False, True], ids=["in-process", "subprocesses"])
-def test_evaluation_equals_each_episode_run_alone(obs_mode, asynchronous):
+@pytest.mark.parametrize("asynchronous,envs_per_worker", [(False, 1), (True, 1), (True, 3)],
+                         ids=["in-process", "subprocesses", "two-episodes-per-subprocess"])
+def test_evaluation_equals_each_episode_run_alone(obs_mode, asynchronous, envs_per_worker):
     env_config = EnvConfig(level=1, obs_mode=obs_mode, image_size=64, max_episode_steps=80)
     record = obs_mode == "topdown"
-    evaluator = Evaluator(env_config, episodes=5, seed=40, record=record, asynchronous=asynchronous)
+    evaluator = Evaluator(env_config, episodes=5, seed=40, record=record, asynchronous=asynchronous,
+                          envs_per_worker=envs_per_worker)
+    if envs_per_worker == 3:  # episodes 1-4: 2 subprocesses of 2 (2 is the largest divisor <= 3)
+        assert evaluator.vector.groups == 2 and evaluator.vector.k == 2
     try:
         for _ in range(2):  # a second evaluation resets every env to the same episodes
             result = evaluator.run(row_policy, jax.random.PRNGKey(0))

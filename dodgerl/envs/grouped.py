@@ -113,8 +113,15 @@ class GroupedAsyncVectorEnv(gymnasium.vector.VectorEnv):
         return obs.reshape(self.num_envs, *obs.shape[2:]), {}
 
     def step(self, actions: np.ndarray):
-        actions = np.asarray(actions).reshape(self.groups, self.k, *self.single_action_space.shape)
-        obs, rewards, terminated, truncated, infos = self._async.step(actions)
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Send the actions; the workers step while this process does something else."""
+        self._async.step_async(np.asarray(actions).reshape(self.groups, self.k, *self.single_action_space.shape))
+
+    def step_wait(self):
+        obs, rewards, terminated, truncated, infos = self._async.step_wait()
         n = self.num_envs
         obs = obs.reshape(n, *obs.shape[2:])
         terminated, truncated = terminated.reshape(n), truncated.reshape(n)
