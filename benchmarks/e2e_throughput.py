@@ -17,9 +17,11 @@ device beyond what the env step hid), eval, checkpoint.
 The ``sb3_*`` cases run Stable-Baselines3's SAC (when installed) on the same env, image size and
 batch, 1 env, UTD 1, and the report gives our rate over theirs, measured in the same run.
 
-    # every H100 figure of the README in one ~8-minute run (benchmarks/reports/e2e_h100/run5):
-    python benchmarks/e2e_throughput.py --cases img256_bf16,img84,vector,sb3_img256,sb3_img84,sb3_vector \
-        --steps 50000 --sb3-steps 1000 --budget-s 470
+    # the README's H100 figures, two runs of 3-7 minutes (benchmarks/reports/e2e_h100/run9, run10):
+    python benchmarks/e2e_throughput.py --cases img256_bf16,img84,sb3_img256,sb3_img84 \
+        --steps 50000 --sb3-steps 1000 --budget-s 545
+    python benchmarks/e2e_throughput.py --cases vector_256envs_grouped,vector_256envs_grouped_eval_here,\
+        vector_128envs_grouped,sb3_vector --steps 50000 --sb3-steps 1000 --budget-s 540
     python benchmarks/e2e_throughput.py --cases img256,img84,vector --steps 50000 --out DIR
     python benchmarks/e2e_throughput.py --cases cpu_vector --steps 20000       # 2-core CPU
 
