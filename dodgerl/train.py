@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import functools
 import math
+import multiprocessing
 import os
 import signal
 import time
@@ -73,9 +74,12 @@ def _make_worker_env(env_config: EnvConfig) -> gymnasium.Env:
     """``make_env`` inside an env subprocess, which leaves SIGINT and SIGTERM to the training
     process: Ctrl-C in a terminal (and ``timeout``, ``kill -- -PGID``) signals the whole process
     group, and a worker that died on it would break the checkpoint-and-exit of the main process.
-    The main process closes the workers itself; if it dies, they exit on the closed pipe."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    The main process closes the workers itself; if it dies, they exit on the closed pipe.
+    AsyncVectorEnv also calls this once in the main process (a probe env for the spaces), whose
+    handlers must stay as they are."""
+    if multiprocessing.parent_process() is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return make_env(env_config)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 
 import gymnasium
 import numpy as np
@@ -65,5 +66,18 @@ def test_grouped_reset_rejects_a_wrong_number_of_seeds():
         obs, _ = envs.reset(seed=10)  # an int seeds env i with 10 + i
         one = gymnasium.make("dodgerl/Dodge-v0", obs_mode="vector")
         np.testing.assert_array_equal(obs[2], one.reset(seed=12)[0])
+    finally:
+        envs.close()
+
+
+@pytest.mark.parametrize("envs_per_worker", [1, 2])
+def test_making_env_subprocesses_leaves_this_process_signal_handlers_alone(envs_per_worker):
+    # AsyncVectorEnv builds one env in this process to read the spaces; the workers ignore
+    # SIGINT/SIGTERM (the training process handles them), this process must not.
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    envs = make_vector_env(EnvConfig(obs_mode="vector"), 4, asynchronous=True, envs_per_worker=envs_per_worker)
+    try:
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+        assert before[0] is not signal.SIG_IGN
     finally:
         envs.close()
