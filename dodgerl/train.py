@@ -92,17 +92,13 @@ def make_vector_env(env_config: EnvConfig, n_envs: int, asynchronous: bool,
         from dodgerl.envs.grouped import GroupedAsyncVectorEnv
 
         return GroupedAsyncVectorEnv(functools.partial(_make_worker_env, env_config), n_envs, envs_per_worker)
+    mode = gymnasium.vector.AutoresetMode.SAME_STEP
     if asynchronous and n_envs > 1:
-        return _async_vector_env(env_config, n_envs)
+        # Spawned, not forked: forking a process whose JAX runtime has started can deadlock.
+        fns = [functools.partial(_make_worker_env, env_config) for _ in range(n_envs)]
+        return gymnasium.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="spawn")
     fns = [functools.partial(make_env, env_config) for _ in range(n_envs)]
-    return gymnasium.vector.SyncVectorEnv(fns, autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP)
-
-
-def _async_vector_env(env_config: EnvConfig, n_envs: int) -> gymnasium.vector.AsyncVectorEnv:
-    # Spawned, not forked: forking a process whose JAX runtime has started can deadlock.
-    fns = [functools.partial(_make_worker_env, env_config) for _ in range(n_envs)]
-    return gymnasium.vector.AsyncVectorEnv(
-        fns, autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP, context="spawn")
+    return gymnasium.vector.SyncVectorEnv(fns, autoreset_mode=mode)
 
 
 def single_frames(observations: np.ndarray, env_config: EnvConfig) -> np.ndarray:
@@ -139,10 +135,10 @@ class Evaluator:
     """Runs ``episodes`` evaluation episodes in lockstep (one batched ``act`` per step), each on
     its own env reset with seed ``seed + i``, so every evaluation sees the same episodes.
 
-    With ``asynchronous``, episodes 1, 2, ... step in subprocesses (a Gymnasium AsyncVectorEnv,
-    or, with ``envs_per_worker`` > 1, a GroupedAsyncVectorEnv of up to that many episodes per
-    subprocess) while episode 0, the one recorded for the video, steps in this process: an evaluation then
-    costs about one episode's env steps instead of all of them. The episodes, the batches given
+    With ``asynchronous``, episodes 1, 2, ... step in subprocesses (a GroupedAsyncVectorEnv of up
+    to ``envs_per_worker`` episodes per subprocess) while episode 0, the one recorded for the
+    video, steps in this process: an evaluation then costs about one episode's env steps instead
+    of all of them. The episodes, the batches given
     to ``act`` and so the results are the same either way (a finished episode keeps its last
     observation in the batch; a worker env that finished and was reset is ignored until the end).
     """
@@ -155,9 +151,10 @@ class Evaluator:
         if asynchronous and episodes > 1:
             # As many subprocesses as episodes 1.. need with at most envs_per_worker each (the
             # largest divisor of episodes - 1 that fits): one pipe round trip per subprocess.
+            from dodgerl.envs.grouped import GroupedAsyncVectorEnv
+
             k = max(d for d in range(1, min(envs_per_worker, episodes - 1) + 1) if (episodes - 1) % d == 0)
-            self.vector = make_vector_env(env_config, episodes - 1, True, k) if k > 1 else \
-                _async_vector_env(env_config, episodes - 1)
+            self.vector = GroupedAsyncVectorEnv(functools.partial(_make_worker_env, env_config), episodes - 1, k)
         else:
             self.others = [make_env(env_config) for _ in range(episodes - 1)]
         self.episodes = episodes
@@ -396,7 +393,6 @@ def train(
     # Cumulative wall-clock seconds per phase. ``update`` is the update's dispatch plus the time
     # spent waiting for the device to finish it (with ``overlap``, only the part the env step did
     # not hide); ``compile`` is the first update call (tracing, compilation, one run).
-    cpu_device = jax.devices("cpu")[0]
     timings = {"act": 0.0, "env": 0.0, "insert": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0,
                "checkpoint": 0.0, "compile": 0.0}
 
@@ -511,8 +507,9 @@ def train(
         else:
             # A copy (the next update donates the agent's buffers), where acting does not queue
             # behind the accelerator's updates.
-            copy = jax.device_put(agent, cpu_device, may_alias=False)
-            copy_key = jax.device_put(eval_key, cpu_device, may_alias=False)
+            cpu = jax.devices("cpu")[0]
+            copy = jax.device_put(agent, cpu, may_alias=False)
+            copy_key = jax.device_put(eval_key, cpu, may_alias=False)
 
             def job() -> tuple[EvalResult, float]:
                 result = evaluator.run(lambda o, k: copy.act(o, k, deterministic=deterministic), copy_key)

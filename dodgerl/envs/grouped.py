@@ -38,8 +38,6 @@ class EnvGroup(gymnasium.Env):
         self.envs = [fn() for fn in env_fns]
         self.index = index
         first = self.envs[0]
-        self.single_observation_space = first.observation_space
-        self.single_action_space = first.action_space
         self.observation_space = batch_space(first.observation_space, len(self.envs))
         self.action_space = batch_space(first.action_space, len(self.envs))
         self.metadata = first.metadata
