@@ -51,6 +51,7 @@ FAST_IMG = ["train.n_envs=16", "train.async_envs=true", "train.overlap=true"]
 # evaluations of a CPU copy of the agent in a background thread.
 FAST_VEC = ["train.async_envs=true", "train.overlap=true", "train.eval_async_envs=true",
             "train.eval_in_background=true"]
+FAST_VEC_PROC = ["train.async_envs=true", "train.overlap=true", "train.eval_in_background=true"]
 # name: (config file, overrides, description)
 CASES: dict[str, tuple[str, list[str], str]] = {
     "img256": ("sac_topdown_cnn_easy.yaml", FAST_IMG,
@@ -79,6 +80,21 @@ CASES: dict[str, tuple[str, list[str], str]] = {
         "sac_vector_easy.yaml", FAST_VEC + ["train.n_envs=256", "train.envs_per_worker=16",
                                             "train.eval_async_envs=false"],
         "as vector_256envs_grouped, the background evaluation's episodes stepped in its thread"),
+    # Evaluation in its own processes (each a CPU JAX runtime) in the background: no GIL shared
+    # with the loop. Workers split the 10 episodes.
+    "vector_256envs_evalproc": ("sac_vector_easy.yaml", FAST_VEC_PROC + ["train.n_envs=256", "train.envs_per_worker=16",
+                                                                         "train.eval_workers=2"],
+                                "as vector_256envs_grouped, the background evaluation in 2 processes of 5 episodes"),
+    "vector_256envs_evalproc5": ("sac_vector_easy.yaml", FAST_VEC_PROC + ["train.n_envs=256", "train.envs_per_worker=16",
+                                                                          "train.eval_workers=5"],
+                                 "as vector_256envs_grouped, the background evaluation in 5 processes of 2 episodes"),
+    "vector_128envs_evalproc": ("sac_vector_easy.yaml", FAST_VEC_PROC + ["train.n_envs=128", "train.envs_per_worker=8",
+                                                                         "train.eval_workers=2"],
+                                "as vector_128envs_grouped, the background evaluation in 2 processes of 5 episodes"),
+    "vector_64envs_evalproc": ("sac_vector_easy.yaml", FAST_VEC_PROC + ["train.n_envs=64", "train.envs_per_worker=4",
+                                                                        "train.eval_workers=2"],
+                               "65-dim state, batch 256, 64 envs in 16 subprocesses of 4, the background "
+                               "evaluation in 2 processes of 5 episodes"),
     "img256_plain": ("sac_topdown_cnn_easy.yaml",
                      ["train.n_envs=1", "train.overlap=false", "replay.device_mirror=false"],
                      "256x256, default config, the plain loop: 1 env, no overlap, host sampler"),
@@ -100,7 +116,8 @@ SB3_CASES: dict[str, tuple[str, list[str], str]] = {
 }
 # Which of our cases each peer is compared with (same env, image size and batch).
 SB3_PEER_OF = {"sb3_img256": ("img256_bf16", "img256"), "sb3_img84": ("img84_bf16", "img84"),
-               "sb3_vector": ("vector_256envs_grouped", "vector_128envs_grouped", "vector", "cpu_vector")}
+               "sb3_vector": ("vector_256envs_evalproc", "vector_256envs_grouped", "vector_128envs_grouped", "vector",
+                              "cpu_vector")}
 
 
 # The loop's timers split into the breakdown columns (the suite's phases plus checkpoints).
@@ -223,22 +240,32 @@ LEARNING_MODES = {
     # Same config (sac_vector_easy.yaml, n_envs 1), same seeds; only the loop's fast-path switches differ.
     "plain": ["train.overlap=false", "train.update_every=1", "replay.device_mirror=false"],
     "fast": ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true"],
+    # The fastest vector setting (case vector_256envs_evalproc): 256 envs, still UTD 1, so 256
+    # gradient steps per call and every env only ~400 steps into its episodes after 100K steps.
+    "fast256": ["train.overlap=true", "replay.device_mirror=true", "train.n_envs=256", "train.async_envs=true",
+                "train.envs_per_worker=16", "train.eval_workers=2", "train.eval_in_background=true"],
 }
 
 
-def learning(out: Path, seeds: list[int], steps: int, level: int = 1) -> dict:
-    """Eval curves of the plain loop and the fast path, vector obs, all runs in parallel processes."""
+def learning(out: Path, seeds: list[int], steps: int, level: int = 1, modes: list[str] | None = None,
+             eval_freq: int = 5000, parallel: int | None = None) -> dict:
+    """Eval curves of the plain loop and the fast path(s), vector obs, runs in parallel processes
+    (at most ``parallel`` at a time)."""
     import subprocess
 
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONUNBUFFERED="1")
+    modes = list(LEARNING_MODES) if modes is None else modes
     procs = []
-    for mode, overrides in LEARNING_MODES.items():
+    for mode in modes:
+        overrides = LEARNING_MODES[mode]
         for seed in seeds:
+            while parallel is not None and sum(p[3].poll() is None for p in procs) >= parallel:
+                time.sleep(1)
             results = out / "learning" / mode / f"seed{seed}"
             cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "vector_sac.py"),
                    "--level", str(level), "--seed", str(seed), "--total-timesteps", str(steps),
                    "--results-dir", str(results), "--set", "train.progress_bar=false",
-                   "--set", "train.eval_freq=5000", "--set", "train.video=false"]
+                   "--set", f"train.eval_freq={eval_freq}", "--set", "train.video=false"]
             for o in overrides:
                 cmd += ["--set", o]
             log = (out / "learning" / f"{mode}_seed{seed}.log")
@@ -260,7 +287,7 @@ def learning(out: Path, seeds: list[int], steps: int, level: int = 1) -> dict:
         }
         for big in runs[-1].parent.glob("replay"):
             shutil.rmtree(big, ignore_errors=True)
-    (out / "learning.json").write_text(json.dumps({"modes": LEARNING_MODES, "level": level,
+    (out / "learning.json").write_text(json.dumps({"modes": {m: LEARNING_MODES[m] for m in modes}, "level": level,
                                                    "steps": steps, "curves": curves}, indent=1))
     return curves
 
@@ -274,20 +301,22 @@ def plot_learning(json_path: Path, png: Path) -> str:
 
     data = json.loads(Path(json_path).read_text())
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = {"plain": "tab:blue", "fast": "tab:orange"}
-    rows = ["| mode | seed | " + " | ".join(str(s) for s, _ in
-                                           next(iter(data["curves"]["plain"].values()))["eval"]) + " | wall s |"]
+    colors = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green"}
+    curves = {mode: {seed: c for seed, c in per_seed.items() if "eval" in c}
+              for mode, per_seed in data["curves"].items()}
+    first = next(c for per_seed in curves.values() for c in per_seed.values())
+    rows = ["| mode | seed | " + " | ".join(str(s) for s, _ in first["eval"]) + " | wall s |"]
     rows.append("| --- " * (len(rows[0].split("|")) - 2) + "|")
-    for mode, per_seed in data["curves"].items():
+    for mode, per_seed in curves.items():
         for seed, c in sorted(per_seed.items()):
             steps, rets = zip(*c["eval"])
             ax.plot(steps, rets, color=colors.get(mode), alpha=0.8, marker="o", ms=3,
-                    label=f"{mode} (seed {seed})", linestyle="-" if mode == "fast" else "--")
+                    label=f"{mode} (seed {seed})", linestyle="--" if mode == "plain" else "-")
             rows.append(f"| {mode} | {seed} | " + " | ".join(f"{r:.0f}" for r in rets)
                         + f" | {c['wall_s']:.0f} |")
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval mean return (10 episodes)")
-    ax.set_title(f"vector obs, level {data['level']}: plain loop vs fast path, same config and seeds")
+    ax.set_title(f"vector obs, level {data['level']}: {' vs '.join(curves)}, same config and seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -374,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated seeds: also run the plain-vs-fast vector learning "
                         "comparison (level 1), all runs in parallel, before the throughput cases")
     parser.add_argument("--learning-steps", type=int, default=60_000)
+    parser.add_argument("--learning-modes", default=",".join(LEARNING_MODES),
+                        help=f"comma-separated, from: {', '.join(LEARNING_MODES)}")
+    parser.add_argument("--learning-eval-freq", type=int, default=5000)
+    parser.add_argument("--learning-parallel", type=int, default=None,
+                        help="at most this many learning runs at a time (default: all at once)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="skip the remaining cases once this many seconds have passed")
     parser.add_argument("--plot-learning", type=Path, default=None, metavar="JSON",
@@ -384,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = [c for c in args.cases.split(",") if c]
     seeds = [int(x) for x in args.learning_seeds.split(",") if x]
+    learning_modes = [m for m in args.learning_modes.split(",") if m]
+    if any(m not in LEARNING_MODES for m in learning_modes):
+        parser.error(f"unknown learning mode in {args.learning_modes!r}; known: {', '.join(LEARNING_MODES)}")
     unknown = [c for c in names if c not in CASES and c not in SB3_CASES]
     if unknown:
         parser.error(f"unknown case {unknown[0]!r}; known: {', '.join([*CASES, *SB3_CASES])}")
@@ -395,8 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     peers: list[dict] = []
     t_start = time.perf_counter()
     if seeds:
-        print(f"== learning: plain vs fast, vector level 1, seeds {seeds}", flush=True)
-        curves = learning(args.out, seeds, args.learning_steps)
+        print(f"== learning: {args.learning_modes}, vector level 1, seeds {seeds}", flush=True)
+        curves = learning(args.out, seeds, args.learning_steps, modes=learning_modes,
+                          eval_freq=args.learning_eval_freq, parallel=args.learning_parallel)
         for mode, per_seed in curves.items():
             for seed, c in per_seed.items():
                 print(mode, seed, c, flush=True)

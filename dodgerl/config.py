@@ -152,6 +152,14 @@ class TrainConfig:
     them): an evaluation then takes about one episode's env time instead of ``eval_episodes``
     episodes'. Same episodes and results as in-process; worth it when env steps are costly
     (images) and cores are free."""
+    eval_workers: int = 0
+    """Evaluate in this many spawned processes (episodes split between them), each acting with
+    a CPU copy of the policy on its own JAX runtime, instead of in the training process (0).
+    Unlike the ``eval_in_background`` thread, workers share neither the training process's GIL
+    nor its cores' time slices; with ``eval_in_background`` the loop goes on while they run, else
+    it waits for them. Deterministic evaluations give the same results either way. Each worker
+    costs a process with JAX (a few hundred MB) and receives the policy's parameters at every
+    evaluation: meant for small policies (vector observations). Excludes ``eval_async_envs``."""
     checkpoint_freq: int = 25_000
     """Save a checkpoint every this many env steps (and always at the end)."""
     keep_checkpoints: int = 3
@@ -171,6 +179,10 @@ class TrainConfig:
         _check(self.learning_starts >= 0, "train.learning_starts",
                f"must be >= 0, got {self.learning_starts}")
         _check(self.eval_freq >= 0, "train.eval_freq", f"must be >= 0, got {self.eval_freq}")
+        _check(0 <= self.eval_workers <= self.eval_episodes, "train.eval_workers",
+               f"must be in [0, train.eval_episodes={self.eval_episodes}], got {self.eval_workers}")
+        _check(not (self.eval_workers and self.eval_async_envs), "train.eval_workers",
+               "evaluation processes and train.eval_async_envs exclude each other: set one")
         _check(self.n_envs % self.envs_per_worker == 0, "train.envs_per_worker",
                f"must divide train.n_envs ({self.n_envs}), got {self.envs_per_worker}")
 

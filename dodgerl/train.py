@@ -207,6 +207,122 @@ class Evaluator:
             self.vector.close()
 
 
+class EvalProcesses:
+    """Evaluation episodes in ``workers`` spawned processes, each with its own CPU JAX runtime:
+    acting and env stepping neither share the training process's GIL nor queue behind the
+    accelerator's updates. Episodes are split into contiguous blocks (worker 0 has episode 0, the
+    one recorded); each worker runs its block with an in-process ``Evaluator`` (same seeds, so
+    the same episodes as evaluating here), on a copy of the policy sent with each request.
+
+    ``submit`` sends a policy (an object with ``act(obs, key, deterministic=...)`` whose arrays
+    the worker puts on its CPU, e.g. ``SACAgent.policy()``) and returns at once; ``collect``
+    waits for the workers and returns the episodes in order. Deterministic evaluations equal
+    in-process ones; stochastic ones draw their noise per worker (``fold_in(key, worker)``),
+    so their actions differ from an in-process evaluation's.
+    """
+
+    def __init__(self, env_config: EnvConfig, episodes: int, seed: int, record: bool, workers: int) -> None:
+        if not 1 <= workers <= episodes:
+            raise ValueError(f"EvalProcesses: workers must be in [1, episodes={episodes}], got {workers}")
+        ctx = multiprocessing.get_context("spawn")  # forking a process whose JAX runtime started can deadlock
+        bounds = np.linspace(0, episodes, workers + 1).round().astype(int)
+        self.connections = []
+        self.processes = []
+        for w in range(workers):
+            parent, child = ctx.Pipe()
+            block = int(bounds[w + 1] - bounds[w])
+            process = ctx.Process(
+                target=_eval_worker, name=f"dodgerl-eval-{w}", daemon=True,
+                args=(child, env_config, block, seed + int(bounds[w]), record and w == 0),
+            )
+            process.start()
+            child.close()
+            self.connections.append(parent)
+            self.processes.append(process)
+        self.in_flight = False
+        self.last_seconds = 0.0
+        """How long the slowest worker took to run its episodes in the last evaluation collected."""
+
+    def submit(self, policy: Any, key: jax.Array, deterministic: bool) -> None:
+        if self.in_flight:
+            raise RuntimeError("EvalProcesses.submit: collect the evaluation in flight first")
+        policy = jax.device_get(policy)
+        key = np.asarray(jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
+        for w, conn in enumerate(self.connections):
+            try:
+                conn.send(("evaluate", (policy, key, w, bool(deterministic))))
+            except (BrokenPipeError, OSError):
+                raise RuntimeError(f"evaluation worker {w} died (exit code {self.processes[w].exitcode})") from None
+        self.in_flight = True
+
+    def collect(self) -> EvalResult:
+        if not self.in_flight:
+            raise RuntimeError("EvalProcesses.collect: no evaluation in flight")
+        self.in_flight = False
+        parts, seconds = zip(*[self._receive(w) for w in range(len(self.connections))])
+        self.last_seconds = max(seconds)
+        return EvalResult(np.concatenate([p.returns for p in parts]),
+                          np.concatenate([p.lengths for p in parts]), parts[0].frames)
+
+    def _receive(self, w: int) -> tuple[EvalResult, float]:
+        try:
+            kind, payload = self.connections[w].recv()
+        except (EOFError, OSError):
+            self.processes[w].join(timeout=1)
+            raise RuntimeError(f"evaluation worker {w} died (exit code {self.processes[w].exitcode})") from None
+        if kind == "error":
+            raise RuntimeError(f"evaluation worker {w} failed:\n{payload}")
+        return payload
+
+    def close(self) -> None:
+        for conn in self.connections:
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        for conn in self.connections:
+            conn.close()
+
+
+def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, record: bool) -> None:
+    """An ``EvalProcesses`` worker: CPU JAX only, signals left to the training process (which
+    closes the workers; on a closed pipe they exit)."""
+    import traceback
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    jax.config.update("jax_platforms", "cpu")  # before any JAX backend starts in this process
+    evaluator = None
+    try:
+        evaluator = Evaluator(env_config, episodes, seed, record)
+        while True:
+            kind, payload = conn.recv()
+            if kind == "close":
+                break
+            policy, key, worker, deterministic = payload
+            policy = jax.device_put(policy)
+            key = jax.random.fold_in(jax.numpy.asarray(key), worker)
+            t0 = time.perf_counter()
+            result = evaluator.run(lambda o, k: policy.act(o, k, deterministic=deterministic), key)
+            conn.send(("result", (result, time.perf_counter() - t0)))
+    except (EOFError, OSError):
+        pass
+    except Exception:
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass
+    finally:
+        if evaluator is not None:
+            evaluator.close()
+        conn.close()
+
+
 def write_gif(frames: list[np.ndarray], path: Path, fps: int = 30, max_frames: int = 400) -> None:
     """Write an animated GIF (every n-th frame so that at most ``max_frames`` are kept)."""
     from PIL import Image  # Pillow: installed with matplotlib, a core dependency
@@ -343,8 +459,12 @@ def train(
     tc, ec = config.train, config.env
 
     envs = make_vector_env(ec, tc.n_envs, tc.async_envs, tc.envs_per_worker)
-    evaluator = Evaluator(ec, tc.eval_episodes, tc.eval_seed, record=tc.video,
-                          asynchronous=tc.eval_async_envs, envs_per_worker=tc.envs_per_worker)
+    if tc.eval_workers:
+        evaluator: Evaluator | EvalProcesses = EvalProcesses(
+            ec, tc.eval_episodes, tc.eval_seed, record=tc.video, workers=tc.eval_workers)
+    else:
+        evaluator = Evaluator(ec, tc.eval_episodes, tc.eval_seed, record=tc.video,
+                              asynchronous=tc.eval_async_envs, envs_per_worker=tc.envs_per_worker)
     key = jax.random.PRNGKey(config.seed)
     key, init_key = jax.random.split(key)
     agent = sac.create(init_key, envs.single_observation_space, envs.single_action_space, config.agent)
@@ -469,8 +589,11 @@ def train(
         if block:
             wait_update()
 
-    eval_pool = ThreadPoolExecutor(1, thread_name_prefix="eval") if tc.eval_in_background else None
-    pending_eval: list[tuple[Any, int, Any, dict[str, Any]]] = []  # (future, step, agent copy, meta)
+    eval_pool = (ThreadPoolExecutor(1, thread_name_prefix="eval")
+                 if tc.eval_in_background and not tc.eval_workers else None)
+    # The evaluation in flight: (wait for it -> (result, perf_counter when it finished), step,
+    # the agent it evaluated, the checkpoint meta of that step).
+    pending_eval: list[tuple[Callable[[], tuple[EvalResult, float]], int, Any, dict[str, Any]]] = []
 
     def record_eval(eval_step: int, result: EvalResult, evaluated: Any, meta: dict[str, Any],
                     t_done: float) -> None:
@@ -485,38 +608,51 @@ def train(
                 write_gif(result.frames, run_dir / "videos" / f"best_step{eval_step}.gif")
 
     def finish_eval() -> None:
-        """Wait for the background evaluation in flight, if any, and log it."""
+        """Wait for the evaluation in flight, if any, and log it."""
         if pending_eval:
             t0 = time.perf_counter()
-            future, eval_step, evaluated, meta = pending_eval.pop()
-            result, t_done = future.result()
+            wait, eval_step, evaluated, meta = pending_eval.pop()
+            result, t_done = wait()
             record_eval(eval_step, result, evaluated, meta, t_done)
             timings["eval"] += time.perf_counter() - t0
 
     def run_eval() -> None:
-        """Evaluate the agent of this step: here, or (``eval_in_background``) a copy of it on the
-        CPU, in a thread, while training goes on; its row and best/ come when it finishes."""
+        """Evaluate the agent of this step: here, in evaluation processes (``eval_workers``),
+        and/or (``eval_in_background``) while training goes on, in which case its row and best/
+        come when it finishes."""
         nonlocal key
         finish_eval()  # at most one in flight: rows stay in step order
         t0 = time.perf_counter()
         key, eval_key = jax.random.split(key)
         deterministic = tc.eval_deterministic
-        if eval_pool is None:
+        # A copy of the agent when the evaluation outlives this call (the next update donates
+        # the agent's buffers); on the CPU, where a thread can act on it without queueing behind
+        # the accelerator's updates.
+        evaluated = jax.device_put(agent, jax.devices("cpu")[0], may_alias=False) if tc.eval_in_background else agent
+        if isinstance(evaluator, EvalProcesses):
+            evaluator.submit(agent.policy(), eval_key, deterministic)
+            t_submit = time.perf_counter()
+
+            def wait() -> tuple[EvalResult, float]:
+                result = evaluator.collect()
+                return result, min(t_submit + evaluator.last_seconds, time.perf_counter())
+
+            pending_eval.append((wait, step, evaluated, meta_now()))
+        elif eval_pool is None:
             result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), eval_key)
             record_eval(step, result, agent, meta_now(), time.perf_counter())
         else:
-            # A copy (the next update donates the agent's buffers), where acting does not queue
-            # behind the accelerator's updates.
-            cpu = jax.devices("cpu")[0]
-            copy = jax.device_put(agent, cpu, may_alias=False)
-            copy_key = jax.device_put(eval_key, cpu, may_alias=False)
+            copy_key = jax.device_put(eval_key, jax.devices("cpu")[0], may_alias=False)
 
             def job() -> tuple[EvalResult, float]:
-                result = evaluator.run(lambda o, k: copy.act(o, k, deterministic=deterministic), copy_key)
+                result = evaluator.run(lambda o, k: evaluated.act(o, k, deterministic=deterministic), copy_key)
                 return result, time.perf_counter()
 
-            pending_eval.append((eval_pool.submit(job), step, copy, meta_now()))
+            future = eval_pool.submit(job)
+            pending_eval.append((future.result, step, evaluated, meta_now()))
         timings["eval"] += time.perf_counter() - t0
+        if not tc.eval_in_background:
+            finish_eval()
 
     print(f"run directory: {run_dir}", flush=True)
     t_start = time.perf_counter()

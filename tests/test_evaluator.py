@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import jax
 import numpy as np
 import pytest
+from flax import struct
 
 from dodgerl.config import EnvConfig
-from dodgerl.train import Evaluator, make_env
+from dodgerl.train import EvalProcesses, Evaluator, make_env
 
 
 def row_policy(obs: np.ndarray, key: jax.Array) -> np.ndarray:
@@ -15,6 +19,17 @@ def row_policy(obs: np.ndarray, key: jax.Array) -> np.ndarray:
     moves and survives for a while: some episodes end by a hit, others by truncation."""
     flat = obs.reshape(len(obs), -1).astype(np.float64)
     return np.stack([np.sin(flat[:, :7].sum(1)), np.cos(flat[:, 3:11].sum(1))], axis=1).astype(np.float32)
+
+
+class RowPolicy(struct.PyTreeNode):
+    """``row_policy`` as the policy object evaluation processes receive (picklable, a pytree)."""
+
+    fail: bool = struct.field(pytree_node=False, default=False)
+
+    def act(self, obs: np.ndarray, key: jax.Array, deterministic: bool = False) -> np.ndarray:
+        if self.fail:
+            raise ValueError("this policy cannot act")
+        return row_policy(np.asarray(obs), key)
 
 
 def one_episode(env_config: EnvConfig, seed: int, record: bool) -> tuple[float, int, list]:
@@ -59,3 +74,56 @@ def test_evaluation_equals_each_episode_run_alone(obs_mode, asynchronous, envs_p
     # episodes (and, with subprocesses, envs that were reset) sat beside running ones.
     assert len(set(result.lengths.tolist())) > 1
     assert result.lengths.max() == 80 and result.lengths.min() < 80
+
+
+@pytest.mark.parametrize("obs_mode", ["vector", "topdown"])
+def test_evaluation_processes_equal_each_episode_run_alone(obs_mode):
+    """Episodes split over two evaluation processes (blocks of 2 and 3) come back in order, with
+    the recorded frames of episode 0, equal to running each episode alone; twice."""
+    env_config = EnvConfig(level=1, obs_mode=obs_mode, image_size=64, max_episode_steps=80)
+    record = obs_mode == "topdown"
+    evaluator = EvalProcesses(env_config, episodes=5, seed=40, record=record, workers=2)
+    alone = [one_episode(env_config, 40 + i, record=record and i == 0) for i in range(5)]
+    try:
+        for _ in range(2):
+            evaluator.submit(RowPolicy(), jax.random.PRNGKey(0), deterministic=True)
+            result = evaluator.collect()
+            np.testing.assert_array_equal(result.returns, [a[0] for a in alone])
+            np.testing.assert_array_equal(result.lengths, [a[1] for a in alone])
+            if record:
+                np.testing.assert_array_equal(np.stack(result.frames), np.stack(alone[0][2]))
+            else:
+                assert result.frames == []
+            assert evaluator.last_seconds > 0
+    finally:
+        evaluator.close()
+    assert len(set(result.lengths.tolist())) > 1
+    assert all(not p.is_alive() for p in evaluator.processes)
+
+
+def test_evaluation_process_failures_are_reported():
+    env_config = EnvConfig(level=1, obs_mode="vector", max_episode_steps=20)
+    evaluator = EvalProcesses(env_config, episodes=3, seed=0, record=False, workers=3)
+    try:
+        with pytest.raises(RuntimeError, match="at most one|collect the evaluation in flight"):
+            evaluator.submit(RowPolicy(), jax.random.PRNGKey(0), True)
+            evaluator.submit(RowPolicy(), jax.random.PRNGKey(0), True)
+        evaluator.collect()
+        # An exception inside a worker comes back with its traceback.
+        evaluator.submit(RowPolicy(fail=True), jax.random.PRNGKey(0), True)
+        with pytest.raises(RuntimeError, match=r"(?s)evaluation worker 0 failed.*this policy cannot act"):
+            evaluator.collect()
+    finally:
+        evaluator.close()
+    # A worker that dies is named instead of leaving the caller waiting forever.
+    evaluator = EvalProcesses(env_config, episodes=2, seed=0, record=False, workers=2)
+    try:
+        os.kill(evaluator.processes[1].pid, signal.SIGKILL)
+        evaluator.processes[1].join()
+        with pytest.raises(RuntimeError, match="evaluation worker 1 died"):
+            evaluator.submit(RowPolicy(), jax.random.PRNGKey(0), True)
+            evaluator.collect()
+    finally:
+        evaluator.close()
+    with pytest.raises(ValueError, match="workers must be in"):
+        EvalProcesses(env_config, episodes=2, seed=0, record=False, workers=3)

@@ -113,13 +113,15 @@ def test_fast_path_switches_keep_the_update_count_and_resume(tmp_path, mirror, o
 
 
 def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path):
-    """Training envs in subprocesses (2 per process), evaluation episodes in subprocesses, and
-    evaluations of a CPU copy of the agent in a background thread give the run that stepping
-    and evaluating everything in this process gives: same episodes, losses, evaluations and
-    best/ checkpoint; a resumed run too."""
+    """Training envs in subprocesses (2 per process), evaluation episodes in subprocesses,
+    evaluations of a CPU copy of the agent in a background thread, and evaluations in separate
+    processes (in the background or waited for) give the run that stepping and evaluating
+    everything in this process gives: same episodes, losses, evaluations and best/ checkpoint; a
+    resumed run too."""
     outcomes = []
     for i, switches in enumerate([{}, {"async_envs": True, "envs_per_worker": 2,
-                                       "eval_async_envs": True, "eval_in_background": True}]):
+                                       "eval_async_envs": True, "eval_in_background": True},
+                                  {"eval_workers": 2, "eval_in_background": True}, {"eval_workers": 3}]):
         raw = tiny_raw("vector", total=200, n_envs=4, eval_episodes=3, eval_freq=40, **switches)
         raw["env"]["level"] = 2  # episodes end within the run
         # Batches drawn on the loop's thread (the mirror), not by prefetching sampler threads,
@@ -138,7 +140,8 @@ def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path
             [(r["step"], r["mean_return"], r["min_return"], r["mean_length"]) for r in evals],
             sorted(best),
         ))
-    assert outcomes[0] == outcomes[1]
+    for outcome in outcomes[1:]:
+        assert outcome == outcomes[0]
     progress, evals, best = outcomes[0]
     assert [int(r[0]) for r in evals] == list(range(40, 321, 40))
     returns = [float(r[1]) for r in evals]
@@ -309,6 +312,11 @@ def test_bad_config_file_names_the_key(tmp_path):
     raw["train"]["video"] = "yes"
     with pytest.raises(ConfigError, match="train.video: expected true or false"):
         config_from_dict(raw)
+    for train, message in [({"eval_workers": 11}, r"train.eval_workers: must be in \[0, train.eval_episodes=10\]"),
+                           ({"eval_workers": -1}, "train.eval_workers: must be in"),
+                           ({"eval_workers": 2, "eval_async_envs": True}, "train.eval_workers: .*exclude each other")]:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict({"train": train})
 
 
 def test_shipped_configs_load_and_match_the_seed():

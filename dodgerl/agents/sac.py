@@ -285,6 +285,36 @@ def _adam(learning_rate: float) -> optax.GradientTransformation:
     return optax.adam(learning_rate)
 
 
+class Policy(struct.PyTreeNode):
+    """A SAC policy without the rest of the agent: actor head and encoder parameters plus the
+    static config and shapes. ``SACAgent.policy()`` makes one; it pickles once its arrays are on
+    the host (``jax.device_get``), which is how evaluation processes receive it."""
+
+    head: Any
+    encoder: Any
+    config: SACConfig = struct.field(pytree_node=False)
+    observation_shape: tuple[int, ...] = struct.field(pytree_node=False)
+    action_dim: int = struct.field(pytree_node=False)
+
+    def act(self, observations: Any, key: jax.Array | None = None, deterministic: bool = False
+            ) -> jax.Array:
+        """As ``SACAgent.act``: (obs_shape) -> (d,) or (B, *obs_shape) -> (B, d), in [-1, 1]."""
+        shape = tuple(np.shape(observations))
+        single = shape == self.observation_shape
+        if not single and shape[1:] != self.observation_shape:
+            raise ValueError(
+                f"act: observations of shape {shape} match neither "
+                f"{self.observation_shape} nor (B, *{self.observation_shape})"
+            )
+        deterministic = bool(deterministic)
+        if key is None:
+            if not deterministic:
+                raise ValueError("act: a key is required unless deterministic=True")
+            key = _unused_key()
+        return _act_jit(self.config, self.observation_shape, self.action_dim, self.head,
+                        self.encoder, observations, key, deterministic)
+
+
 class SACAgent(struct.PyTreeNode):
     """The whole SAC agent as one pytree: three TrainStates plus static config and shapes.
 
@@ -311,36 +341,28 @@ class SACAgent(struct.PyTreeNode):
             return -float(self.action_dim)
         return float(self.config.target_entropy)
 
+    def policy(self) -> Policy:
+        """The acting part alone (actor head and encoder parameters): what ``act`` uses, small
+        enough to copy to another process (``jax.device_get`` it first) or device."""
+        if self.config.encoder_sharing == "critic":
+            encoder_params = self.critic.params["encoder"]
+        else:
+            encoder_params = self.actor.params["encoder"]
+        return Policy(self.actor.params["head"], encoder_params, self.config, self.observation_shape,
+                      self.action_dim)
+
     def act(self, observations: Any, key: jax.Array | None = None, deterministic: bool = False
             ) -> jax.Array:
         """Actions in [-1, 1]^d for one observation (obs_shape) -> (d,) or a batch -> (B, d).
 
         Cheap enough to call every env step: it calls a compiled function of only the actor head's
-        and the encoder's parameters, the observations (numpy is fine: they travel inside the
-        call) and the key, so the optimiser states never cross the jit boundary. Call it directly;
-        wrapping it in your own ``jax.jit`` of the whole agent brings that cost back. A fixed
-        input shape compiles once. ``deterministic`` returns tanh(mean); ``key`` may be None only
-        then.
+        and the encoder's parameters (``policy()``), the observations (numpy is fine: they travel
+        inside the call) and the key, so the optimiser states never cross the jit boundary. Call
+        it directly; wrapping it in your own ``jax.jit`` of the whole agent brings that cost back.
+        A fixed input shape compiles once. ``deterministic`` returns tanh(mean); ``key`` may be
+        None only then.
         """
-        shape = tuple(np.shape(observations))
-        single = shape == self.observation_shape
-        if not single and shape[1:] != self.observation_shape:
-            raise ValueError(
-                f"act: observations of shape {shape} match neither "
-                f"{self.observation_shape} nor (B, *{self.observation_shape})"
-            )
-        deterministic = bool(deterministic)
-        if key is None:
-            if not deterministic:
-                raise ValueError("act: a key is required unless deterministic=True")
-            key = _unused_key()
-        if self.config.encoder_sharing == "critic":
-            encoder_params = self.critic.params["encoder"]
-        else:
-            encoder_params = self.actor.params["encoder"]
-        return _act_jit(self.config, self.observation_shape, self.action_dim,
-                        self.actor.params["head"], encoder_params, observations, key,
-                        deterministic)
+        return self.policy().act(observations, key, deterministic)
 
     def update(self, batch: Batch, key: jax.Array) -> tuple[SACAgent, dict[str, jax.Array]]:
         """K gradient steps, one per slice of the batch's leading K axis, in one compiled call.
