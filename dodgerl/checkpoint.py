@@ -28,9 +28,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupt."""
 
 
-def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+def _manager(directory: Path, keep: int, asynchronous: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False
+        max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -49,7 +49,11 @@ class RunCheckpoints:
         self.latest_dir = run_dir / CHECKPOINTS_DIR
         self.best_dir = run_dir / BEST_DIR
         self._latest = _manager(self.latest_dir, keep)
-        self._best = _manager(self.best_dir, 1)
+        # best/ is written in Orbax's background thread (it is saved mid-run, after evaluations,
+        # and nothing resumes from it): the next save_best, and close, wait for it. Like every
+        # Orbax save it lands under a temporary name first, so an interrupted one is never
+        # taken for complete.
+        self._best = _manager(self.best_dir, 1, asynchronous=True)
 
     def save(self, step: int, agent: Any, meta: dict[str, Any]) -> Path:
         if step not in self._latest.all_steps():
@@ -59,9 +63,14 @@ class RunCheckpoints:
 
     def save_best(self, step: int, agent: Any, meta: dict[str, Any]) -> Path:
         if step not in self._best.all_steps():
-            self._best.save(step, args=_save_args(agent, meta), force=True)
             self._best.wait_until_finished()
+            self._best.save(step, args=_save_args(agent, meta), force=True)
         return self.best_dir / str(step)
+
+    def wait(self) -> None:
+        """Until every save started has landed."""
+        self._latest.wait_until_finished()
+        self._best.wait_until_finished()
 
     def close(self) -> None:
         self._latest.close()

@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -216,7 +217,10 @@ class EvalProcesses:
 
     ``submit`` sends a policy (an object with ``act(obs, key, deterministic=...)`` whose arrays
     the worker puts on its CPU, e.g. ``SACAgent.policy()``) and returns at once; ``collect``
-    waits for the workers and returns the episodes in order. Deterministic evaluations equal
+    waits for the workers and returns the episodes in order. The recorded frames stay in worker
+    0 (``collect`` returns none): ``write_video(path)`` has it write the last evaluation's GIF
+    there, before it starts the next evaluation (encoding a GIF takes ~1 s, which the
+    training process then does not spend). Deterministic evaluations equal
     in-process ones; stochastic ones draw their noise per worker (``fold_in(key, worker)``),
     so their actions differ from an in-process evaluation's.
     """
@@ -264,6 +268,14 @@ class EvalProcesses:
         return EvalResult(np.concatenate([p.returns for p in parts]),
                           np.concatenate([p.lengths for p in parts]), parts[0].frames)
 
+    def write_video(self, path: Path) -> None:
+        """Have worker 0 write the GIF of the last evaluation's episode 0 to ``path`` (needs
+        ``record``; returns at once; a failure is reported by the next ``collect``)."""
+        try:
+            self.connections[0].send(("video", Path(path)))
+        except (BrokenPipeError, OSError):
+            raise RuntimeError(f"evaluation worker 0 died (exit code {self.processes[0].exitcode})") from None
+
     def _receive(self, w: int) -> tuple[EvalResult, float]:
         try:
             kind, payload = self.connections[w].recv()
@@ -275,13 +287,21 @@ class EvalProcesses:
         return payload
 
     def close(self) -> None:
+        """Stop the workers once they have done what they were sent (a GIF being written)."""
         for conn in self.connections:
             try:
                 conn.send(("close", None))
             except (BrokenPipeError, OSError):
                 pass
-        for process in self.processes:
-            process.join(timeout=10)
+        for w, process in enumerate(self.processes):
+            process.join(timeout=60)
+            try:
+                while self.connections[w].poll():
+                    kind, payload = self.connections[w].recv()
+                    if kind == "error":
+                        print(f"evaluation worker {w} failed:\n{payload}", file=sys.stderr, flush=True)
+            except (EOFError, OSError):
+                pass
             if process.is_alive():
                 process.terminate()
                 process.join()
@@ -300,15 +320,21 @@ def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, rec
     evaluator = None
     try:
         evaluator = Evaluator(env_config, episodes, seed, record)
+        frames: list[np.ndarray] = []
         while True:
             kind, payload = conn.recv()
             if kind == "close":
                 break
+            if kind == "video":
+                if frames:
+                    write_gif(frames, payload)
+                continue
             policy, key, worker, deterministic = payload
             policy = jax.device_put(policy)
             key = jax.random.fold_in(jax.numpy.asarray(key), worker)
             t0 = time.perf_counter()
             result = evaluator.run(lambda o, k: policy.act(o, k, deterministic=deterministic), key)
+            frames, result.frames = result.frames, []  # kept here until a GIF is asked for
             conn.send(("result", (result, time.perf_counter() - t0)))
     except (EOFError, OSError):
         pass
@@ -604,8 +630,11 @@ def train(
         if best_eval is None or row["mean_return"] > best_eval:
             best_eval = row["mean_return"]
             checkpoints.save_best(eval_step, evaluated, {**meta, "best_eval": best_eval})
-            if tc.video and result.frames:
-                write_gif(result.frames, run_dir / "videos" / f"best_step{eval_step}.gif")
+            video = run_dir / "videos" / f"best_step{eval_step}.gif"
+            if tc.video and isinstance(evaluator, EvalProcesses):
+                evaluator.write_video(video)  # the worker holding the frames writes it
+            elif tc.video and result.frames:
+                write_gif(result.frames, video)
 
     def finish_eval() -> None:
         """Wait for the evaluation in flight, if any, and log it."""

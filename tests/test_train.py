@@ -116,8 +116,8 @@ def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path
     """Training envs in subprocesses (2 per process), evaluation episodes in subprocesses,
     evaluations of a CPU copy of the agent in a background thread, and evaluations in separate
     processes (in the background or waited for) give the run that stepping and evaluating
-    everything in this process gives: same episodes, losses, evaluations and best/ checkpoint; a
-    resumed run too."""
+    everything in this process gives: same episodes, losses, evaluations, best/ checkpoint and
+    GIFs of the best policy; a resumed run too."""
     outcomes = []
     for i, switches in enumerate([{}, {"async_envs": True, "envs_per_worker": 2,
                                        "eval_async_envs": True, "eval_in_background": True},
@@ -135,14 +135,17 @@ def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path
         progress = read_csv(run_dir / "progress.csv")
         evals = read_csv(run_dir / "eval.csv")
         best = [int(p.name) for p in (run_dir / "best").iterdir() if p.name.isdigit()]
+        videos = sorted((p.name, p.read_bytes()) for p in (run_dir / "videos").glob("*.gif"))
         outcomes.append((
             [(r["step"], r["episodes"], r["train_return"], r["critic_loss"]) for r in progress],
             [(r["step"], r["mean_return"], r["min_return"], r["mean_length"]) for r in evals],
             sorted(best),
+            videos,
         ))
     for outcome in outcomes[1:]:
         assert outcome == outcomes[0]
-    progress, evals, best = outcomes[0]
+    progress, evals, best, videos = outcomes[0]
+    assert len(videos) >= 2  # a GIF for each improvement of the best, the same from every variant
     assert [int(r[0]) for r in evals] == list(range(40, 321, 40))
     returns = [float(r[1]) for r in evals]
     assert int(evals[returns.index(max(returns))][0]) == max(best)  # best/ holds the best policy
