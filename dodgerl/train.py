@@ -317,17 +317,24 @@ def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, rec
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     jax.config.update("jax_platforms", "cpu")  # before any JAX backend starts in this process
-    evaluator = None
+    evaluator = writer = None
+    written: list[Any] = []
     try:
         evaluator = Evaluator(env_config, episodes, seed, record)
         frames: list[np.ndarray] = []
+        # GIFs are encoded in a thread (~1 s each): this loop must keep reading requests, or
+        # the training process would block sending the next policy into a full pipe.
+        writer = ThreadPoolExecutor(1, thread_name_prefix="gif")
         while True:
+            for future in [f for f in written if f.done()]:
+                written.remove(future)
+                future.result()  # a failed write surfaces here, as this worker's error
             kind, payload = conn.recv()
             if kind == "close":
                 break
             if kind == "video":
                 if frames:
-                    write_gif(frames, payload)
+                    written.append(writer.submit(write_gif, frames, payload))
                 continue
             policy, key, worker, deterministic = payload
             policy = jax.device_put(policy)
@@ -344,6 +351,11 @@ def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, rec
         except (BrokenPipeError, OSError):
             pass
     finally:
+        if writer is not None:
+            writer.shutdown(wait=True)  # a GIF asked for is finished before the worker exits
+            for future in written:
+                if future.exception() is not None:
+                    print(f"evaluation worker: writing a GIF failed: {future.exception()!r}", file=sys.stderr)
         if evaluator is not None:
             evaluator.close()
         conn.close()
