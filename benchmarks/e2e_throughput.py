@@ -244,6 +244,8 @@ LEARNING_MODES = {
     # gradient steps per call and every env only ~400 steps into its episodes after 100K steps.
     "fast256": ["train.overlap=true", "replay.device_mirror=true", "train.n_envs=256", "train.async_envs=true",
                 "train.envs_per_worker=16", "train.eval_workers=2", "train.eval_in_background=true"],
+    "fast128": ["train.overlap=true", "replay.device_mirror=true", "train.n_envs=128", "train.async_envs=true",
+                "train.envs_per_worker=8", "train.eval_workers=2", "train.eval_in_background=true"],
     "fast64": ["train.overlap=true", "replay.device_mirror=true", "train.n_envs=64", "train.async_envs=true",
                "train.envs_per_worker=4", "train.eval_workers=2", "train.eval_in_background=true"],
 }
@@ -303,7 +305,8 @@ def plot_learning(json_path: Path, png: Path) -> str:
 
     data = json.loads(Path(json_path).read_text())
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast64": "tab:red"}
+    colors = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast128": "tab:purple",
+              "fast64": "tab:red"}
     curves = {mode: {seed: c for seed, c in per_seed.items() if "eval" in c}
               for mode, per_seed in data["curves"].items()}
     first = next(c for per_seed in curves.values() for c in per_seed.values())
