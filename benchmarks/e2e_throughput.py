@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # update_throughput
 from benchmarks.suite.measure import read_csv, steady_window  # noqa: E402
@@ -329,6 +331,49 @@ def plot_learning(json_path: Path, png: Path) -> str:
     return "\n".join(rows)
 
 
+def plot_learning_summary(json_paths: list[Path], png: Path) -> str:
+    """Several learning.json files (one per mode, e.g. plain and fast256) on one plot: each mode's
+    median eval return over its seeds, with the min-max band; returns a markdown table of the
+    best eval of each run, how many reach 900, and the median curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast128": "tab:purple",
+              "fast64": "tab:red"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    rows = ["| mode | runs | best eval per run (sorted) | median best | runs >= 900 | median curve at 10K, 20K, ... |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    level = None
+    for path in json_paths:
+        data = json.loads(Path(path).read_text())
+        level = data["level"]
+        for mode, per_seed in data["curves"].items():
+            runs = [c["eval"] for c in per_seed.values() if "eval" in c]
+            # Evaluations fall on the first log after each multiple of the eval frequency: bucket
+            # them by that multiple so runs with different env counts share an x axis.
+            freq = min(b[0] - a[0] for a, b in zip(runs[0], runs[0][1:]))
+            n = min(len(r) for r in runs)
+            grid = np.array([[ret for _, ret in r[:n]] for r in runs])
+            steps = np.array([freq * round(step / freq) for step, _ in runs[0][:n]])
+            med = np.median(grid, axis=0)
+            ax.plot(steps, med, color=colors.get(mode), marker="o", ms=3, label=f"{mode} (median of {len(runs)})")
+            ax.fill_between(steps, grid.min(axis=0), grid.max(axis=0), color=colors.get(mode), alpha=0.12)
+            best = sorted((float(g.max()) for g in grid), reverse=True)
+            rows.append(f"| {mode} | {len(runs)} | {', '.join(f'{b:.0f}' for b in best)} | {np.median(best):.0f} "
+                        f"| {sum(b >= 900 for b in best)} | {' '.join(f'{m:.0f}' for m in med)} |")
+    ax.axhline(900, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("eval mean return (10 episodes)")
+    ax.set_title(f"vector obs, level {level}: median over seeds, min-max band")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    return "\n".join(rows)
+
+
 def update_ceiling(config) -> float | None:
     """Gradient steps/s of the update alone with this run's shapes and K, batches already on the
     device (``benchmarks/update_throughput.py``'s ``measure``): what the loop could reach at best."""
@@ -417,9 +462,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the remaining cases once this many seconds have passed")
     parser.add_argument("--plot-learning", type=Path, default=None, metavar="JSON",
                         help="only draw learning.json (from --learning-seeds) as a PNG beside it")
+    parser.add_argument("--plot-learning-summary", default="", metavar="JSON,JSON,...",
+                        help="only draw the median curve of each mode of these learning.json files "
+                        "(summary.png beside the first) and print a table of best evals")
     args = parser.parse_args(argv)
     if args.plot_learning is not None:
         print(plot_learning(args.plot_learning, args.plot_learning.with_suffix(".png")))
+        return 0
+    if args.plot_learning_summary:
+        paths = [Path(p) for p in args.plot_learning_summary.split(",")]
+        print(plot_learning_summary(paths, paths[0].parent / "summary.png"))
         return 0
     names = [c for c in args.cases.split(",") if c]
     seeds = [int(x) for x in args.learning_seeds.split(",") if x]

@@ -187,3 +187,29 @@ def test_suite_pixel_setting_with_frame_stack_and_shift_reaches_the_run_config()
     assert env_config(IMG84_DRQ).frame_stack == 3
     plain = run_config(IMG84, FULL.learning_budget[IMG84.label], 1, 0, "learning")
     assert (plain.env.frame_stack, plain.agent.augmentation) == (1, False)
+
+
+def test_learning_summary_buckets_evals_and_counts_runs_reaching_900(tmp_path):
+    """Modes whose evaluations land on different steps (64 vs 256 envs overshoot the eval
+    frequency differently) share a grid; medians and best-of-run counts are hand-checkable."""
+    from benchmarks import e2e_throughput
+
+    a = {"level": 1, "curves": {"plain": {
+        "0": {"eval": [(10_000, 100.0), (20_000, 950.0)]},
+        "1": {"eval": [(10_000, 300.0), (20_000, 500.0)]},
+        "2": {"eval": [(10_000, 200.0), (20_000, 899.0)]},
+        "3": {"error": "exit 1"},  # a failed run is left out
+    }}}
+    b = {"level": 1, "curves": {"fast256": {
+        "0": {"eval": [(10_240, 10.0), (20_224, 920.0)]},
+        "1": {"eval": [(10_240, 30.0), (20_224, 40.0)]},
+    }}}
+    paths = []
+    for name, data in (("a.json", a), ("b.json", b)):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(data))
+    table = e2e_throughput.plot_learning_summary(paths, tmp_path / "summary.png")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:]}
+    assert rows["plain"] == ["3", "950, 899, 500", "899", "1", "200 899"]
+    assert rows["fast256"] == ["2", "920, 40", "480", "1", "20 480"]
+    assert (tmp_path / "summary.png").stat().st_size > 10_000
