@@ -17,11 +17,14 @@ device beyond what the env step hid), eval, checkpoint.
 The ``sb3_*`` cases run Stable-Baselines3's SAC (when installed) on the same env, image size and
 batch, 1 env, UTD 1, and the report gives our rate over theirs, measured in the same run.
 
-    # the README's H100 figures, two runs of 3-7 minutes (benchmarks/reports/e2e_h100/run9, run10):
+    # the README's H100 figures, runs of 3-7 minutes (benchmarks/reports/e2e_h100/run9, run13):
     python benchmarks/e2e_throughput.py --cases img256_bf16,img84,sb3_img256,sb3_img84 \
         --steps 50000 --sb3-steps 1000 --budget-s 545
-    python benchmarks/e2e_throughput.py --cases vector_256envs_grouped,vector_256envs_grouped_eval_here,\
-        vector_128envs_grouped,sb3_vector --steps 50000 --sb3-steps 1000 --budget-s 540
+    python benchmarks/e2e_throughput.py --cases vector_256envs_evalproc,sb3_vector,vector_256envs_grouped,\
+        vector_128envs_evalproc,vector_64envs_evalproc --steps 50000 --sb3-steps 1000 --budget-s 470   # run13
+    # how 64 / 128 / 256 envs learn (benchmarks/reports/e2e_h100/learning_n_envs), per mode:
+    python benchmarks/e2e_throughput.py --cases "" --learning-seeds 0,1,2,3,4,5,6,7,8,9 \
+        --learning-modes fast256 --learning-steps 100000 --learning-eval-freq 10000 --learning-parallel 5
     python benchmarks/e2e_throughput.py --cases img256,img84,vector --steps 50000 --out DIR
     python benchmarks/e2e_throughput.py --cases cpu_vector --steps 20000       # 2-core CPU
 
