@@ -67,11 +67,6 @@ class RunCheckpoints:
             self._best.save(step, args=_save_args(agent, meta), force=True)
         return self.best_dir / str(step)
 
-    def wait(self) -> None:
-        """Until every save started has landed."""
-        self._latest.wait_until_finished()
-        self._best.wait_until_finished()
-
     def close(self) -> None:
         self._latest.close()
         self._best.close()
