@@ -132,3 +132,34 @@ def test_evaluation_process_failures_are_reported():
         evaluator.close()
     with pytest.raises(ValueError, match="workers must be in"):
         EvalProcesses(env_config, episodes=2, seed=0, record=False, workers=3)
+
+
+def test_evaluation_processes_act_with_a_sac_policy():
+    """A real SAC policy travels to the workers: deterministic evaluations equal the in-process
+    ones; stochastic ones are reproducible for a key and change with it."""
+    from dodgerl.agents import sac
+
+    env_config = EnvConfig(level=1, obs_mode="vector", max_episode_steps=50)
+    env = make_env(env_config)
+    agent = sac.create(jax.random.PRNGKey(0), env.observation_space, env.action_space,
+                       sac.SACConfig(net_arch=(32, 32)))
+    env.close()
+    here = Evaluator(env_config, episodes=4, seed=7, record=False)
+    expected = here.run(lambda o, k: agent.act(o, k, deterministic=True), jax.random.PRNGKey(1))
+    here.close()
+    evaluator = EvalProcesses(env_config, episodes=4, seed=7, record=False, workers=2)
+    try:
+        evaluator.submit(agent.policy(), jax.random.PRNGKey(1), deterministic=True)
+        result = evaluator.collect()
+        np.testing.assert_array_equal(result.returns, expected.returns)
+        np.testing.assert_array_equal(result.lengths, expected.lengths)
+        sampled = []
+        for seed in (5, 5, 6):
+            evaluator.submit(agent.policy(), jax.random.PRNGKey(seed), deterministic=False)
+            sampled.append(evaluator.collect())
+    finally:
+        evaluator.close()
+    np.testing.assert_array_equal(sampled[0].returns, sampled[1].returns)
+    np.testing.assert_array_equal(sampled[0].lengths, sampled[1].lengths)
+    assert not (np.array_equal(sampled[0].returns, sampled[2].returns)
+                and np.array_equal(sampled[0].lengths, sampled[2].lengths))
