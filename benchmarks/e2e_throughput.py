@@ -254,6 +254,9 @@ LEARNING_MODES = {
                 "train.envs_per_worker=16", "train.eval_workers=2", "train.eval_in_background=true"],
     "fast128": ["train.overlap=true", "replay.device_mirror=true", "train.n_envs=128", "train.async_envs=true",
                 "train.envs_per_worker=8", "train.eval_workers=2", "train.eval_in_background=true"],
+    # 1 env, but the update schedule of 256 envs: 256 gradient steps every 256 env steps (the same
+    # policy lag, full-depth episodes): tells the lag apart from the many-envs data.
+    "lag256": ["train.overlap=true", "replay.device_mirror=true", "train.update_every=256"],
     "fast64": ["train.overlap=true", "replay.device_mirror=true", "train.n_envs=64", "train.async_envs=true",
                "train.envs_per_worker=4", "train.eval_workers=2", "train.eval_in_background=true"],
 }
@@ -314,7 +317,7 @@ def plot_learning(json_path: Path, png: Path) -> str:
     data = json.loads(Path(json_path).read_text())
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colors = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast128": "tab:purple",
-              "fast64": "tab:red"}
+              "fast64": "tab:red", "lag256": "tab:brown"}
     curves = {mode: {seed: c for seed, c in per_seed.items() if "eval" in c}
               for mode, per_seed in data["curves"].items()}
     first = next(c for per_seed in curves.values() for c in per_seed.values())
@@ -347,7 +350,7 @@ def plot_learning_summary(json_paths: list[Path], png: Path) -> str:
     import matplotlib.pyplot as plt
 
     colors = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast128": "tab:purple",
-              "fast64": "tab:red"}
+              "fast64": "tab:red", "lag256": "tab:brown"}
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     rows = ["| mode | runs | best eval per run (sorted) | median best | runs >= 900 | median curve at 10K, 20K, ... |",
             "| --- | --- | --- | --- | --- | --- |"]
