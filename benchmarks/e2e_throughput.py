@@ -262,6 +262,10 @@ LEARNING_MODES = {
 }
 
 
+LEARNING_COLORS = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast128": "tab:purple",
+                   "fast64": "tab:red", "lag256": "tab:brown"}
+
+
 def learning(out: Path, seeds: list[int], steps: int, level: int = 1, modes: list[str] | None = None,
              eval_freq: int = 5000, parallel: int | None = None) -> dict:
     """Eval curves of the plain loop and the fast path(s), vector obs, runs in parallel processes
@@ -316,8 +320,7 @@ def plot_learning(json_path: Path, png: Path) -> str:
 
     data = json.loads(Path(json_path).read_text())
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast128": "tab:purple",
-              "fast64": "tab:red", "lag256": "tab:brown"}
+    colors = LEARNING_COLORS
     curves = {mode: {seed: c for seed, c in per_seed.items() if "eval" in c}
               for mode, per_seed in data["curves"].items()}
     first = next(c for per_seed in curves.values() for c in per_seed.values())
@@ -349,8 +352,7 @@ def plot_learning_summary(json_paths: list[Path], png: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast128": "tab:purple",
-              "fast64": "tab:red", "lag256": "tab:brown"}
+    colors = LEARNING_COLORS
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     rows = ["| mode | runs | best eval per run (sorted) | median best | runs >= 900 | median curve at 10K, 20K, ... |",
             "| --- | --- | --- | --- | --- | --- |"]
