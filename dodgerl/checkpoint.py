@@ -49,13 +49,16 @@ class RunCheckpoints:
         self.latest_dir = run_dir / CHECKPOINTS_DIR
         self.best_dir = run_dir / BEST_DIR
         self._latest = _manager(self.latest_dir, keep)
-        # best/ is written in Orbax's background thread (it is saved mid-run, after evaluations,
-        # and nothing resumes from it): the next save_best, and close, wait for it. Like every
-        # Orbax save it lands under a temporary name first, so an interrupted one is never
+        # best/ is written in Orbax's background thread (it is saved mid-run, after evaluations):
+        # the next save_best, every save of the latest checkpoints, and close wait for it, so a
+        # checkpoint's best_eval never names a best/ that has not landed. Orbax copies the arrays
+        # to the host before save returns (its default), so a later update may donate them. Like
+        # every Orbax save it lands under a temporary name first: an interrupted one is never
         # taken for complete.
         self._best = _manager(self.best_dir, 1, asynchronous=True)
 
     def save(self, step: int, agent: Any, meta: dict[str, Any]) -> Path:
+        self._best.wait_until_finished()
         if step not in self._latest.all_steps():
             self._latest.save(step, args=_save_args(agent, meta), force=True)
             self._latest.wait_until_finished()

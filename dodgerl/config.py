@@ -157,7 +157,8 @@ class TrainConfig:
     a CPU copy of the policy on its own JAX runtime, instead of in the training process (0).
     Unlike the ``eval_in_background`` thread, workers share neither the training process's GIL
     nor its cores' time slices; with ``eval_in_background`` the loop goes on while they run, else
-    it waits for them. Deterministic evaluations give the same results either way. Each worker
+    it waits for them. Deterministic evaluations act as in-process ones on a CPU (training on an
+    accelerator can differ from them in the last bits, and episodes with it). Each worker
     costs a process with JAX (a few hundred MB) and receives the policy's parameters at every
     evaluation: meant for policies that act fast on a CPU (vector observations, 84x84 images; a
     256x256 NatureCNN takes ~17 ms per CPU act, ~47 ms with ``bf16_encoder``). Excludes

@@ -219,10 +219,13 @@ class EvalProcesses:
     the worker puts on its CPU, e.g. ``SACAgent.policy()``) and returns at once; ``collect``
     waits for the workers and returns the episodes in order. The recorded frames stay in worker
     0 (``collect`` returns none): ``write_video(path)`` has it write the last evaluation's GIF
-    there, before it starts the next evaluation (encoding a GIF takes ~1 s, which the
-    training process then does not spend). Deterministic evaluations equal
-    in-process ones; stochastic ones draw their noise per worker (``fold_in(key, worker)``),
-    so their actions differ from an in-process evaluation's.
+    there, in a thread beside its next evaluation (encoding a GIF takes ~1 s, which the training
+    process then does not spend); a GIF that cannot be written is reported on stderr, not raised.
+
+    Deterministic evaluations act exactly as ``Evaluator.run`` with the same policy on the CPU;
+    when training runs on an accelerator (other kernels, bf16), actions and so episodes can
+    differ in the last bits from evaluating there. Stochastic evaluations draw their noise per
+    worker (``fold_in(key, worker)``), so their actions differ from an in-process evaluation's.
     """
 
     def __init__(self, env_config: EnvConfig, episodes: int, seed: int, record: bool, workers: int) -> None:
@@ -246,45 +249,60 @@ class EvalProcesses:
         self.in_flight = False
         self.last_seconds = 0.0
         """How long the slowest worker took to run its episodes in the last evaluation collected."""
+        self.last_finished = 0.0
+        """``time.perf_counter()`` of this process at which the last evaluation's slowest worker
+        finished (from the workers' wall clocks)."""
 
     def submit(self, policy: Any, key: jax.Array, deterministic: bool) -> None:
         if self.in_flight:
             raise RuntimeError("EvalProcesses.submit: collect the evaluation in flight first")
         policy = jax.device_get(policy)
         key = np.asarray(jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
-        for w, conn in enumerate(self.connections):
-            try:
-                conn.send(("evaluate", (policy, key, w, bool(deterministic))))
-            except (BrokenPipeError, OSError):
-                raise RuntimeError(f"evaluation worker {w} died (exit code {self.processes[w].exitcode})") from None
+        for w in range(len(self.connections)):
+            self._send(w, ("evaluate", (policy, key, w, bool(deterministic))))
         self.in_flight = True
 
     def collect(self) -> EvalResult:
         if not self.in_flight:
             raise RuntimeError("EvalProcesses.collect: no evaluation in flight")
         self.in_flight = False
-        parts, seconds = zip(*[self._receive(w) for w in range(len(self.connections))])
+        parts, seconds, finished = zip(*[self._receive(w) for w in range(len(self.connections))])
         self.last_seconds = max(seconds)
+        self.last_finished = time.perf_counter() - max(0.0, time.time() - max(finished))
         return EvalResult(np.concatenate([p.returns for p in parts]),
                           np.concatenate([p.lengths for p in parts]), parts[0].frames)
 
     def write_video(self, path: Path) -> None:
         """Have worker 0 write the GIF of the last evaluation's episode 0 to ``path`` (needs
-        ``record``; returns at once; a failure is reported by the next ``collect``)."""
-        try:
-            self.connections[0].send(("video", Path(path)))
-        except (BrokenPipeError, OSError):
-            raise RuntimeError(f"evaluation worker 0 died (exit code {self.processes[0].exitcode})") from None
+        ``record``; returns at once)."""
+        self._send(0, ("video", Path(path)))
 
-    def _receive(self, w: int) -> tuple[EvalResult, float]:
+    def _send(self, w: int, message: tuple[str, Any]) -> None:
+        try:
+            self.connections[w].send(message)
+        except (BrokenPipeError, OSError):
+            self._dead(w)
+
+    def _receive(self, w: int) -> tuple[EvalResult, float, float]:
         try:
             kind, payload = self.connections[w].recv()
         except (EOFError, OSError):
-            self.processes[w].join(timeout=1)
-            raise RuntimeError(f"evaluation worker {w} died (exit code {self.processes[w].exitcode})") from None
+            self._dead(w)
         if kind == "error":
             raise RuntimeError(f"evaluation worker {w} failed:\n{payload}")
         return payload
+
+    def _dead(self, w: int) -> None:
+        """Raise for a worker whose pipe broke, with its traceback if it sent one before dying."""
+        self.processes[w].join(timeout=1)
+        try:
+            while self.connections[w].poll():
+                kind, payload = self.connections[w].recv()
+                if kind == "error":
+                    raise RuntimeError(f"evaluation worker {w} failed:\n{payload}")
+        except (EOFError, OSError):
+            pass
+        raise RuntimeError(f"evaluation worker {w} died (exit code {self.processes[w].exitcode})")
 
     def close(self) -> None:
         """Stop the workers once they have done what they were sent (a GIF being written)."""
@@ -309,16 +327,23 @@ class EvalProcesses:
             conn.close()
 
 
+def _write_gif_or_warn(frames: list[np.ndarray], path: Path) -> None:
+    try:
+        write_gif(frames, path)
+    except Exception as e:  # a missing GIF must not stop the evaluations, let alone training
+        print(f"evaluation worker: could not write {path}: {e!r}", file=sys.stderr, flush=True)
+
+
 def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, record: bool) -> None:
     """An ``EvalProcesses`` worker: CPU JAX only, signals left to the training process (which
-    closes the workers; on a closed pipe they exit)."""
+    closes the workers; on a closed pipe they exit). Any error is sent back with its traceback
+    (and printed here)."""
     import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     jax.config.update("jax_platforms", "cpu")  # before any JAX backend starts in this process
     evaluator = writer = None
-    written: list[Any] = []
     try:
         evaluator = Evaluator(env_config, episodes, seed, record)
         frames: list[np.ndarray] = []
@@ -326,15 +351,15 @@ def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, rec
         # the training process would block sending the next policy into a full pipe.
         writer = ThreadPoolExecutor(1, thread_name_prefix="gif")
         while True:
-            for future in [f for f in written if f.done()]:
-                written.remove(future)
-                future.result()  # a failed write surfaces here, as this worker's error
-            kind, payload = conn.recv()
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                break  # the training process has gone
             if kind == "close":
                 break
             if kind == "video":
                 if frames:
-                    written.append(writer.submit(write_gif, frames, payload))
+                    writer.submit(_write_gif_or_warn, frames, payload)
                 continue
             policy, key, worker, deterministic = payload
             policy = jax.device_put(policy)
@@ -342,20 +367,20 @@ def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, rec
             t0 = time.perf_counter()
             result = evaluator.run(lambda o, k: policy.act(o, k, deterministic=deterministic), key)
             frames, result.frames = result.frames, []  # kept here until a GIF is asked for
-            conn.send(("result", (result, time.perf_counter() - t0)))
-    except (EOFError, OSError):
-        pass
+            try:
+                conn.send(("result", (result, time.perf_counter() - t0, time.time())))
+            except (BrokenPipeError, OSError):
+                break
     except Exception:
+        message = traceback.format_exc()
+        print(f"evaluation worker failed:\n{message}", file=sys.stderr, flush=True)
         try:
-            conn.send(("error", traceback.format_exc()))
+            conn.send(("error", message))
         except (BrokenPipeError, OSError):
             pass
     finally:
         if writer is not None:
             writer.shutdown(wait=True)  # a GIF asked for is finished before the worker exits
-            for future in written:
-                if future.exception() is not None:
-                    print(f"evaluation worker: writing a GIF failed: {future.exception()!r}", file=sys.stderr)
         if evaluator is not None:
             evaluator.close()
         conn.close()
@@ -497,12 +522,6 @@ def train(
     tc, ec = config.train, config.env
 
     envs = make_vector_env(ec, tc.n_envs, tc.async_envs, tc.envs_per_worker)
-    if tc.eval_workers:
-        evaluator: Evaluator | EvalProcesses = EvalProcesses(
-            ec, tc.eval_episodes, tc.eval_seed, record=tc.video, workers=tc.eval_workers)
-    else:
-        evaluator = Evaluator(ec, tc.eval_episodes, tc.eval_seed, record=tc.video,
-                              asynchronous=tc.eval_async_envs, envs_per_worker=tc.envs_per_worker)
     key = jax.random.PRNGKey(config.seed)
     key, init_key = jax.random.split(key)
     agent = sac.create(init_key, envs.single_observation_space, envs.single_action_space, config.agent)
@@ -537,6 +556,13 @@ def train(
         n_step=config.replay.n_step,
         gamma=config.agent.gamma,
     )
+    # After the restore, so that a bad checkpoint fails before any evaluation process starts.
+    if tc.eval_workers:
+        evaluator: Evaluator | EvalProcesses = EvalProcesses(
+            ec, tc.eval_episodes, tc.eval_seed, record=tc.video, workers=tc.eval_workers)
+    else:
+        evaluator = Evaluator(ec, tc.eval_episodes, tc.eval_seed, record=tc.video,
+                              asynchronous=tc.eval_async_envs, envs_per_worker=tc.envs_per_worker)
     resume_step = step if candidates else None
     progress_log = CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)
     eval_log = CsvLog(run_dir / "eval.csv", EVAL_FIELDS, resume_step)
@@ -672,11 +698,10 @@ def train(
         evaluated = jax.device_put(agent, jax.devices("cpu")[0], may_alias=False) if tc.eval_in_background else agent
         if isinstance(evaluator, EvalProcesses):
             evaluator.submit(agent.policy(), eval_key, deterministic)
-            t_submit = time.perf_counter()
 
             def wait() -> tuple[EvalResult, float]:
                 result = evaluator.collect()
-                return result, min(t_submit + evaluator.last_seconds, time.perf_counter())
+                return result, min(evaluator.last_finished, time.perf_counter())
 
             pending_eval.append((wait, step, evaluated, meta_now()))
         elif eval_pool is None:

@@ -106,7 +106,7 @@ def test_evaluation_processes_equal_each_episode_run_alone(obs_mode, tmp_path):
     assert all(not p.is_alive() for p in evaluator.processes)
 
 
-def test_evaluation_process_failures_are_reported():
+def test_evaluation_process_failures_are_reported(tmp_path, capfd):
     env_config = EnvConfig(level=1, obs_mode="vector", max_episode_steps=20)
     evaluator = EvalProcesses(env_config, episodes=3, seed=0, record=False, workers=3)
     try:
@@ -120,6 +120,19 @@ def test_evaluation_process_failures_are_reported():
             evaluator.collect()
     finally:
         evaluator.close()
+    # A GIF that cannot be written (its directory would be a file) is a warning; evaluation goes on.
+    evaluator = EvalProcesses(EnvConfig(level=1, obs_mode="topdown", image_size=64, max_episode_steps=20),
+                              episodes=2, seed=0, record=True, workers=2)
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    try:
+        for _ in range(2):
+            evaluator.submit(RowPolicy(), jax.random.PRNGKey(0), True)
+            assert len(evaluator.collect().returns) == 2
+            evaluator.write_video(blocker / "x.gif")
+    finally:
+        evaluator.close()
+    assert "could not write" in capfd.readouterr().err
     # A worker that dies is named instead of leaving the caller waiting forever.
     evaluator = EvalProcesses(env_config, episodes=2, seed=0, record=False, workers=2)
     try:
