@@ -57,6 +57,15 @@ FAST_IMG = ["train.n_envs=16", "train.async_envs=true", "train.overlap=true"]
 FAST_VEC = ["train.async_envs=true", "train.overlap=true", "train.eval_async_envs=true",
             "train.eval_in_background=true"]
 FAST_VEC_PROC = ["train.async_envs=true", "train.overlap=true", "train.eval_in_background=true"]
+
+
+def fast_vec_proc(n_envs: int, envs_per_worker: int, eval_workers: int = 2) -> list[str]:
+    """Overrides of the fastest vector setting: ``n_envs`` envs in subprocesses of
+    ``envs_per_worker``, the evaluation in ``eval_workers`` background processes."""
+    return FAST_VEC_PROC + [f"train.n_envs={n_envs}", f"train.envs_per_worker={envs_per_worker}",
+                            f"train.eval_workers={eval_workers}"]
+
+
 # name: (config file, overrides, description)
 CASES: dict[str, tuple[str, list[str], str]] = {
     "img256": ("sac_topdown_cnn_easy.yaml", FAST_IMG,
@@ -90,17 +99,13 @@ CASES: dict[str, tuple[str, list[str], str]] = {
         "as vector_256envs_grouped, the background evaluation's episodes stepped in its thread"),
     # Evaluation in its own processes (each a CPU JAX runtime) in the background: no GIL shared
     # with the loop. Workers split the 10 episodes.
-    "vector_256envs_evalproc": ("sac_vector_easy.yaml", FAST_VEC_PROC + ["train.n_envs=256", "train.envs_per_worker=16",
-                                                                         "train.eval_workers=2"],
+    "vector_256envs_evalproc": ("sac_vector_easy.yaml", fast_vec_proc(256, 16),
                                 "as vector_256envs_grouped, the background evaluation in 2 processes of 5 episodes"),
-    "vector_256envs_evalproc5": ("sac_vector_easy.yaml", FAST_VEC_PROC + ["train.n_envs=256", "train.envs_per_worker=16",
-                                                                          "train.eval_workers=5"],
+    "vector_256envs_evalproc5": ("sac_vector_easy.yaml", fast_vec_proc(256, 16, eval_workers=5),
                                  "as vector_256envs_grouped, the background evaluation in 5 processes of 2 episodes"),
-    "vector_128envs_evalproc": ("sac_vector_easy.yaml", FAST_VEC_PROC + ["train.n_envs=128", "train.envs_per_worker=8",
-                                                                         "train.eval_workers=2"],
+    "vector_128envs_evalproc": ("sac_vector_easy.yaml", fast_vec_proc(128, 8),
                                 "as vector_128envs_grouped, the background evaluation in 2 processes of 5 episodes"),
-    "vector_64envs_evalproc": ("sac_vector_easy.yaml", FAST_VEC_PROC + ["train.n_envs=64", "train.envs_per_worker=4",
-                                                                        "train.eval_workers=2"],
+    "vector_64envs_evalproc": ("sac_vector_easy.yaml", fast_vec_proc(64, 4),
                                "65-dim state, batch 256, 64 envs in 16 subprocesses of 4, the background "
                                "evaluation in 2 processes of 5 episodes"),
     "img256_plain": ("sac_topdown_cnn_easy.yaml",
@@ -250,15 +255,12 @@ LEARNING_MODES = {
     "fast": ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true"],
     # The fastest vector setting (case vector_256envs_evalproc): 256 envs, still UTD 1, so 256
     # gradient steps per call and every env only ~400 steps into its episodes after 100K steps.
-    "fast256": ["train.overlap=true", "replay.device_mirror=true", "train.n_envs=256", "train.async_envs=true",
-                "train.envs_per_worker=16", "train.eval_workers=2", "train.eval_in_background=true"],
-    "fast128": ["train.overlap=true", "replay.device_mirror=true", "train.n_envs=128", "train.async_envs=true",
-                "train.envs_per_worker=8", "train.eval_workers=2", "train.eval_in_background=true"],
+    "fast256": ["replay.device_mirror=true", *fast_vec_proc(256, 16)],
+    "fast128": ["replay.device_mirror=true", *fast_vec_proc(128, 8)],
     # 1 env, but the update schedule of 256 envs: 256 gradient steps every 256 env steps (the same
     # policy lag, full-depth episodes): tells the lag apart from the many-envs data.
     "lag256": ["train.overlap=true", "replay.device_mirror=true", "train.update_every=256"],
-    "fast64": ["train.overlap=true", "replay.device_mirror=true", "train.n_envs=64", "train.async_envs=true",
-               "train.envs_per_worker=4", "train.eval_workers=2", "train.eval_in_background=true"],
+    "fast64": ["replay.device_mirror=true", *fast_vec_proc(64, 4)],
 }
 
 

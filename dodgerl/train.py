@@ -295,14 +295,21 @@ class EvalProcesses:
     def _dead(self, w: int) -> None:
         """Raise for a worker whose pipe broke, with its traceback if it sent one before dying."""
         self.processes[w].join(timeout=1)
+        error = self._pending_error(w)
+        if error is not None:
+            raise RuntimeError(f"evaluation worker {w} failed:\n{error}")
+        raise RuntimeError(f"evaluation worker {w} died (exit code {self.processes[w].exitcode})")
+
+    def _pending_error(self, w: int) -> str | None:
+        """The traceback of an error worker ``w`` left unread in its pipe, if any."""
         try:
             while self.connections[w].poll():
                 kind, payload = self.connections[w].recv()
                 if kind == "error":
-                    raise RuntimeError(f"evaluation worker {w} failed:\n{payload}")
+                    return payload
         except (EOFError, OSError):
             pass
-        raise RuntimeError(f"evaluation worker {w} died (exit code {self.processes[w].exitcode})")
+        return None
 
     def close(self) -> None:
         """Stop the workers once they have done what they were sent (a GIF being written)."""
@@ -313,13 +320,9 @@ class EvalProcesses:
                 pass
         for w, process in enumerate(self.processes):
             process.join(timeout=60)
-            try:
-                while self.connections[w].poll():
-                    kind, payload = self.connections[w].recv()
-                    if kind == "error":
-                        print(f"evaluation worker {w} failed:\n{payload}", file=sys.stderr, flush=True)
-            except (EOFError, OSError):
-                pass
+            error = self._pending_error(w)
+            if error is not None:
+                print(f"evaluation worker {w} failed:\n{error}", file=sys.stderr, flush=True)
             if process.is_alive():
                 process.terminate()
                 process.join()
@@ -695,9 +698,10 @@ def train(
         # A copy of the agent when the evaluation outlives this call (the next update donates
         # the agent's buffers); on the CPU, where a thread can act on it without queueing behind
         # the accelerator's updates.
-        evaluated = jax.device_put(agent, jax.devices("cpu")[0], may_alias=False) if tc.eval_in_background else agent
+        cpu = jax.devices("cpu")[0]
+        evaluated = jax.device_put(agent, cpu, may_alias=False) if tc.eval_in_background else agent
         if isinstance(evaluator, EvalProcesses):
-            evaluator.submit(agent.policy(), eval_key, deterministic)
+            evaluator.submit(evaluated.policy(), eval_key, deterministic)  # from the copy: no second transfer
 
             def wait() -> tuple[EvalResult, float]:
                 result = evaluator.collect()
@@ -708,7 +712,7 @@ def train(
             result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), eval_key)
             record_eval(step, result, agent, meta_now(), time.perf_counter())
         else:
-            copy_key = jax.device_put(eval_key, jax.devices("cpu")[0], may_alias=False)
+            copy_key = jax.device_put(eval_key, cpu, may_alias=False)
 
             def job() -> tuple[EvalResult, float]:
                 result = evaluator.run(lambda o, k: evaluated.act(o, k, deterministic=deterministic), copy_key)
