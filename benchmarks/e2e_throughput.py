@@ -108,6 +108,12 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "vector_64envs_evalproc": ("sac_vector_easy.yaml", fast_vec_proc(64, 4),
                                "65-dim state, batch 256, 64 envs in 16 subprocesses of 4, the background "
                                "evaluation in 2 processes of 5 episodes"),
+    "vector_32envs_evalproc": ("sac_vector_easy.yaml", fast_vec_proc(32, 2),
+                               "65-dim state, batch 256, 32 envs in 16 subprocesses of 2, the background "
+                               "evaluation in 2 processes of 5 episodes"),
+    "vector_16envs_evalproc": ("sac_vector_easy.yaml", fast_vec_proc(16, 1),
+                               "65-dim state, batch 256, 16 envs in 16 subprocesses, the background "
+                               "evaluation in 2 processes of 5 episodes"),
     "img256_plain": ("sac_topdown_cnn_easy.yaml",
                      ["train.n_envs=1", "train.overlap=false", "replay.device_mirror=false"],
                      "256x256, default config, the plain loop: 1 env, no overlap, host sampler"),
@@ -129,7 +135,8 @@ SB3_CASES: dict[str, tuple[str, list[str], str]] = {
 }
 # Which of our cases each peer is compared with (same env, image size and batch).
 SB3_PEER_OF = {"sb3_img256": ("img256_bf16", "img256"), "sb3_img84": ("img84", "img84_evalproc", "img84_bf16"),
-               "sb3_vector": ("vector_256envs_evalproc", "vector_256envs_grouped", "vector_128envs_grouped", "vector",
+               "sb3_vector": ("vector_256envs_evalproc", "vector_64envs_evalproc", "vector_32envs_evalproc",
+                              "vector_256envs_grouped", "vector_128envs_grouped", "vector",
                               "cpu_vector")}
 
 
@@ -261,11 +268,12 @@ LEARNING_MODES = {
     # policy lag, full-depth episodes): tells the lag apart from the many-envs data.
     "lag256": ["train.overlap=true", "replay.device_mirror=true", "train.update_every=256"],
     "fast64": ["replay.device_mirror=true", *fast_vec_proc(64, 4)],
+    "fast32": ["replay.device_mirror=true", *fast_vec_proc(32, 2)],
 }
 
 
 LEARNING_COLORS = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast128": "tab:purple",
-                   "fast64": "tab:red", "lag256": "tab:brown"}
+                   "fast64": "tab:red", "lag256": "tab:brown", "fast32": "tab:pink"}
 
 
 def learning(out: Path, seeds: list[int], steps: int, level: int = 1, modes: list[str] | None = None,

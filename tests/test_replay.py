@@ -263,3 +263,43 @@ def test_n_step_must_be_a_positive_integer(tmp_path, bad):
 def test_n_step_gamma_must_be_a_number_in_unit_interval(tmp_path, bad):
     with pytest.raises(ValueError, match="gamma"):
         make(tmp_path, n_step=3, gamma=bad)
+
+
+def _draw_by_full_scan(buf, batch_size):
+    """The sampling rule written out in full: every slot's flags scanned, the sampleable
+    (env, slot) pairs listed row-major, ``batch_size`` of them picked with a copy of the buffer's
+    Generator. ``add`` keeps the sampleable set incrementally; it must draw exactly these."""
+    ok = buf._scan_sampleable()
+    env, slot = np.nonzero(ok)
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = buf.rng_state
+    pick = rng.integers(0, env.size, size=batch_size)
+    return env[pick], slot[pick], int(ok.sum())
+
+
+def test_incremental_sampleable_set_draws_what_a_full_scan_of_the_flags_draws(tmp_path):
+    buf = make(tmp_path, capacity=60, n_envs=3, frame_stack=2, seed=5)
+    writer = ScriptedWriter(buf)  # episodes of 1-9 steps, 20 slots per env: many wraps
+
+    def check(model=True):
+        env, slot, count = _draw_by_full_scan(buf, 50)
+        assert len(buf) == count > 0
+        if model:
+            assert count == len(writer.expected_transitions())
+        got = buf.sample_indices(50)
+        np.testing.assert_array_equal(got["env"], env)
+        np.testing.assert_array_equal(got["obs_slots"][:, -1], slot)
+
+    for step in range(120):
+        writer.step()
+        if step == 115:
+            buf.commit()
+        if step % 7 == 0:
+            check()
+    del buf  # the last 4 adds were never committed: reopen drops the slots they overwrote
+    buf = make(tmp_path, capacity=60, n_envs=3, frame_stack=2, seed=5)
+    writer = ScriptedWriter.resume(buf)
+    check(model=False)  # the resumed writer does not know the episodes before the reopen
+    for step in range(60):
+        writer.step()
+        check(model=False)

@@ -416,7 +416,7 @@ def test_impl_options_do_not_change_the_update(space, sharing):
     defaults = sac.impl_options()
     try:
         for changes in ({}, {"conv1_space_to_depth": False}, {"concat_online": True},
-                        {"scan_unroll": 1}):
+                        {"scan_unroll": 1}, {"scan_unroll": 8}):
             sac.set_impl_options(**dataclasses.asdict(defaults))
             sac.set_impl_options(**changes)
             agent = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)

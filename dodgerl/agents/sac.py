@@ -54,10 +54,14 @@ class ImplOptions:
     concat_online: bool = False
     """Encode obs and next obs in one call of the online (actor's) encoder, batch 2B, and run the
     actor head once over both; the next-obs half is detached (its gradient is exactly zero)."""
-    scan_unroll: int = 8
-    """``lax.scan`` unroll factor of the K steps (K or more: no device loop at all). Unrolled
-    steps compile slower (first call ~13 s instead of ~3 s on the H100) but skip the per-iteration
-    loop overhead (bf16 256x256: 1.16 -> 1.03 ms/step)."""
+    scan_unroll: int | None = None
+    """``lax.scan`` unroll factor of the K steps (K or more: no device loop at all); None: 8 for
+    image observations, 1 for vectors. Unrolled image steps compile slower (first call ~13 s
+    instead of ~3 s on the H100) but skip the per-iteration loop overhead (bf16 256x256: 1.16 ->
+    1.03 ms/step). A vector step is ~60 small kernels, which the host launches one by one in an
+    unrolled body: at K = 64 on the H100 the call's dispatch blocks the host 2.7-3.6 ms with
+    unroll 8 (27 ms fully unrolled) and ~1.0 ms with unroll 1, and the device finishes no later
+    (docs/perf_notes.md, v8)."""
     bf16_dense: bool = True
     """With ``bf16_encoder``: also the final dense layer in bf16 (else it computes in fp32)."""
 
@@ -78,6 +82,7 @@ def set_impl_options(**changes: Any) -> ImplOptions:
     _IMPL = dataclasses.replace(_IMPL, **changes)
     build_networks.cache_clear()
     _update_jit.clear_cache()
+    _update_from_jit.clear_cache()
     _act_jit.clear_cache()
     return previous
 
@@ -684,7 +689,10 @@ def _scan_steps(agent: SACAgent, xs: Any, num_steps: int, key: jax.Array,
         x, step_key = inputs
         return sac_step(agent, _as_float(make_batch(x)), step_key)
 
-    agent, metrics = jax.lax.scan(body, agent, (xs, keys), unroll=min(_IMPL.scan_unroll, num_steps))
+    unroll = _IMPL.scan_unroll
+    if unroll is None:
+        unroll = 8 if len(agent.observation_shape) == 3 else 1
+    agent, metrics = jax.lax.scan(body, agent, (xs, keys), unroll=max(1, min(unroll, num_steps)))
     return agent, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
 

@@ -155,8 +155,8 @@ class ReplayBuffer:
         self._lock = threading.Lock()
         self._closed = False
         self._version = 0  # bumped by every add; keys the cache of sampleable slots
-        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
-        self._written: list[tuple[int, int]] | None = None  # (env, slot) log for a device mirror
+        self._cache: tuple[int, np.ndarray] | None = None  # (version, flat indices of _ok)
+        self._written: list[np.ndarray] | None = None  # (env, slot) rows written, for a device mirror
 
         header_path = self.directory / HEADER_NAME
         if header_path.exists():
@@ -200,6 +200,7 @@ class ReplayBuffer:
             self._arrays["episode_start_index"][...] = -1
             self._frames_written = np.zeros(self.n_envs, np.int64)
             self._oldest = np.zeros(self.n_envs, np.int64)
+            self._ok = np.zeros((self.n_envs, self.slots_per_env), bool)
             self._episode_open = np.zeros(self.n_envs, bool)
             self._episode_start = np.zeros(self.n_envs, np.int64)
             self._transitions_added = 0
@@ -265,6 +266,7 @@ class ReplayBuffer:
             if w > 0:
                 # The last frame may carry a VALID flag set by an uncommitted add; its next is gone.
                 self._arrays["flags"][e, (w - 1) % self.slots_per_env] &= ~VALID
+        self._ok = self._scan_sampleable()
 
     # ------------------------------------------------------------------ writing
 
@@ -276,24 +278,26 @@ class ReplayBuffer:
             raise TypeError(f"{name}: cannot store dtype {x.dtype} as {dtype}")
         return x
 
-    def _write_frame(self, e: int, frame: np.ndarray, episode_start: int) -> int:
-        """Write the next frame of env ``e`` (absolute index w) and return w. Caller holds the lock."""
-        a = int(self._frames_written[e])
+    def _write_frames(self, env: np.ndarray, frames: np.ndarray, episode_start: np.ndarray) -> None:
+        """Write the next frame of each env in ``env`` (distinct envs). Caller holds the lock."""
+        a = self._frames_written[env]
         s = a % self.slots_per_env
         arr = self._arrays
-        # Invalidate first, data next, identity last: a kill at any instruction leaves either the
-        # old frame intact or a slot whose frame_index says it is not frame a.
-        arr["flags"][e, s] = 0
-        arr["frame_index"][e, s] = -1
-        arr["observations"][e, s] = frame
-        arr["episode_start_index"][e, s] = episode_start
-        arr["frame_index"][e, s] = a
-        if a == episode_start:
-            arr["flags"][e, s] = START
-        self._frames_written[e] = a + 1
+        # Invalidate first, data next, identity last, each for all envs before the next: a kill at
+        # any instruction leaves each slot with either its old frame intact or a frame_index that
+        # says it does not hold frame a.
+        arr["flags"][env, s] = 0
+        self._ok[env, s] = False  # no transition starts at an overwritten slot until it is VALID again
+        arr["frame_index"][env, s] = -1
+        arr["observations"][env, s] = frames
+        arr["episode_start_index"][env, s] = episode_start
+        arr["frame_index"][env, s] = a
+        starts = a == episode_start
+        if starts.any():
+            arr["flags"][env[starts], s[starts]] = START
+        self._frames_written[env] = a + 1
         if self._written is not None:
-            self._written.append((e, s))
-        return a
+            self._written.append(np.stack([env, s], axis=1))
 
     def add(self, observations: Any, actions: Any, rewards: Any, next_observations: Any,
             terminated: Any, truncated: Any) -> None:
@@ -312,25 +316,25 @@ class ReplayBuffer:
             raise ValueError(f"terminated/truncated: expected shape ({n},), got "
                              f"{terminated.shape} / {truncated.shape}")
         arr = self._arrays
+        every = np.arange(n)
         with self._lock:
             if self._closed:
                 raise ValueError("add on a closed ReplayBuffer")
-            for e in range(n):
-                if not self._episode_open[e]:
-                    start = int(self._frames_written[e])
-                    self._episode_start[e] = start
-                    self._write_frame(e, observations[e], start)
-                    self._episode_open[e] = True
-                a = int(self._frames_written[e]) - 1
-                s = a % self.slots_per_env
-                arr["actions"][e, s] = actions[e]
-                arr["rewards"][e, s] = rewards[e]
-                arr["terminated"][e, s] = bool(terminated[e])
-                arr["truncated"][e, s] = bool(truncated[e])
-                self._write_frame(e, next_observations[e], int(self._episode_start[e]))
-                arr["flags"][e, s] |= VALID  # last: the transition exists once all of it is written
-                if terminated[e] or truncated[e]:
-                    self._episode_open[e] = False  # the final frame keeps its slot, starts nothing
+            new = np.flatnonzero(~self._episode_open)
+            if new.size:  # envs starting an episode: its first frame first
+                self._episode_start[new] = self._frames_written[new]
+                self._write_frames(new, observations[new], self._episode_start[new])
+                self._episode_open[new] = True
+            s = (self._frames_written - 1) % self.slots_per_env
+            arr["actions"][every, s] = actions
+            arr["rewards"][every, s] = rewards
+            arr["terminated"][every, s] = terminated.astype(bool)
+            arr["truncated"][every, s] = truncated.astype(bool)
+            self._write_frames(every, next_observations, self._episode_start)
+            arr["flags"][every, s] |= VALID  # last: the transition exists once all of it is written
+            self._ok[every, s] = True
+            # An episode's final frame keeps its slot and starts nothing.
+            self._episode_open[terminated.astype(bool) | truncated.astype(bool)] = False
             self._transitions_added += n
             self._version += 1
 
@@ -399,33 +403,47 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ sampling
 
-    def _sampleable(self) -> tuple[np.ndarray, np.ndarray]:
-        """(env, absolute frame) of every transition that can be sampled now. Caller holds the lock.
+    def _scan_sampleable(self) -> np.ndarray:
+        """Which slots start a sampleable transition, from the flags alone: (n_envs, S) bools.
 
         Frame ``a`` (slot ``a % S``) starts a sampleable transition iff its VALID flag is set, it is
         still present (``a >= oldest`` and ``a >= w - S``) and its next frame is written
-        (``a + 1 <= w - 1``). One vectorised pass over the flags, cached until the next add.
+        (``a + 1 <= w - 1``). Used on reopen; ``add`` keeps the same mask up to date as it writes
+        (a slot's bit is cleared when its frame is overwritten and set with its VALID flag).
         """
-        if self._cache is not None and self._cache[0] == self._version:
-            return self._cache[1], self._cache[2]
         S = self.slots_per_env
         w = self._frames_written[:, None]
-        slots = np.arange(S, dtype=np.int64)[None, :]
-        # The most recent absolute frame held by each slot (negative if never written).
-        a = (w - 1) - np.mod(w - 1 - slots, S)
+        a = self._slot_frames(np.arange(S, dtype=np.int64)[None, :], w)
         ok = (self._arrays["flags"] & VALID).astype(bool)
         ok &= a >= np.maximum(self._oldest, 0)[:, None]
         ok &= a + 1 <= w - 1
-        env, slot = np.nonzero(ok)
-        frames = a[env, slot]
-        self._cache = (self._version, env, frames)
-        return env, frames
+        return ok
+
+    def _slot_frames(self, slots: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The most recent absolute frame a slot holds, given its env's frames_written ``w``
+        (negative if never written)."""
+        return (w - 1) - np.mod(w - 1 - slots, self.slots_per_env)
+
+    def _sampleable_flat(self) -> np.ndarray:
+        """Flat (env * S + slot) indices of the sampleable slots, row-major, cached until the
+        next add. Caller holds the lock."""
+        if self._cache is None or self._cache[0] != self._version:
+            self._cache = (self._version, np.flatnonzero(self._ok))
+        return self._cache[1]
+
+    def _sampleable(self) -> tuple[np.ndarray, np.ndarray]:
+        """(env, absolute frame) of every transition that can be sampled now. Caller holds the lock."""
+        return self._env_frames(self._sampleable_flat())
+
+    def _env_frames(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        env, slot = np.divmod(flat, self.slots_per_env)
+        return env, self._slot_frames(slot, self._frames_written[env])
 
     def __len__(self) -> int:
         with self._lock:
             if self._closed:
                 return 0
-            return int(self._sampleable()[0].size)
+            return int(np.count_nonzero(self._ok))
 
     @property
     def rng_state(self) -> dict[str, Any]:
@@ -440,11 +458,11 @@ class ReplayBuffer:
 
     def _draw(self, batch_size: int) -> tuple[np.ndarray, ...]:
         """Choose transitions uniformly among the sampleable ones. Caller holds the lock."""
-        env_all, frames_all = self._sampleable()
-        if frames_all.size == 0:
+        flat = self._sampleable_flat()
+        if flat.size == 0:
             raise ValueError("cannot sample: the replay buffer holds no complete transition yet")
-        pick = self.rng.integers(0, frames_all.size, size=batch_size)
-        return self._locate(env_all[pick], frames_all[pick])
+        pick = self.rng.integers(0, flat.size, size=batch_size)
+        return self._locate(*self._env_frames(flat[pick]))
 
     def _horizon(self, env: np.ndarray, a: np.ndarray) -> np.ndarray:
         """Steps m (B,) in [1, n_step] of the n-step transitions starting at (env, a): transitions
@@ -613,7 +631,7 @@ class ReplayBuffer:
             pairs, self._written = self._written, []
         if not pairs:
             return np.zeros(0, np.int32), np.zeros(0, np.int32)
-        arr = np.asarray(pairs, np.int32)
+        arr = np.concatenate(pairs).astype(np.int32)
         return arr[:, 0], arr[:, 1]
 
     def frames_at(self, env: np.ndarray, slots: np.ndarray) -> np.ndarray:
