@@ -136,13 +136,15 @@ VARIANTS = {
     "s2d+unroll": dict(conv1_space_to_depth=True, concat_online=False, scan_unroll=8),
     "s2d+concat": dict(conv1_space_to_depth=True, concat_online=True, scan_unroll=1),
     "s2d+concat+unroll": dict(conv1_space_to_depth=True, concat_online=True, scan_unroll=8),
+    "s2d+unroll+stacknext": dict(conv1_space_to_depth=True, concat_online=False, scan_unroll=8,
+                                 stack_next=True),
 }
 
 
 def variants(plan, k, repeats):
     for case, dtype, names in plan:
         for name in names:
-            opts = dict(VARIANTS[name.replace("+fp32dense", "")])
+            opts = {**dataclasses_defaults(), **VARIANTS[name.replace("+fp32dense", "")]}
             if name.endswith("+fp32dense"):
                 opts["bf16_dense"] = False
             else:

@@ -5,6 +5,11 @@ K = 1 and K = 8 steps per compiled call, images in fp32 and bf16 encoder compute
 the device before timing; the compile/warm-up call is excluded; each repeat times ``calls``
 update calls ended by ``block_until_ready``; the median over repeats is reported.
 
+Beside each row at the K values of ``--peer-ks`` (default 8), the same shapes through the peer,
+``benchmarks/minimal_sac.py`` (a minimal textbook jitted JAX SAC, the kind of program issue 3's
+anchors were taken with), timed the same way in the same process: the ``ours / peer`` column is
+the machine-independent figure (absolute rates differ 2x between machines of one kind).
+
 Then ``act`` latency (``--act-cases``): one numpy observation in, the action back as numpy, as an
 env loop calls it, through ``agent.act`` and through the old ``jax.jit(lambda a, o, k:
 a.act(o, k))`` pattern; the median over ``--act-calls`` calls.
@@ -26,9 +31,13 @@ from pathlib import Path
 
 import gymnasium
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import minimal_sac  # noqa: E402
+
 from dodgerl.agents import sac  # noqa: E402
 
 VECTOR_DIM = 65
@@ -69,21 +78,15 @@ def measure(case: str, k: int, bf16: bool, repeats: int, min_steps: int,
     agent = sac.create(jax.random.key(0), observation_space, action_space, config)
     batch = _batch(shape, dtype, k, batch_size)
     keys = jax.random.split(jax.random.key(1), 4)
+    holder = [agent, 0]
 
-    start = time.perf_counter()
-    agent, metrics = agent.update(batch, keys[0])
-    jax.block_until_ready((agent, metrics))
-    compile_s = time.perf_counter() - start
+    def run():
+        # The first call (timed apart as compile) uses keys[0], the timed ones keys[1].
+        holder[0], metrics = holder[0].update(batch, keys[min(holder[1], 1)])
+        holder[1] += 1
+        return holder[0], metrics
 
-    calls = max(1, -(-min_steps // k))
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            agent, metrics = agent.update(batch, keys[1])
-        jax.block_until_ready((agent, metrics))
-        timings.append(time.perf_counter() - start)
-    median = statistics.median(timings)
+    timed = _timed(run, k, repeats, min_steps)
     return {
         "case": case,
         "obs_shape": list(shape),
@@ -91,14 +94,47 @@ def measure(case: str, k: int, bf16: bool, repeats: int, min_steps: int,
         "k": k,
         "encoder_dtype": "bf16" if bf16 else "fp32",
         "steps_per_call": k,
-        "calls_per_repeat": calls,
-        "repeats": repeats,
-        "grad_steps_per_s": calls * k / median,
-        "median_s_per_step": median / (calls * k),
-        "min_s_per_step": min(timings) / (calls * k),
-        "first_call_s": compile_s,
+        **timed,
         "compiles": sac._update_jit._cache_size(),
     }
+
+
+def _timed(run, k: int, repeats: int, min_steps: int) -> dict:
+    """Time ``run()`` (one update call of K steps; returns something to block on): the first
+    call apart (compile), then ``repeats`` repeats of enough calls for ``min_steps`` steps."""
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    compile_s = time.perf_counter() - start
+    calls = max(1, -(-min_steps // k))
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            out = run()
+        jax.block_until_ready(out)
+        timings.append(time.perf_counter() - start)
+    median = statistics.median(timings)
+    return {"calls_per_repeat": calls, "repeats": repeats,
+            "grad_steps_per_s": calls * k / median, "median_s_per_step": median / (calls * k),
+            "min_s_per_step": min(timings) / (calls * k), "first_call_s": compile_s}
+
+
+def measure_peer(case: str, k: int, bf16: bool, repeats: int, min_steps: int) -> dict:
+    """The same shapes through ``minimal_sac`` (the peer), timed as ``measure``."""
+    shape, dtype, batch_size = CASES[case]
+    states = minimal_sac.create(jax.random.key(0), shape, ACTION_DIM,
+                                jnp.bfloat16 if bf16 else jnp.float32)
+    b = _batch(shape, dtype, k, batch_size)
+    batch = (b.observations, b.actions, b.rewards, b.next_observations, b.terminated)
+    key = jax.random.key(1)
+    holder = [states]
+
+    def run():
+        holder[0], loss = minimal_sac.update(holder[0], batch, key)
+        return loss
+
+    return {"case": case, "k": k, "encoder_dtype": "bf16" if bf16 else "fp32",
+            **_timed(run, k, repeats, min_steps)}
 
 
 def measure_act(case: str, bf16: bool, calls: int, whole_agent_jit: bool) -> dict:
@@ -150,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--net-arch", default="256,256", help="head widths")
     parser.add_argument("--encoder-sharing", default="critic", choices=sac.ENCODER_SHARING_MODES)
     parser.add_argument("--augmentation", action="store_true", help="random shift on images")
+    parser.add_argument("--peer-ks", default="8",
+                        help="K values at which the peer (benchmarks/minimal_sac.py) is timed "
+                             "beside ours; '' for none")
     parser.add_argument("--act-cases", default="vector,img256",
                         help="cases for the act latency rows (single obs, action to host); '' "
                              "for none")
@@ -169,14 +208,24 @@ def main(argv: list[str] | None = None) -> int:
         "augmentation": args.augmentation,
     }
 
+    peer_ks = [int(k) for k in args.peer_ks.split(",") if k]
+    default_sac = overrides == {"net_arch": (256, 256), "encoder_sharing": "critic",
+                                "augmentation": False}
+    if peer_ks and not default_sac:
+        parser.error("the peer has the default shapes only: drop --peer-ks or the overrides")
     results = []
     for case in cases:
         for bf16 in ([False] if case == "vector" else [d == "bf16" for d in dtypes]):
             for k in ks:
                 result = measure(case, k, bf16, args.repeats, args.min_steps, overrides)
+                if k in peer_ks:
+                    result["peer"] = measure_peer(case, k, bf16, args.repeats, args.min_steps)
                 results.append(result)
+                peer = result.get("peer")
                 print(f"# {case} K={k} {result['encoder_dtype']}: "
-                      f"{result['grad_steps_per_s']:.1f} steps/s", file=sys.stderr, flush=True)
+                      f"{result['grad_steps_per_s']:.1f} steps/s"
+                      + (f", peer {peer['grad_steps_per_s']:.1f}" if peer else ""),
+                      file=sys.stderr, flush=True)
 
     act_results = []
     for case in [c for c in args.act_cases.split(",") if c]:
@@ -193,13 +242,18 @@ def main(argv: list[str] | None = None) -> int:
           f"backend {jax.default_backend()}, python {platform.python_version()}, "
           f"net_arch {overrides['net_arch']}, sharing {args.encoder_sharing}, "
           f"augmentation {args.augmentation}\n")
-    print("| case | obs | batch | K | encoder | grad steps/s | ms/step (median) | first call s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| case | obs | batch | K | encoder | grad steps/s | ms/step (median) | first call s "
+          "| peer grad steps/s | ours / peer |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
+        peer = r.get("peer")
         print(f"| {r['case']} | {'x'.join(map(str, r['obs_shape']))} | {r['batch_size']} | "
               f"{r['k']} | {r['encoder_dtype'] if r['case'] != 'vector' else '-'} | "
               f"{r['grad_steps_per_s']:.1f} | {1e3 * r['median_s_per_step']:.3f} | "
-              f"{r['first_call_s']:.1f} |")
+              f"{r['first_call_s']:.1f} | "
+              + (f"{peer['grad_steps_per_s']:.1f} | "
+                 f"{r['grad_steps_per_s'] / peer['grad_steps_per_s']:.2f}x |" if peer
+                 else "- | - |"))
     if act_results:
         print("\n| act (single obs, action to host) | obs | path | median ms | p90 ms |")
         print("| --- | --- | --- | --- | --- |")

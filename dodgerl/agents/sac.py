@@ -54,6 +54,10 @@ class ImplOptions:
     concat_online: bool = False
     """Encode obs and next obs in one call of the online (actor's) encoder, batch 2B, and run the
     actor head once over both; the next-obs half is detached (its gradient is exactly zero)."""
+    stack_next: bool = False
+    """Encode the next observations with the online (actor's) and the target encoder in one call
+    vmapped over the two parameter sets: conv1 becomes one conv with twice the output channels,
+    the later convs grouped convs, the dense one batched matmul (fewer, larger kernels)."""
     scan_unroll: int | None = None
     """``lax.scan`` unroll factor of the K steps (K or more: no device loop at all); None: 8 for
     image observations, 1 for vectors. Unrolled image steps compile slower (first call ~13 s
@@ -597,7 +601,17 @@ def compute_losses(
         online_features, next_features = both[:batch_size], sg(both[batch_size:])
     else:
         online_features = _encode(nets, online_encoder, observations)
-        next_features = _encode(nets, sg(online_encoder), next_observations)
+        if not _IMPL.stack_next:
+            next_features = _encode(nets, sg(online_encoder), next_observations)
+    target_params = agent.critic.target_params
+    if _IMPL.stack_next and not _IMPL.concat_online:
+        # Both next-obs encodings in one call over stacked (online, target) encoder params.
+        stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), sg(online_encoder),
+                               target_params["encoder"])
+        next_features, next_target_features = jax.vmap(
+            lambda p: _encode(nets, p, next_observations))(stacked)
+    else:
+        next_target_features = _encode(nets, target_params["encoder"], next_observations)
     if config.encoder_sharing == "critic":
         critic_features = online_features
         actor_features = sg(critic_features)
@@ -618,11 +632,8 @@ def compute_losses(
     )
 
     # Target side: no gradient flows here.
-    target_params = agent.critic.target_params
     next_target_q = nets.critic_head.apply(
-        {"params": target_params["head"]},
-        _encode(nets, target_params["encoder"], next_observations),
-        next_actions,
+        {"params": target_params["head"]}, next_target_features, next_actions
     )
     target = critic_target(
         batch.rewards, batch.terminated, next_target_q, next_log_probs, temperature,
