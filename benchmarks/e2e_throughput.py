@@ -17,7 +17,10 @@ device beyond what the env step hid), eval, checkpoint.
 The ``sb3_*`` cases run Stable-Baselines3's SAC (when installed) on the same env, image size and
 batch, 1 env, UTD 1, and the report gives our rate over theirs, measured in the same run.
 
-    # every issue-7 figure in one run of <= 10 minutes, SB3 peers first (benchmarks/reports/e2e_h100/run17):
+    # the headline issue-7 rows on an H200, 4.2 minutes (benchmarks/reports/e2e_h200/run16):
+    python benchmarks/e2e_throughput.py --cases sb3_vector,sb3_img256,vector_256envs_evalproc,img256_bf16 \
+        --steps 50000 --sb3-steps 1000 --budget-s 200
+    # every issue-7 figure in one run, SB3 peers first (~8-9 minutes; not yet run to the end):
     python benchmarks/e2e_throughput.py --cases sb3_vector,sb3_img84,sb3_img256,vector_32envs_evalproc,\
         vector_64envs_evalproc,img256_bf16,img84_evalproc,vector_256envs_evalproc --steps 50000 --sb3-steps 1000 --budget-s 430
     # earlier H100 figures, runs of 3-7 minutes (benchmarks/reports/e2e_h100/run9, run13):

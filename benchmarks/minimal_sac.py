@@ -127,7 +127,8 @@ def step(states, batch, key, gamma=0.99, tau=0.005):
         q = critic.apply_fn({"params": params}, obs, actions)
         return 0.5 * ((q - target) ** 2).mean(1).sum()
 
-    critic = critic.apply_gradients(grads=jax.grad(critic_loss)(critic.params))
+    loss, grads = jax.value_and_grad(critic_loss)(critic.params)
+    critic = critic.apply_gradients(grads=grads)
 
     features = jax.lax.stop_gradient(enc(critic.params, obs))
 
@@ -143,7 +144,7 @@ def step(states, batch, key, gamma=0.99, tau=0.005):
     alpha = alpha.apply_gradients(grads=alpha_grad)
     critic = critic.replace(
         target_params=optax.incremental_update(critic.params, critic.target_params, tau))
-    return (critic, actor, alpha), critic_loss(critic.params)
+    return (critic, actor, alpha), loss
 
 
 @jax.jit

@@ -100,6 +100,7 @@ def bench_reopen(root: Path, capacity: int, repeats: int = 5) -> dict:
         (frames + 1) % 1001 != 0, VALID, 0)
     arr["flags"][0, -1] &= ~VALID
     buf._frames_written[:] = capacity
+    buf._ok = buf._scan_sampleable()  # add() keeps this set; the flags above bypassed add()
     buf._version += 1
     buf.commit()
     n = len(buf)

@@ -14,6 +14,7 @@ stack of batches sampled in a background thread. Resume restores everything a ch
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -350,10 +351,13 @@ def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, rec
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     jax.config.update("jax_platforms", "cpu")  # before any JAX backend starts in this process
-    if hasattr(os, "nice"):
+    try:
         # Background work: the env workers and the training loop get the cores first (H100 host,
-        # 16 cores, 128 envs: 4,888 -> 5,464 env steps/s; docs/perf_notes.md, v8).
+        # 16 cores, 128 envs: 4,888 -> 5,464 env steps/s; docs/perf_notes.md, v8). Where the
+        # system refuses (a sandbox), the worker runs at the normal priority.
         os.nice(EVAL_WORKER_NICENESS)
+    except (AttributeError, OSError):
+        pass
     evaluator = writer = None
     try:
         evaluator = Evaluator(env_config, episodes, seed, record)
@@ -532,322 +536,324 @@ def train(
         on_start(run_dir)
     tc, ec = config.train, config.env
 
-    envs = make_vector_env(ec, tc.n_envs, tc.async_envs, tc.envs_per_worker)
-    key = jax.random.PRNGKey(config.seed)
-    key, init_key = jax.random.split(key)
-    agent = sac.create(init_key, envs.single_observation_space, envs.single_action_space, config.agent)
-    checkpoints = RunCheckpoints(run_dir, tc.keep_checkpoints)
+    with contextlib.ExitStack() as cleanup:
+        envs = make_vector_env(ec, tc.n_envs, tc.async_envs, tc.envs_per_worker)
+        cleanup.callback(envs.close)
+        key = jax.random.PRNGKey(config.seed)
+        key, init_key = jax.random.split(key)
+        agent = sac.create(init_key, envs.single_observation_space, envs.single_action_space, config.agent)
+        checkpoints = RunCheckpoints(run_dir, tc.keep_checkpoints)
+        cleanup.callback(checkpoints.close)
 
-    step = episodes = updates = 0
-    best_eval: float | None = None
-    wall_offset = 0.0
-    np_rng = np.random.default_rng(config.seed)
-    resumes = 0
-    if candidates:
-        agent, meta, restored_from = restore_first_good(candidates, agent)
-        step, episodes, updates = meta["step"], meta["episodes"], meta["updates"]
-        best_eval = meta.get("best_eval")
-        wall_offset = meta.get("wall_time_s", 0.0)
-        key = jax.numpy.asarray(np.asarray(meta["key"], dtype=np.uint32))
-        np_rng.bit_generator.state = meta["np_rng"]
-        resumes = meta.get("resumes", 0) + 1
-        print(f"resumed from {restored_from} at step {step}", flush=True)
+        step = episodes = updates = 0
+        best_eval: float | None = None
+        wall_offset = 0.0
+        np_rng = np.random.default_rng(config.seed)
+        resumes = 0
+        if candidates:
+            agent, meta, restored_from = restore_first_good(candidates, agent)
+            step, episodes, updates = meta["step"], meta["episodes"], meta["updates"]
+            best_eval = meta.get("best_eval")
+            wall_offset = meta.get("wall_time_s", 0.0)
+            key = jax.numpy.asarray(np.asarray(meta["key"], dtype=np.uint32))
+            np_rng.bit_generator.state = meta["np_rng"]
+            resumes = meta.get("resumes", 0) + 1
+            print(f"resumed from {restored_from} at step {step}", flush=True)
 
-    single_obs_space = envs.single_observation_space
-    frame_shape = single_frames(np.zeros(single_obs_space.shape, single_obs_space.dtype)[None], ec).shape[1:]
-    replay = ReplayBuffer(
-        run_dir / "replay",
-        capacity=config.replay.buffer_size,
-        observation_shape=frame_shape,
-        observation_dtype=single_obs_space.dtype,
-        action_dim=envs.single_action_space.shape[0],
-        n_envs=tc.n_envs,
-        frame_stack=ec.frame_stack,
-        seed=config.seed,
-        n_step=config.replay.n_step,
-        gamma=config.agent.gamma,
-    )
-    # After the restore, so that a bad checkpoint fails before any evaluation process starts.
-    if tc.eval_workers:
-        evaluator: Evaluator | EvalProcesses = EvalProcesses(
-            ec, tc.eval_episodes, tc.eval_seed, record=tc.video, workers=tc.eval_workers)
-    else:
-        evaluator = Evaluator(ec, tc.eval_episodes, tc.eval_seed, record=tc.video,
-                              asynchronous=tc.eval_async_envs, envs_per_worker=tc.envs_per_worker)
-    resume_step = step if candidates else None
-    progress_log = CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)
-    eval_log = CsvLog(run_dir / "eval.csv", EVAL_FIELDS, resume_step)
-
-    k_per_call = tc.utd * tc.n_envs * tc.update_every
-    sampler = None
-    mirror = None
-    if use_device_mirror(config.replay.device_mirror):
-        from dodgerl.replay.mirror import DeviceMirror
-
-        mirror = DeviceMirror(replay)  # uploads what a resumed buffer already holds
-    # Cumulative wall-clock seconds per phase. ``update`` is the update's dispatch plus the time
-    # spent waiting for the device to finish it (with ``overlap``, only the part the env step did
-    # not hide); ``compile`` is the first update call (tracing, compilation, one run).
-    timings = {"act": 0.0, "env": 0.0, "insert": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0,
-               "checkpoint": 0.0, "compile": 0.0}
-
-    def meta_now() -> dict[str, Any]:
-        return {
-            "step": step, "episodes": episodes, "updates": updates, "best_eval": best_eval,
-            "key": np.asarray(key).tolist(),
-            "np_rng": np_rng.bit_generator.state, "wall_time_s": wall_offset + (time.perf_counter() - t_start),
-            "replay_transitions": len(replay), "resumes": resumes,
-        }
-
-    def save_checkpoint() -> None:
-        finish_eval()  # a checkpoint's best_eval and eval.csv cover every evaluation up to it
-        t0 = time.perf_counter()
-        replay.commit()  # the buffer is never behind the agent that learned from it
-        checkpoints.save(step, agent, meta_now())
-        timings["checkpoint"] += time.perf_counter() - t0
-
-    pending_calls = 0  # vector steps collected since the last update call (after warm-up)
-    in_flight: list[Any] = []  # metrics of a dispatched update not yet waited for
-
-    def wait_update() -> None:
-        nonlocal metrics
-        if in_flight:
-            t0 = time.perf_counter()
-            metrics = jax.block_until_ready(in_flight.pop())
-            timings["update"] += time.perf_counter() - t0
-
-    def choose_actions(observations: np.ndarray) -> Any:
-        """Uniform random actions during warm-up, then the policy's (a device array, not waited for)."""
-        nonlocal key
-        if step < tc.learning_starts:
-            return np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
-        t0 = time.perf_counter()
-        key, act_key = jax.random.split(key)
-        actions = agent.act(observations, act_key)  # dispatch (and the observations' transfer)
-        timings["act"] += time.perf_counter() - t0
-        return actions
-
-    def maybe_update(block: bool) -> None:
-        """Run the ``k_per_call`` gradient steps due, if any (``block``: wait for the result)."""
-        nonlocal agent, metrics, key, updates, sampler, pending_calls
-        if pending_calls < tc.update_every or len(replay) < config.agent.batch_size:
-            return
-        pending_calls = 0
-        first = timings["compile"] == 0.0
-        t3 = time.perf_counter()
-        # Draw (or take) the batch before waiting for the update in flight: host work that
-        # overlaps the device instead of following it.
-        if mirror is not None:
-            indices = mirror.sample_indices(config.agent.batch_size, k_per_call)
+        single_obs_space = envs.single_observation_space
+        frame_shape = single_frames(np.zeros(single_obs_space.shape, single_obs_space.dtype)[None], ec).shape[1:]
+        replay = ReplayBuffer(
+            run_dir / "replay",
+            capacity=config.replay.buffer_size,
+            observation_shape=frame_shape,
+            observation_dtype=single_obs_space.dtype,
+            action_dim=envs.single_action_space.shape[0],
+            n_envs=tc.n_envs,
+            frame_stack=ec.frame_stack,
+            seed=config.seed,
+            n_step=config.replay.n_step,
+            gamma=config.agent.gamma,
+        )
+        cleanup.callback(replay.close)
+        # After the restore, so that a bad checkpoint fails before any evaluation process starts.
+        if tc.eval_workers:
+            evaluator: Evaluator | EvalProcesses = EvalProcesses(
+                ec, tc.eval_episodes, tc.eval_seed, record=tc.video, workers=tc.eval_workers)
         else:
-            if sampler is None:
-                sampler = DeviceSampler(
-                    replay, batch_size=config.agent.batch_size, steps_per_call=k_per_call,
-                    prefetch=config.replay.prefetch, workers=config.replay.sample_workers,
-                )
-            batch = sac.Batch(**next(sampler))
-        timings["sample"] += time.perf_counter() - t3
-        wait_update()  # at most one update in flight: the host never runs ahead of the device
-        key, update_key = jax.random.split(key)
-        t4 = time.perf_counter()
-        if mirror is not None:
-            agent, new_metrics = agent.update_from(mirror.frames, indices, update_key, gather_batch)
-        else:
-            agent, new_metrics = agent.update(batch, update_key)
-        updates += k_per_call
-        if first:  # compile time is reported apart from the update rate
-            metrics = jax.block_until_ready(new_metrics)
-            timings["compile"] += time.perf_counter() - t4
-            return
-        timings["update"] += time.perf_counter() - t4
-        in_flight[:] = [new_metrics]
-        if block:
-            wait_update()
+            evaluator = Evaluator(ec, tc.eval_episodes, tc.eval_seed, record=tc.video,
+                                  asynchronous=tc.eval_async_envs, envs_per_worker=tc.envs_per_worker)
+        cleanup.callback(evaluator.close)
+        resume_step = step if candidates else None
+        progress_log = cleanup.enter_context(
+            contextlib.closing(CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)))
+        eval_log = cleanup.enter_context(
+            contextlib.closing(CsvLog(run_dir / "eval.csv", EVAL_FIELDS, resume_step)))
 
-    eval_pool = (ThreadPoolExecutor(1, thread_name_prefix="eval")
-                 if tc.eval_in_background and not tc.eval_workers else None)
-    # The evaluation in flight: (wait for it -> (result, perf_counter when it finished), step,
-    # the agent it evaluated, the checkpoint meta of that step).
-    pending_eval: list[tuple[Callable[[], tuple[EvalResult, float]], int, Any, dict[str, Any]]] = []
+        k_per_call = tc.utd * tc.n_envs * tc.update_every
+        sampler = None
+        mirror = None
+        if use_device_mirror(config.replay.device_mirror):
+            from dodgerl.replay.mirror import DeviceMirror
 
-    def record_eval(eval_step: int, result: EvalResult, evaluated: Any, meta: dict[str, Any],
-                    t_done: float) -> None:
-        nonlocal best_eval
-        row = result.row(eval_step, wall_offset + t_done - t_start)
-        eval_log.write(row)
-        last_eval[0] = row["mean_return"]
-        if best_eval is None or row["mean_return"] > best_eval:
-            best_eval = row["mean_return"]
-            checkpoints.save_best(eval_step, evaluated, {**meta, "best_eval": best_eval})
-            video = run_dir / "videos" / f"best_step{eval_step}.gif"
-            if tc.video and isinstance(evaluator, EvalProcesses):
-                evaluator.write_video(video)  # the worker holding the frames writes it
-            elif tc.video and result.frames:
-                write_gif(result.frames, video)
+            mirror = DeviceMirror(replay)  # uploads what a resumed buffer already holds
+            cleanup.callback(mirror.close)
+        # The sampler starts with the first update (if there is no mirror).
+        cleanup.callback(lambda: sampler is not None and sampler.close())
+        # Cumulative wall-clock seconds per phase. ``update`` is the update's dispatch plus the time
+        # spent waiting for the device to finish it (with ``overlap``, only the part the env step did
+        # not hide); ``compile`` is the first update call (tracing, compilation, one run).
+        timings = {"act": 0.0, "env": 0.0, "insert": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0,
+                   "checkpoint": 0.0, "compile": 0.0}
 
-    def finish_eval() -> None:
-        """Wait for the evaluation in flight, if any, and log it."""
-        if pending_eval:
+        def meta_now() -> dict[str, Any]:
+            return {
+                "step": step, "episodes": episodes, "updates": updates, "best_eval": best_eval,
+                "key": np.asarray(key).tolist(),
+                "np_rng": np_rng.bit_generator.state, "wall_time_s": wall_offset + (time.perf_counter() - t_start),
+                "replay_transitions": len(replay), "resumes": resumes,
+            }
+
+        def save_checkpoint() -> None:
+            finish_eval()  # a checkpoint's best_eval and eval.csv cover every evaluation up to it
             t0 = time.perf_counter()
-            wait, eval_step, evaluated, meta = pending_eval.pop()
-            result, t_done = wait()
-            record_eval(eval_step, result, evaluated, meta, t_done)
-            timings["eval"] += time.perf_counter() - t0
+            replay.commit()  # the buffer is never behind the agent that learned from it
+            checkpoints.save(step, agent, meta_now())
+            timings["checkpoint"] += time.perf_counter() - t0
 
-    def run_eval() -> None:
-        """Evaluate the agent of this step: here, in evaluation processes (``eval_workers``),
-        and/or (``eval_in_background``) while training goes on, in which case its row and best/
-        come when it finishes."""
-        nonlocal key
-        finish_eval()  # at most one in flight: rows stay in step order
-        t0 = time.perf_counter()
-        key, eval_key = jax.random.split(key)
-        deterministic = tc.eval_deterministic
-        # A copy of the agent when the evaluation outlives this call (the next update donates
-        # the agent's buffers); on the CPU, where a thread can act on it without queueing behind
-        # the accelerator's updates.
-        cpu = jax.devices("cpu")[0]
-        evaluated = jax.device_put(agent, cpu, may_alias=False) if tc.eval_in_background else agent
-        if isinstance(evaluator, EvalProcesses):
-            evaluator.submit(evaluated.policy(), eval_key, deterministic)  # from the copy: no second transfer
+        pending_calls = 0  # vector steps collected since the last update call (after warm-up)
+        in_flight: list[Any] = []  # metrics of a dispatched update not yet waited for
 
-            def wait() -> tuple[EvalResult, float]:
-                result = evaluator.collect()
-                return result, min(evaluator.last_finished, time.perf_counter())
+        def wait_update() -> None:
+            nonlocal metrics
+            if in_flight:
+                t0 = time.perf_counter()
+                metrics = jax.block_until_ready(in_flight.pop())
+                timings["update"] += time.perf_counter() - t0
 
-            pending_eval.append((wait, step, evaluated, meta_now()))
-        elif eval_pool is None:
-            result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), eval_key)
-            record_eval(step, result, agent, meta_now(), time.perf_counter())
-        else:
-            copy_key = jax.device_put(eval_key, cpu, may_alias=False)
-
-            def job() -> tuple[EvalResult, float]:
-                result = evaluator.run(lambda o, k: evaluated.act(o, k, deterministic=deterministic), copy_key)
-                return result, time.perf_counter()
-
-            future = eval_pool.submit(job)
-            pending_eval.append((future.result, step, evaluated, meta_now()))
-        timings["eval"] += time.perf_counter() - t0
-        if not tc.eval_in_background:
-            finish_eval()
-
-    print(f"run directory: {run_dir}", flush=True)
-    t_start = time.perf_counter()
-    last_eval: list[float | None] = [best_eval]
-    obs, _ = envs.reset(seed=[config.seed * 10_007 + resumes * 1_000 + i for i in range(tc.n_envs)])
-    ep_return = np.zeros(tc.n_envs)
-    ep_length = np.zeros(tc.n_envs, dtype=np.int64)
-    recent_returns: list[float] = []
-    recent_lengths: list[int] = []
-    metrics: dict[str, Any] = {}  # of the latest update call waited for (logging never waits)
-    next_log = (step // tc.log_freq + 1) * tc.log_freq
-    next_eval = (step // tc.eval_freq + 1) * tc.eval_freq if tc.eval_freq else None
-    next_ckpt = (step // tc.checkpoint_freq + 1) * tc.checkpoint_freq
-    last_log_time, last_log_step = time.perf_counter(), step
-
-    bar = None
-    if tc.progress_bar:
-        from tqdm import tqdm
-
-        bar = tqdm(total=tc.total_timesteps, initial=step, unit="step", dynamic_ncols=True, smoothing=0.05)
-
-    pending_actions = choose_actions(obs)
-    interrupted = False
-    with _StopFlag() as stop:
-        while step < tc.total_timesteps:
-            if stop.requested:
-                interrupted = True
-                print(f"\n{stop.requested} received: saving a checkpoint at step {step}", flush=True)
-                break
-            t_act = time.perf_counter()
-            actions = np.asarray(pending_actions)  # waits for the device's act, not the update
+        def choose_actions(observations: np.ndarray) -> Any:
+            """Uniform random actions during warm-up, then the policy's (a device array, not waited for)."""
+            nonlocal key
+            if step < tc.learning_starts:
+                return np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
             t0 = time.perf_counter()
-            next_obs, rewards, terminated, truncated, infos = envs.step(actions)
-            t1 = time.perf_counter()
-            done = terminated | truncated
-            real_next = next_obs
-            if done.any():
-                real_next = next_obs.copy()
-                for i in np.flatnonzero(done):
-                    real_next[i] = infos["final_obs"][i]
-            replay.add(single_frames(obs, ec), actions, rewards, single_frames(real_next, ec), terminated, truncated)
+            key, act_key = jax.random.split(key)
+            actions = agent.act(observations, act_key)  # dispatch (and the observations' transfer)
+            timings["act"] += time.perf_counter() - t0
+            return actions
+
+        def maybe_update(block: bool) -> None:
+            """Run the ``k_per_call`` gradient steps due, if any (``block``: wait for the result)."""
+            nonlocal agent, metrics, key, updates, sampler, pending_calls
+            if pending_calls < tc.update_every or len(replay) < config.agent.batch_size:
+                return
+            pending_calls = 0
+            first = timings["compile"] == 0.0
+            t3 = time.perf_counter()
+            # Draw (or take) the batch before waiting for the update in flight: host work that
+            # overlaps the device instead of following it.
             if mirror is not None:
-                mirror.sync()
-            timings["act"] += t0 - t_act
-            timings["env"] += t1 - t0
-            timings["insert"] += time.perf_counter() - t1
-            obs = next_obs
-            step += tc.n_envs
-            ep_return += rewards
-            ep_length += 1
-            for i in np.flatnonzero(done):
-                episodes += 1
-                recent_returns.append(float(ep_return[i]))
-                recent_lengths.append(int(ep_length[i]))
-                ep_return[i] = 0.0
-                ep_length[i] = 0
-            if step > tc.learning_starts:
-                pending_calls += 1
-            if tc.overlap:
-                # The next action is queued on the device before the update, so fetching it
-                # does not wait for the update, which then runs while the envs step.
-                pending_actions = choose_actions(obs)
-                maybe_update(block=False)
+                indices = mirror.sample_indices(config.agent.batch_size, k_per_call)
             else:
-                maybe_update(block=True)
-                pending_actions = choose_actions(obs)
+                if sampler is None:
+                    sampler = DeviceSampler(
+                        replay, batch_size=config.agent.batch_size, steps_per_call=k_per_call,
+                        prefetch=config.replay.prefetch, workers=config.replay.sample_workers,
+                    )
+                batch = sac.Batch(**next(sampler))
+            timings["sample"] += time.perf_counter() - t3
+            wait_update()  # at most one update in flight: the host never runs ahead of the device
+            key, update_key = jax.random.split(key)
+            t4 = time.perf_counter()
+            if mirror is not None:
+                agent, new_metrics = agent.update_from(mirror.frames, indices, update_key, gather_batch)
+            else:
+                agent, new_metrics = agent.update(batch, update_key)
+            updates += k_per_call
+            if first:  # compile time is reported apart from the update rate
+                metrics = jax.block_until_ready(new_metrics)
+                timings["compile"] += time.perf_counter() - t4
+                return
+            timings["update"] += time.perf_counter() - t4
+            in_flight[:] = [new_metrics]
+            if block:
+                wait_update()
 
-            if bar is not None:
-                bar.update(tc.n_envs)
-            if step >= next_log:
-                next_log += tc.log_freq
-                now = time.perf_counter()
-                sps = (step - last_log_step) / max(now - last_log_time, 1e-9)
-                last_log_time, last_log_step = now, step
-                row = {
-                    "step": step, "episodes": episodes, "updates": updates,
-                    "train_return": np.mean(recent_returns) if recent_returns else "",
-                    "train_length": np.mean(recent_lengths) if recent_lengths else "",
-                    "env_steps_per_s": round(sps, 1),
-                    "wall_time_s": round(wall_offset + now - t_start, 3),
-                    **{f"time_{k}_s": round(v, 3) for k, v in timings.items()},
-                    **{k: float(metrics[k]) for k in _METRIC_FIELDS if k in metrics},
-                }
-                progress_log.write(row)
-                recent_returns.clear()
-                recent_lengths.clear()
+        eval_pool = (ThreadPoolExecutor(1, thread_name_prefix="eval")
+                     if tc.eval_in_background and not tc.eval_workers else None)
+        if eval_pool is not None:
+            cleanup.callback(eval_pool.shutdown)
+        # The evaluation in flight: (wait for it -> (result, perf_counter when it finished), step,
+        # the agent it evaluated, the checkpoint meta of that step).
+        pending_eval: list[tuple[Callable[[], tuple[EvalResult, float]], int, Any, dict[str, Any]]] = []
+
+        def record_eval(eval_step: int, result: EvalResult, evaluated: Any, meta: dict[str, Any],
+                        t_done: float) -> None:
+            nonlocal best_eval
+            row = result.row(eval_step, wall_offset + t_done - t_start)
+            eval_log.write(row)
+            last_eval[0] = row["mean_return"]
+            if best_eval is None or row["mean_return"] > best_eval:
+                best_eval = row["mean_return"]
+                checkpoints.save_best(eval_step, evaluated, {**meta, "best_eval": best_eval})
+                video = run_dir / "videos" / f"best_step{eval_step}.gif"
+                if tc.video and isinstance(evaluator, EvalProcesses):
+                    evaluator.write_video(video)  # the worker holding the frames writes it
+                elif tc.video and result.frames:
+                    write_gif(result.frames, video)
+
+        def finish_eval() -> None:
+            """Wait for the evaluation in flight, if any, and log it."""
+            if pending_eval:
+                t0 = time.perf_counter()
+                wait, eval_step, evaluated, meta = pending_eval.pop()
+                result, t_done = wait()
+                record_eval(eval_step, result, evaluated, meta, t_done)
+                timings["eval"] += time.perf_counter() - t0
+
+        def run_eval() -> None:
+            """Evaluate the agent of this step: here, in evaluation processes (``eval_workers``),
+            and/or (``eval_in_background``) while training goes on, in which case its row and best/
+            come when it finishes."""
+            nonlocal key
+            finish_eval()  # at most one in flight: rows stay in step order
+            t0 = time.perf_counter()
+            key, eval_key = jax.random.split(key)
+            deterministic = tc.eval_deterministic
+            # A copy of the agent when the evaluation outlives this call (the next update donates
+            # the agent's buffers); on the CPU, where a thread can act on it without queueing behind
+            # the accelerator's updates.
+            cpu = jax.devices("cpu")[0]
+            evaluated = jax.device_put(agent, cpu, may_alias=False) if tc.eval_in_background else agent
+            if isinstance(evaluator, EvalProcesses):
+                evaluator.submit(evaluated.policy(), eval_key, deterministic)  # from the copy: no second transfer
+
+                def wait() -> tuple[EvalResult, float]:
+                    result = evaluator.collect()
+                    return result, min(evaluator.last_finished, time.perf_counter())
+
+                pending_eval.append((wait, step, evaluated, meta_now()))
+            elif eval_pool is None:
+                result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), eval_key)
+                record_eval(step, result, agent, meta_now(), time.perf_counter())
+            else:
+                copy_key = jax.device_put(eval_key, cpu, may_alias=False)
+
+                def job() -> tuple[EvalResult, float]:
+                    result = evaluator.run(lambda o, k: evaluated.act(o, k, deterministic=deterministic), copy_key)
+                    return result, time.perf_counter()
+
+                future = eval_pool.submit(job)
+                pending_eval.append((future.result, step, evaluated, meta_now()))
+            timings["eval"] += time.perf_counter() - t0
+            if not tc.eval_in_background:
+                finish_eval()
+
+        print(f"run directory: {run_dir}", flush=True)
+        t_start = time.perf_counter()
+        last_eval: list[float | None] = [best_eval]
+        obs, _ = envs.reset(seed=[config.seed * 10_007 + resumes * 1_000 + i for i in range(tc.n_envs)])
+        ep_return = np.zeros(tc.n_envs)
+        ep_length = np.zeros(tc.n_envs, dtype=np.int64)
+        recent_returns: list[float] = []
+        recent_lengths: list[int] = []
+        metrics: dict[str, Any] = {}  # of the latest update call waited for (logging never waits)
+        next_log = (step // tc.log_freq + 1) * tc.log_freq
+        next_eval = (step // tc.eval_freq + 1) * tc.eval_freq if tc.eval_freq else None
+        next_ckpt = (step // tc.checkpoint_freq + 1) * tc.checkpoint_freq
+        last_log_time, last_log_step = time.perf_counter(), step
+
+        bar = None
+        if tc.progress_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=tc.total_timesteps, initial=step, unit="step", dynamic_ncols=True, smoothing=0.05)
+            cleanup.callback(bar.close)
+
+        pending_actions = choose_actions(obs)
+        interrupted = False
+        with _StopFlag() as stop:
+            while step < tc.total_timesteps:
+                if stop.requested:
+                    interrupted = True
+                    print(f"\n{stop.requested} received: saving a checkpoint at step {step}", flush=True)
+                    break
+                t_act = time.perf_counter()
+                actions = np.asarray(pending_actions)  # waits for the device's act, not the update
+                t0 = time.perf_counter()
+                next_obs, rewards, terminated, truncated, infos = envs.step(actions)
+                t1 = time.perf_counter()
+                done = terminated | truncated
+                real_next = next_obs
+                if done.any():
+                    real_next = next_obs.copy()
+                    for i in np.flatnonzero(done):
+                        real_next[i] = infos["final_obs"][i]
+                replay.add(single_frames(obs, ec), actions, rewards, single_frames(real_next, ec), terminated, truncated)
+                if mirror is not None:
+                    mirror.sync()
+                timings["act"] += t0 - t_act
+                timings["env"] += t1 - t0
+                timings["insert"] += time.perf_counter() - t1
+                obs = next_obs
+                step += tc.n_envs
+                ep_return += rewards
+                ep_length += 1
+                for i in np.flatnonzero(done):
+                    episodes += 1
+                    recent_returns.append(float(ep_return[i]))
+                    recent_lengths.append(int(ep_length[i]))
+                    ep_return[i] = 0.0
+                    ep_length[i] = 0
+                if step > tc.learning_starts:
+                    pending_calls += 1
+                if tc.overlap:
+                    # The next action is queued on the device before the update, so fetching it
+                    # does not wait for the update, which then runs while the envs step.
+                    pending_actions = choose_actions(obs)
+                    maybe_update(block=False)
+                else:
+                    maybe_update(block=True)
+                    pending_actions = choose_actions(obs)
+
                 if bar is not None:
-                    bar.set_postfix(sps=f"{sps:.0f}", eval=_fmt(last_eval[0]), refresh=False)
-            if next_eval is not None and step >= next_eval:
-                next_eval += tc.eval_freq
+                    bar.update(tc.n_envs)
+                if step >= next_log:
+                    next_log += tc.log_freq
+                    now = time.perf_counter()
+                    sps = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                    last_log_time, last_log_step = now, step
+                    row = {
+                        "step": step, "episodes": episodes, "updates": updates,
+                        "train_return": np.mean(recent_returns) if recent_returns else "",
+                        "train_length": np.mean(recent_lengths) if recent_lengths else "",
+                        "env_steps_per_s": round(sps, 1),
+                        "wall_time_s": round(wall_offset + now - t_start, 3),
+                        **{f"time_{k}_s": round(v, 3) for k, v in timings.items()},
+                        **{k: float(metrics[k]) for k in _METRIC_FIELDS if k in metrics},
+                    }
+                    progress_log.write(row)
+                    recent_returns.clear()
+                    recent_lengths.clear()
+                    if bar is not None:
+                        bar.set_postfix(sps=f"{sps:.0f}", eval=_fmt(last_eval[0]), refresh=False)
+                if next_eval is not None and step >= next_eval:
+                    next_eval += tc.eval_freq
+                    run_eval()
+                    if bar is not None:
+                        bar.set_postfix(eval=_fmt(last_eval[0]), refresh=False)
+                if step >= next_ckpt:
+                    next_ckpt += tc.checkpoint_freq
+                    save_checkpoint()
+
+            finish_eval()
+            if not interrupted and (next_eval is None or not eval_log_has(run_dir, step)):
                 run_eval()
-                if bar is not None:
-                    bar.set_postfix(eval=_fmt(last_eval[0]), refresh=False)
-            if step >= next_ckpt:
-                next_ckpt += tc.checkpoint_freq
-                save_checkpoint()
-
-        finish_eval()
-        if not interrupted and (next_eval is None or not eval_log_has(run_dir, step)):
-            run_eval()
-        save_checkpoint()
-    if eval_pool is not None:
-        eval_pool.shutdown()
-
-    if bar is not None:
-        bar.close()
-    wait_update()
-    if sampler is not None:
-        sampler.close()
-    if mirror is not None:
-        mirror.close()
-    replay.close()
-    envs.close()
-    evaluator.close()
-    progress_log.close()
-    eval_log.close()
-    checkpoints.close()
+            save_checkpoint()
+        wait_update()
+        # Leaving the stack closes, newest first: the progress bar, the background evaluation
+        # thread, the sampler and the mirror, the logs, the evaluator (its processes), the
+        # replay files, the checkpoint manager (after its async best/ save) and the envs. On an
+        # exception the same happens, and the exception goes on up: no subprocess outlives it.
     result = TrainResult(run_dir, step, episodes, updates, best_eval, interrupted, dict(timings))
     print(
         f"{'stopped' if interrupted else 'done'}: {step} env steps, {episodes} episodes, "

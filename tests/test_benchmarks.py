@@ -213,3 +213,39 @@ def test_learning_summary_buckets_evals_and_counts_runs_reaching_900(tmp_path):
     assert rows["plain"] == ["3", "950, 899, 500", "899", "1", "200 899"]
     assert rows["fast256"] == ["2", "920, 40", "480", "1", "20 480"]
     assert (tmp_path / "summary.png").stat().st_size > 10_000
+
+
+def test_peer_sac_fits_terminal_rewards():
+    """The update benchmark's peer (benchmarks/minimal_sac.py) is a working SAC: on transitions
+    that all terminate, the critic target is the reward itself, so its critic loss must fall."""
+    import jax
+
+    from benchmarks import minimal_sac
+
+    rng = np.random.default_rng(0)
+    k, b = 50, 32
+    obs = np.repeat(rng.normal(size=(1, b, 65)).astype(np.float32), k, axis=0)
+    actions = np.repeat(rng.uniform(-1, 1, (1, b, 2)).astype(np.float32), k, axis=0)
+    rewards = np.repeat(rng.normal(size=(1, b)).astype(np.float32), k, axis=0)
+    batch = (obs, actions, rewards, obs, np.ones((k, b), np.float32))
+    states = minimal_sac.create(jax.random.key(0), (65,), 2, lr=1e-3)
+    losses = []
+    for i in range(4):
+        states, loss = minimal_sac.update(states, batch, jax.random.key(i))
+        losses.append(float(loss))
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < 0.1 * losses[0], losses
+
+
+def test_update_benchmark_times_the_peer_beside_ours(tmp_path, capsys):
+    from benchmarks import update_throughput
+
+    out = tmp_path / "update.json"
+    update_throughput.main(["--cases", "vector", "--ks", "1,2", "--peer-ks", "2", "--repeats", "1",
+                            "--min-steps", "2", "--act-cases", "", "--json", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [r["k"] for r in rows] == [1, 2]
+    assert "peer" not in rows[0] and rows[1]["peer"]["k"] == 2
+    assert rows[1]["peer"]["grad_steps_per_s"] > 0
+    table = capsys.readouterr().out
+    assert "ours / peer" in table and "x |" in table

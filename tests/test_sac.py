@@ -404,12 +404,14 @@ def test_bf16_augmented_image_update_gives_finite_metrics():
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(agent.critic.params))
 
 
-@pytest.mark.parametrize("space", [VECTOR_SPACE, IMAGE_SPACE], ids=["vector", "image"])
+@pytest.mark.parametrize("space, vector_arch", [(VECTOR_SPACE, (8,)), (VECTOR_SPACE, ()),
+                                                (IMAGE_SPACE, (8,))],
+                         ids=["vector", "vector_identity_encoder", "image"])
 @pytest.mark.parametrize("sharing", ["critic", "separate"])
-def test_impl_options_do_not_change_the_update(space, sharing):
+def test_impl_options_do_not_change_the_update(space, vector_arch, sharing):
     """ImplOptions change how the step is computed, never what: plain first conv, one batched
     online-encoder call, any scan unroll, next-obs encoders stacked all give the default's agent up to float rounding."""
-    cfg = sac.SACConfig(**TINY, vector_encoder_arch=(8,), encoder_sharing=sharing,
+    cfg = sac.SACConfig(**TINY, vector_encoder_arch=vector_arch, encoder_sharing=sharing,
                         augmentation=True, actor_lr=1e-3, critic_lr=1e-3, temperature_lr=1e-3)
     batch, key = random_batch(space, 3, 8, seed=2), jax.random.key(3)
     results = []

@@ -347,3 +347,31 @@ def test_help_documents_every_option():
     assert result.returncode == 0
     for option in ("--level", "--config", "--seed", "--total-timesteps", "--results-dir", "--resume", "--set"):
         assert option in result.stdout
+
+
+def test_an_exception_mid_run_leaves_no_process_and_keeps_the_checkpoints(tmp_path, monkeypatch):
+    """A failure inside the loop (here the replay refusing a write) reaches the caller of
+    train(), no env or evaluation process outlives the call, and the checkpoint saved before the
+    failure stays complete (a researcher's notebook is not left with orphaned processes)."""
+    import multiprocessing
+
+    from dodgerl import train as train_module
+    from dodgerl.replay import ReplayBuffer
+
+    raw = tiny_raw("vector", total=400, n_envs=4, async_envs=True, envs_per_worker=2,
+                   eval_workers=2, eval_in_background=True, eval_freq=40, checkpoint_freq=100)
+    original_add, calls = ReplayBuffer.add, [0]
+
+    def add_then_fail(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] > 40:  # step 164 of 4 envs: after the checkpoint at step 100
+            raise RuntimeError("replay refused the write")
+        return original_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReplayBuffer, "add", add_then_fail)
+    before = set(multiprocessing.active_children())
+    with pytest.raises(RuntimeError, match="replay refused the write"):
+        train_module.train(config_from_dict(raw), results_dir=tmp_path / "r")
+    assert set(multiprocessing.active_children()) - before == set()
+    run_dir = only_run_dir(tmp_path / "r")
+    assert [int(p.name) for p in complete_checkpoints(run_dir / "checkpoints")] == [100]

@@ -57,7 +57,9 @@ class ImplOptions:
     stack_next: bool = False
     """Encode the next observations with the online (actor's) and the target encoder in one call
     vmapped over the two parameter sets: conv1 becomes one conv with twice the output channels,
-    the later convs grouped convs, the dense one batched matmul (fewer, larger kernels)."""
+    the later convs grouped convs, the dense one batched matmul (fewer, larger kernels). No effect
+    with ``concat_online`` or an encoder without parameters. Measured slower or no faster on an
+    H200 (docs/perf_notes.md, v9), so off."""
     scan_unroll: int | None = None
     """``lax.scan`` unroll factor of the K steps (K or more: no device loop at all); None: 8 for
     image observations, 1 for vectors. Unrolled image steps compile slower (first call ~13 s
@@ -593,6 +595,10 @@ def compute_losses(
         online_encoder = critic_params["encoder"]  # the actor reads it detached
     else:
         online_encoder = actor_params["encoder"]
+    # stack_next (exclusive with concat_online) needs parameters to stack: the identity vector
+    # encoder has none.
+    stack_next = (_IMPL.stack_next and not _IMPL.concat_online
+                  and bool(jax.tree.leaves(online_encoder)))
     if _IMPL.concat_online:
         # One call of the online encoder over [obs; next obs]; the next-obs half is detached, so
         # its cotangent is exactly zero and the gradients equal the two-call form below.
@@ -601,10 +607,10 @@ def compute_losses(
         online_features, next_features = both[:batch_size], sg(both[batch_size:])
     else:
         online_features = _encode(nets, online_encoder, observations)
-        if not _IMPL.stack_next:
+        if not stack_next:
             next_features = _encode(nets, sg(online_encoder), next_observations)
     target_params = agent.critic.target_params
-    if _IMPL.stack_next and not _IMPL.concat_online:
+    if stack_next:
         # Both next-obs encodings in one call over stacked (online, target) encoder params.
         stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), sg(online_encoder),
                                target_params["encoder"])
