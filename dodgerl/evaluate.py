@@ -1,0 +1,159 @@
+"""Use what a run kept: load its best policy (or any checkpoint) and evaluate it on N episodes.
+
+    python experiments/evaluate.py results/sac_vector_easy/20261129_101500            # best/
+    python experiments/evaluate.py RUN_DIR --which latest --episodes 100 --gif best.gif
+    python experiments/evaluate.py RUN_DIR/checkpoints/50000 --stochastic
+
+In research code::
+
+    from dodgerl.evaluate import load_agent, evaluate
+    loaded = load_agent("results/sac_vector_easy/20261129_101500")      # the kept best policy
+    result = evaluate(loaded.agent, loaded.config.env, episodes=100)
+    policy = loaded.agent.policy()                                      # actor + encoder alone
+
+The agent comes back whole (params, targets, optimiser states, temperature) in the structure
+``sac.create`` gives for the run's own ``config.yaml``, so ``agent.act`` and ``agent.update`` work
+on it. ``evaluate`` runs the same episodes as the run's evaluations for the same seed and count
+(``Evaluator``), so a run's logged best evaluation can be checked, or re-measured on more
+episodes than the run could afford.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from dodgerl.checkpoint import (
+    BEST_DIR,
+    CHECKPOINTS_DIR,
+    CheckpointError,
+    complete_checkpoints,
+    restore,
+)
+from dodgerl.config import ConfigError, EnvConfig, RunConfig
+from dodgerl.train import EvalResult, Evaluator, load_run_config, make_env, write_gif
+
+WHICH = ("best", "latest")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedAgent:
+    """An agent restored from a checkpoint, with the run's config and the checkpoint's meta
+    (``step``, ``best_eval``, counters)."""
+
+    agent: Any
+    config: RunConfig
+    meta: dict[str, Any]
+    checkpoint: Path
+
+
+def checkpoint_dir(path: str | Path, which: str = "best") -> Path:
+    """The checkpoint directory ``path`` names: a run directory (its newest complete ``best/``
+    or ``checkpoints/`` step, as ``which`` says) or one step directory of either."""
+    if which not in WHICH:
+        raise ValueError(f"which={which!r}: must be one of {WHICH}")
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.name.isdigit() and path.parent.name in (CHECKPOINTS_DIR, BEST_DIR):
+        return path
+    if not (path / "config.yaml").is_file():
+        raise CheckpointError(f"{path}: not a run directory (no config.yaml) nor a checkpoint "
+                              f"directory RUN_DIR/{CHECKPOINTS_DIR}/<step> or RUN_DIR/{BEST_DIR}/<step>")
+    sub = path / (BEST_DIR if which == "best" else CHECKPOINTS_DIR)
+    found = complete_checkpoints(sub)
+    if not found:
+        raise CheckpointError(f"{path}: no complete checkpoint under {sub}")
+    return found[-1]
+
+
+def load_agent(path: str | Path, which: str = "best") -> LoadedAgent:
+    """Restore the agent of a run directory (``which``: its kept ``best`` policy or its
+    ``latest`` checkpoint) or of one checkpoint directory. Raises ``CheckpointError`` naming
+    the path when there is nothing complete to load or it cannot be restored."""
+    from dodgerl.agents import sac
+
+    step_dir = checkpoint_dir(path, which)
+    run_dir = step_dir.parent.parent
+    try:
+        config = load_run_config(run_dir)
+    except (OSError, ConfigError) as err:
+        raise CheckpointError(f"{run_dir / 'config.yaml'}: {err}") from err
+    env = make_env(config.env)
+    try:
+        template = sac.create(jax.random.PRNGKey(0), env.observation_space, env.action_space,
+                              config.agent)
+    finally:
+        env.close()
+    agent, meta = restore(step_dir, template)
+    return LoadedAgent(agent, config, meta, step_dir)
+
+
+def evaluate(agent: Any, env_config: EnvConfig, episodes: int = 10, seed: int = 1_000_000,
+             deterministic: bool = True, key: jax.Array | None = None,
+             record: bool = False) -> EvalResult:
+    """``episodes`` episodes of ``agent`` (anything with ``act(obs, key, deterministic=)``: an
+    agent or a ``sac.Policy``) on envs reset with seeds ``seed``, ``seed + 1``, ...; the same
+    episodes a run evaluates with ``eval_seed`` = ``seed``. ``record``: keep episode 0's frames."""
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes={episodes!r}: must be an integer >= 1")
+    key = jax.random.PRNGKey(0) if key is None else key
+    evaluator = Evaluator(env_config, episodes, seed, record)
+    try:
+        return evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), key)
+    finally:
+        evaluator.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Evaluate a saved SAC agent: the best policy a run kept, or any checkpoint.")
+    parser.add_argument("path", type=Path,
+                        help="a run directory, or one checkpoint: RUN_DIR/checkpoints/<step> or "
+                             "RUN_DIR/best/<step>")
+    parser.add_argument("--which", choices=WHICH, default="best",
+                        help="with a run directory: its kept best policy (default) or its "
+                             "latest checkpoint")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="episodes to run (default: the run's eval_episodes)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="episode i resets with seed + i (default: the run's eval_seed, i.e. "
+                             "the run's own evaluation episodes)")
+    parser.add_argument("--stochastic", action="store_true",
+                        help="sample actions instead of taking the mean")
+    parser.add_argument("--key", type=int, default=0, help="PRNG seed of --stochastic actions")
+    parser.add_argument("--gif", type=Path, default=None, help="write episode 0 as a GIF here")
+    args = parser.parse_args(argv)
+    if args.episodes is not None and args.episodes < 1:
+        parser.error("--episodes must be >= 1")
+    try:
+        loaded = load_agent(args.path, args.which)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    tc = loaded.config.train
+    episodes = tc.eval_episodes if args.episodes is None else args.episodes
+    seed = tc.eval_seed if args.seed is None else args.seed
+    result = evaluate(loaded.agent, loaded.config.env, episodes, seed, not args.stochastic,
+                      jax.random.PRNGKey(args.key), record=args.gif is not None)
+    if args.gif is not None:
+        write_gif(result.frames, args.gif)
+    row = result.row(loaded.meta["step"], 0.0)
+    horizon = loaded.config.env.max_episode_steps
+    logged = loaded.meta.get("best_eval")
+    print(f"checkpoint {loaded.checkpoint} (step {loaded.meta['step']}; run's best eval so far "
+          f"{'-' if logged is None else f'{logged:.1f}'})")
+    print(f"{episodes} {'stochastic' if args.stochastic else 'deterministic'} episodes, seeds "
+          f"{seed}..{seed + episodes - 1}: mean return {row['mean_return']:.1f} "
+          f"(std {row['std_return']:.1f}, min {row['min_return']:.1f}, max {row['max_return']:.1f}), "
+          f"mean length {row['mean_length']:.1f}, "
+          f"{np.mean(result.lengths >= horizon):.0%} reached the {horizon}-step horizon")
+    if args.gif is not None:
+        print(f"episode 0 written to {args.gif}")
+    return 0
