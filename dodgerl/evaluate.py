@@ -100,9 +100,12 @@ def evaluate(agent: Any, env_config: EnvConfig, episodes: int = 10, seed: int = 
              record: bool = False) -> EvalResult:
     """``episodes`` episodes of ``agent`` (anything with ``act(obs, key, deterministic=)``: an
     agent or a ``sac.Policy``) on envs reset with seeds ``seed``, ``seed + 1``, ...; the same
-    episodes a run evaluates with ``eval_seed`` = ``seed``. ``record``: keep episode 0's frames."""
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+    episodes a run evaluates with ``eval_seed`` = ``seed``. ``record``: keep episode 0's frames.
+    Deterministic results equal the run's own evaluation exactly when both act on the same kind
+    of device (a run on a GPU evaluated here on the CPU can differ in the last bits)."""
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes={episodes!r}: must be an integer >= 1")
+    episodes = int(episodes)
     key = jax.random.PRNGKey(0) if key is None else key
     evaluator = Evaluator(env_config, episodes, seed, record)
     try:
@@ -124,10 +127,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="episodes to run (default: the run's eval_episodes)")
     parser.add_argument("--seed", type=int, default=None,
                         help="episode i resets with seed + i (default: the run's eval_seed, i.e. "
-                             "the run's own evaluation episodes)")
-    parser.add_argument("--stochastic", action="store_true",
-                        help="sample actions instead of taking the mean")
-    parser.add_argument("--key", type=int, default=0, help="PRNG seed of --stochastic actions")
+                             "the run's own evaluation episodes, on which its best was selected: "
+                             "pass another seed for fresh episodes)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--stochastic", dest="deterministic", action="store_false", default=None,
+                      help="sample actions (default: as the run's eval_deterministic)")
+    mode.add_argument("--deterministic", dest="deterministic", action="store_true",
+                      help="take the mean action")
+    parser.add_argument("--key", type=int, default=0, help="PRNG seed of sampled actions")
     parser.add_argument("--gif", type=Path, default=None, help="write episode 0 as a GIF here")
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:
@@ -140,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     tc = loaded.config.train
     episodes = tc.eval_episodes if args.episodes is None else args.episodes
     seed = tc.eval_seed if args.seed is None else args.seed
-    result = evaluate(loaded.agent, loaded.config.env, episodes, seed, not args.stochastic,
+    deterministic = tc.eval_deterministic if args.deterministic is None else args.deterministic
+    result = evaluate(loaded.agent, loaded.config.env, episodes, seed, deterministic,
                       jax.random.PRNGKey(args.key), record=args.gif is not None)
     if args.gif is not None:
         write_gif(result.frames, args.gif)
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     logged = loaded.meta.get("best_eval")
     print(f"checkpoint {loaded.checkpoint} (step {loaded.meta['step']}; run's best eval so far "
           f"{'-' if logged is None else f'{logged:.1f}'})")
-    print(f"{episodes} {'stochastic' if args.stochastic else 'deterministic'} episodes, seeds "
+    print(f"{episodes} {'deterministic' if deterministic else 'stochastic'} episodes, seeds "
           f"{seed}..{seed + episodes - 1}: mean return {row['mean_return']:.1f} "
           f"(std {row['std_return']:.1f}, min {row['min_return']:.1f}, max {row['max_return']:.1f}), "
           f"mean length {row['mean_length']:.1f}, "

@@ -312,15 +312,16 @@ class EvalProcesses:
             pass
         return None
 
-    def close(self) -> None:
-        """Stop the workers once they have done what they were sent (a GIF being written)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers once they have done what they were sent (a GIF being written);
+        ``wait=False``: stop them now (the training loop stopping on an exception)."""
         for conn in self.connections:
             try:
                 conn.send(("close", None))
             except (BrokenPipeError, OSError):
                 pass
         for w, process in enumerate(self.processes):
-            process.join(timeout=60)
+            process.join(timeout=60 if wait else 0)
             error = self._pending_error(w)
             if error is not None:
                 print(f"evaluation worker {w} failed:\n{error}", file=sys.stderr, flush=True)
@@ -574,7 +575,9 @@ def train(
             n_step=config.replay.n_step,
             gamma=config.agent.gamma,
         )
-        cleanup.callback(replay.close)
+        # On an exception the buffer is released uncommitted, so that it declares what the last
+        # checkpoint saw, as after a kill -9 (save_checkpoint commits it on every clean path).
+        cleanup.push(lambda exc_type, *_: replay.close(commit=exc_type is None))
         # After the restore, so that a bad checkpoint fails before any evaluation process starts.
         if tc.eval_workers:
             evaluator: Evaluator | EvalProcesses = EvalProcesses(
@@ -582,7 +585,10 @@ def train(
         else:
             evaluator = Evaluator(ec, tc.eval_episodes, tc.eval_seed, record=tc.video,
                                   asynchronous=tc.eval_async_envs, envs_per_worker=tc.envs_per_worker)
-        cleanup.callback(evaluator.close)
+        if isinstance(evaluator, EvalProcesses):  # on an exception: stopped now, not waited for
+            cleanup.push(lambda exc_type, *_: evaluator.close(wait=exc_type is None))
+        else:
+            cleanup.callback(evaluator.close)
         resume_step = step if candidates else None
         progress_log = cleanup.enter_context(
             contextlib.closing(CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)))
@@ -853,7 +859,9 @@ def train(
         # Leaving the stack closes, newest first: the progress bar, the background evaluation
         # thread, the sampler and the mirror, the logs, the evaluator (its processes), the
         # replay files, the checkpoint manager (after its async best/ save) and the envs. On an
-        # exception the same happens, and the exception goes on up: no subprocess outlives it.
+        # exception (a second Ctrl-C too) the same happens, evaluation processes stopped without
+        # waiting and the replay uncommitted, and the exception goes on up: no subprocess
+        # outlives it, and the files are as a kill -9 would have left them.
     result = TrainResult(run_dir, step, episodes, updates, best_eval, interrupted, dict(timings))
     print(
         f"{'stopped' if interrupted else 'done'}: {step} env steps, {episodes} episodes, "

@@ -38,14 +38,16 @@ def test_the_kept_best_policy_reproduces_the_runs_best_evaluation(run_dir):
 
 
 def test_latest_and_named_checkpoints_load_and_act(run_dir):
-    newest = complete_checkpoints(run_dir / "checkpoints")[-1]
+    oldest, newest = complete_checkpoints(run_dir / "checkpoints")
     latest = load_agent(run_dir, which="latest")
     assert latest.checkpoint == newest and latest.meta["step"] == int(newest.name) == 200
-    named = load_agent(newest)
-    assert named.meta["step"] == 200
-    obs = np.zeros((4, 65), np.float32)
-    np.testing.assert_array_equal(np.asarray(latest.agent.act(obs, deterministic=True)),
-                                  np.asarray(named.agent.act(obs, deterministic=True)))
+    named = load_agent(oldest)
+    assert named.checkpoint == oldest and named.meta["step"] == 100
+    obs = np.random.default_rng(0).normal(size=(4, 65)).astype(np.float32)
+    assert not np.array_equal(np.asarray(latest.agent.act(obs, deterministic=True)),
+                              np.asarray(named.agent.act(obs, deterministic=True)))
+    np.testing.assert_array_equal(np.asarray(load_agent(newest).agent.act(obs, deterministic=True)),
+                                  np.asarray(latest.agent.act(obs, deterministic=True)))
     # More episodes than the run used, from other seeds: the policy is not tied to them.
     result = evaluate(named.agent.policy(), named.config.env, episodes=4, seed=7)
     assert len(result.returns) == 4 and np.all(result.lengths >= 1)
@@ -57,6 +59,8 @@ def test_evaluate_cli_reports_and_writes_a_gif(run_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 deterministic episodes" in out and "mean return" in out
     assert gif.read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+    assert main([str(run_dir), "--episodes", "2", "--stochastic", "--key", "3"]) == 0
+    assert "2 stochastic episodes" in capsys.readouterr().out
 
 
 def test_bad_paths_are_named(run_dir, tmp_path, capsys):

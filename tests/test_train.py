@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import shutil
@@ -375,3 +376,6 @@ def test_an_exception_mid_run_leaves_no_process_and_keeps_the_checkpoints(tmp_pa
     assert set(multiprocessing.active_children()) - before == set()
     run_dir = only_run_dir(tmp_path / "r")
     assert [int(p.name) for p in complete_checkpoints(run_dir / "checkpoints")] == [100]
+    # The replay declares what the checkpoint saw (100 transitions), not the 160 added after it.
+    header = json.loads((run_dir / "replay" / "header.json").read_text())
+    assert header["transitions_added"] == 100

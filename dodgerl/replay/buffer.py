@@ -385,11 +385,14 @@ class ReplayBuffer:
             raise
         _fsync_dir(self.directory)
 
-    def close(self) -> None:
-        """Commit and release the files. Idempotent."""
+    def close(self, commit: bool = True) -> None:
+        """Commit and release the files. Idempotent. ``commit=False`` releases them without a
+        commit: the header keeps declaring what the last commit did, as after a crash (the
+        training loop closes so when it stops on an exception, its checkpoint being older)."""
         if self._closed:
             return
-        self.commit()
+        if commit:
+            self.commit()
         with self._lock:
             self._closed = True
             self._arrays = {}
