@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
 _ITEMS = ("agent", "meta")
+WHICH = ("best", "latest")
+"""What ``find_checkpoint`` takes from a run directory: its kept best policy or its latest checkpoint."""
 
 
 class CheckpointError(RuntimeError):
@@ -93,6 +95,31 @@ def complete_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(steps, key=lambda p: int(p.name))
 
 
+def _is_named_step(path: Path) -> bool:
+    """Whether ``path`` names one step directory: ``RUN_DIR/checkpoints/<step>`` or ``RUN_DIR/best/<step>``."""
+    return path.name.isdigit() and path.parent.name in (CHECKPOINTS_DIR, BEST_DIR)
+
+
+def find_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """The checkpoint directory ``path`` names: a run directory (its newest complete ``best/``
+    or ``checkpoints/`` step, as ``which`` says) or one step directory of either."""
+    if which not in WHICH:
+        raise ValueError(f"which={which!r}: must be one of {WHICH}")
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if _is_named_step(path):
+        return path
+    if not (path / "config.yaml").is_file():
+        raise CheckpointError(f"{path}: not a run directory (no config.yaml) nor a checkpoint "
+                              f"directory RUN_DIR/{CHECKPOINTS_DIR}/<step> or RUN_DIR/{BEST_DIR}/<step>")
+    sub = path / (BEST_DIR if which == "best" else CHECKPOINTS_DIR)
+    found = complete_checkpoints(sub)
+    if not found:
+        raise CheckpointError(f"{path}: no complete checkpoint under {sub}")
+    return found[-1]
+
+
 def resolve_resume(path: str | Path) -> tuple[Path, list[Path]]:
     """Map ``--resume PATH`` to (run directory, candidate checkpoints, preferred first).
 
@@ -103,7 +130,7 @@ def resolve_resume(path: str | Path) -> tuple[Path, list[Path]]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"--resume {path}: no such file or directory")
-    if path.name.isdigit() and path.parent.name in (CHECKPOINTS_DIR, BEST_DIR):
+    if _is_named_step(path):
         if not _is_complete(path):
             raise CheckpointError(f"--resume {path}: checkpoint is incomplete (interrupted save?)")
         return path.parent.parent, [path]

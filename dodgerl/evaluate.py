@@ -29,17 +29,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from dodgerl.checkpoint import (
-    BEST_DIR,
-    CHECKPOINTS_DIR,
-    CheckpointError,
-    complete_checkpoints,
-    restore,
-)
+from dodgerl.checkpoint import WHICH, CheckpointError, find_checkpoint, restore
 from dodgerl.config import ConfigError, EnvConfig, RunConfig
 from dodgerl.train import EvalResult, Evaluator, load_run_config, make_env, write_gif
-
-WHICH = ("best", "latest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,33 +45,13 @@ class LoadedAgent:
     checkpoint: Path
 
 
-def checkpoint_dir(path: str | Path, which: str = "best") -> Path:
-    """The checkpoint directory ``path`` names: a run directory (its newest complete ``best/``
-    or ``checkpoints/`` step, as ``which`` says) or one step directory of either."""
-    if which not in WHICH:
-        raise ValueError(f"which={which!r}: must be one of {WHICH}")
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
-    if path.name.isdigit() and path.parent.name in (CHECKPOINTS_DIR, BEST_DIR):
-        return path
-    if not (path / "config.yaml").is_file():
-        raise CheckpointError(f"{path}: not a run directory (no config.yaml) nor a checkpoint "
-                              f"directory RUN_DIR/{CHECKPOINTS_DIR}/<step> or RUN_DIR/{BEST_DIR}/<step>")
-    sub = path / (BEST_DIR if which == "best" else CHECKPOINTS_DIR)
-    found = complete_checkpoints(sub)
-    if not found:
-        raise CheckpointError(f"{path}: no complete checkpoint under {sub}")
-    return found[-1]
-
-
 def load_agent(path: str | Path, which: str = "best") -> LoadedAgent:
     """Restore the agent of a run directory (``which``: its kept ``best`` policy or its
     ``latest`` checkpoint) or of one checkpoint directory. Raises ``CheckpointError`` naming
     the path when there is nothing complete to load or it cannot be restored."""
     from dodgerl.agents import sac
 
-    step_dir = checkpoint_dir(path, which)
+    step_dir = find_checkpoint(path, which)
     run_dir = step_dir.parent.parent
     try:
         config = load_run_config(run_dir)
