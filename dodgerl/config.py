@@ -131,8 +131,16 @@ class TrainConfig:
     gradient steps (same ratio, fewer and larger compiled calls)."""
     overlap: bool = True
     """Dispatch each update before stepping the envs, so that the envs step while the device
-    computes (JAX dispatch is asynchronous). The update then trains on the data collected up to
-    the previous vector step instead of this one. False: step, store, then update and wait."""
+    computes (JAX dispatch is asynchronous). The actions of the next vector step are then queued
+    before this step's update, so they come from the agent one update call older. False: step,
+    store, then update and wait."""
+    updates_in_flight: int = 2
+    """With ``overlap``: update calls the device may hold queued at once. With 2, each update is
+    dispatched before waiting for the previous one, so the device finds the next one queued when
+    it finishes (no idle gap while the host wakes up and launches it); the host still waits for
+    the older one before stepping the envs again, so it never runs more than one call ahead.
+    Same actions, batches and updates as 1 (the actions are queued before the update either
+    way): only the waiting moves. 1: wait for the update in flight, then dispatch the next."""
     eval_freq: int = 10_000
     """Evaluate every this many env steps (0 disables periodic evaluation)."""
     eval_episodes: int = 10
@@ -182,6 +190,8 @@ class TrainConfig:
         _check(self.learning_starts >= 0, "train.learning_starts",
                f"must be >= 0, got {self.learning_starts}")
         _check(self.eval_freq >= 0, "train.eval_freq", f"must be >= 0, got {self.eval_freq}")
+        _check(self.updates_in_flight in (1, 2), "train.updates_in_flight",
+               f"must be 1 or 2, got {self.updates_in_flight}")
         _check(0 <= self.eval_workers <= self.eval_episodes, "train.eval_workers",
                f"must be in [0, train.eval_episodes={self.eval_episodes}], got {self.eval_workers}")
         _check(not (self.eval_workers and self.eval_async_envs), "train.eval_workers",

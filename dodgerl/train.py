@@ -627,13 +627,14 @@ def train(
             timings["checkpoint"] += time.perf_counter() - t0
 
         pending_calls = 0  # vector steps collected since the last update call (after warm-up)
-        in_flight: list[Any] = []  # metrics of a dispatched update not yet waited for
+        in_flight: list[Any] = []  # metrics of dispatched updates not yet waited for, oldest first
 
-        def wait_update() -> None:
+        def wait_update(keep: int = 0) -> None:
+            """Wait until at most ``keep`` update calls are in flight (oldest first)."""
             nonlocal metrics
-            if in_flight:
+            while len(in_flight) > keep:
                 t0 = time.perf_counter()
-                metrics = jax.block_until_ready(in_flight.pop())
+                metrics = jax.block_until_ready(in_flight.pop(0))
                 timings["update"] += time.perf_counter() - t0
 
         def choose_actions(observations: np.ndarray) -> Any:
@@ -667,7 +668,10 @@ def train(
                     )
                 batch = sac.Batch(**next(sampler))
             timings["sample"] += time.perf_counter() - t3
-            wait_update()  # at most one update in flight: the host never runs ahead of the device
+            # With updates_in_flight 1, wait for the update in flight before queuing this one;
+            # with 2, queue it behind the one in flight (the device goes on without a gap), whose
+            # end the loop waits for before it steps the envs again.
+            wait_update(keep=tc.updates_in_flight - 1)
             key, update_key = jax.random.split(key)
             t4 = time.perf_counter()
             if mirror is not None:
@@ -680,7 +684,7 @@ def train(
                 timings["compile"] += time.perf_counter() - t4
                 return
             timings["update"] += time.perf_counter() - t4
-            in_flight[:] = [new_metrics]
+            in_flight.append(new_metrics)
             if block:
                 wait_update()
 
@@ -783,6 +787,10 @@ def train(
                     interrupted = True
                     print(f"\n{stop.requested} received: saving a checkpoint at step {step}", flush=True)
                     break
+                if len(in_flight) > 1:
+                    # The actions were queued behind the older update: wait for it here, timed as
+                    # the update's (the newer one runs on while the envs step).
+                    wait_update(keep=1)
                 t_act = time.perf_counter()
                 actions = np.asarray(pending_actions)  # waits for the device's act, not the update
                 t0 = time.perf_counter()

@@ -113,6 +113,42 @@ def test_fast_path_switches_keep_the_update_count_and_resume(tmp_path, mirror, o
     assert float(progress[-1]["time_compile_s"]) > 0
 
 
+@pytest.mark.parametrize("obs_mode", ["topdown", "vector"])
+def test_two_updates_in_flight_change_only_the_waiting(tmp_path, obs_mode):
+    """Queuing each update behind the one in flight (``updates_in_flight: 2``) runs the same
+    updates on the same batches with the same actions as waiting first (1): same evaluations,
+    episodes and final parameters, bit for bit."""
+    import jax
+    import numpy as np
+
+    from dodgerl.evaluate import load_agent
+
+    outcomes = []
+    for n in (1, 2):
+        raw = tiny_raw(obs_mode, total=160, updates_in_flight=n, overlap=True)
+        raw["env"]["level"] = 2  # episodes end within the run
+        raw["replay"]["device_mirror"] = True  # batches drawn on the loop's thread
+        results = tmp_path / f"r{n}"
+        assert cli_main(obs_mode, ["--config", str(write_config(tmp_path, raw)),
+                                   "--results-dir", str(results)]) == 0
+        run_dir = only_run_dir(results)
+        progress = read_csv(run_dir / "progress.csv")
+        evals = read_csv(run_dir / "eval.csv")
+        loaded = load_agent(run_dir, which="latest")
+        assert loaded.meta["step"] == 160
+        outcomes.append(([(r["step"], r["episodes"], r["updates"], r["train_return"]) for r in progress],
+                         [(r["step"], r["mean_return"], r["mean_length"]) for r in evals],
+                         jax.tree_util.tree_leaves(loaded.agent)))
+    (progress1, evals1, leaves1), (progress2, evals2, leaves2) = outcomes
+    assert progress1 == progress2 and evals1 == evals2
+    assert int(progress1[-1][2]) == 160 - 60
+    assert len(leaves1) == len(leaves2)
+    for a, b in zip(leaves1, leaves2):
+        if hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path):
     """Training envs in subprocesses (2 per process), evaluation episodes in subprocesses,
     evaluations of a CPU copy of the agent in a background thread, and evaluations in separate
