@@ -31,14 +31,15 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def timed(fn, iters: int) -> float:
-    """Median seconds of ``fn()`` over ``iters`` calls (after 3 warm-up calls)."""
+    """Median seconds of ``fn()`` over ``iters`` calls (after 3 warm-up calls); a ``fn`` that
+    returns a float has timed itself (seconds)."""
     for _ in range(3):
         fn()
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        own = fn()
+        times.append(own if isinstance(own, float) else time.perf_counter() - t0)
     return statistics.median(times)
 
 
@@ -120,6 +121,16 @@ def main(argv: list[str] | None = None) -> int:
             dispatch_update(fixed)
             jax.block_until_ready(state["metrics"])
 
+        def update_dispatch() -> float:
+            # How long the host is held by the call itself, the device idle before it: if this
+            # is near "update alone", launching the program's kernels is what bounds the loop.
+            jax.block_until_ready(state["metrics"])
+            t0 = time.perf_counter()
+            dispatch_update(fixed)
+            held = time.perf_counter() - t0
+            jax.block_until_ready(state["metrics"])
+            return held
+
         def sample_block() -> None:
             jax.block_until_ready(sample())
 
@@ -145,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
         parts = {
             "update alone (update_from, K = utd x n_envs)": update_alone,
+            "update dispatch (host held by the call, device idle before)": update_dispatch,
             "insert (replay.add + mirror.sync)": insert_block,
             "sample (host draw + upload)": sample_block,
             "act (n_envs obs, actions fetched)": act,

@@ -134,13 +134,14 @@ class TrainConfig:
     computes (JAX dispatch is asynchronous). The actions of the next vector step are then queued
     before this step's update, so they come from the agent one update call older. False: step,
     store, then update and wait."""
-    updates_in_flight: int = 2
-    """With ``overlap``: update calls the device may hold queued at once. With 2, each update is
-    dispatched before waiting for the previous one, so the device finds the next one queued when
-    it finishes (no idle gap while the host wakes up and launches it); the host still waits for
-    the older one before stepping the envs again, so it never runs more than one call ahead.
-    Same actions, batches and updates as 1 (the actions are queued before the update either
-    way): only the waiting moves. 1: wait for the update in flight, then dispatch the next."""
+    dispatch_thread: bool | str = "auto"
+    """With ``overlap``: make the loop's device calls (replay-mirror uploads, act, update) from
+    one background thread, in the loop's order, so that this thread steps the envs and writes
+    the replay while an update's kernels are being launched. On a GPU, launching an update call
+    holds the calling thread about as long as the device takes to run it (H200, 84x84, 16 steps
+    per call: 7.5 of 8.0 ms; docs/perf_notes.md v10). Same calls in the same order: same run.
+    ``auto``: on when JAX runs on an accelerator; off on a CPU, where calls return at once and
+    the thread only competes for the cores."""
     eval_freq: int = 10_000
     """Evaluate every this many env steps (0 disables periodic evaluation)."""
     eval_episodes: int = 10
@@ -190,8 +191,8 @@ class TrainConfig:
         _check(self.learning_starts >= 0, "train.learning_starts",
                f"must be >= 0, got {self.learning_starts}")
         _check(self.eval_freq >= 0, "train.eval_freq", f"must be >= 0, got {self.eval_freq}")
-        _check(self.updates_in_flight in (1, 2), "train.updates_in_flight",
-               f"must be 1 or 2, got {self.updates_in_flight}")
+        _check(self.dispatch_thread in (True, False, "auto"), "train.dispatch_thread",
+               f"must be true, false or auto, got {self.dispatch_thread!r}")
         _check(0 <= self.eval_workers <= self.eval_episodes, "train.eval_workers",
                f"must be in [0, train.eval_episodes={self.eval_episodes}], got {self.eval_workers}")
         _check(not (self.eval_workers and self.eval_async_envs), "train.eval_workers",

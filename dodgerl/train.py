@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -598,7 +598,7 @@ def train(
         k_per_call = tc.utd * tc.n_envs * tc.update_every
         sampler = None
         mirror = None
-        if use_device_mirror(config.replay.device_mirror):
+        if on_accelerator(config.replay.device_mirror):
             from dodgerl.replay.mirror import DeviceMirror
 
             mirror = DeviceMirror(replay)  # uploads what a resumed buffer already holds
@@ -619,34 +619,64 @@ def train(
                 "replay_transitions": len(replay), "resumes": resumes,
             }
 
+        # Device calls of the loop (mirror uploads, act, update) go through ``on_device``: with
+        # ``dispatch_thread`` they are made, in submission order, by one background thread, so
+        # that this thread steps the envs while an update's kernels are being launched (on a GPU
+        # the launch holds the calling thread about as long as the device runs the call);
+        # otherwise they are made here. Only that thread touches ``agent`` and ``mirror.frames``
+        # while jobs are pending; this thread reads them after ``drain()``.
+        dispatcher = (ThreadPoolExecutor(1, thread_name_prefix="dispatch")
+                      if tc.overlap and on_accelerator(tc.dispatch_thread) else None)
+        if dispatcher is not None:
+            cleanup.callback(functools.partial(dispatcher.shutdown, wait=True, cancel_futures=True))
+        jobs: list[Future] = []  # submitted, not yet observed (their exceptions must surface)
+
+        def on_device(fn: Callable[[], Any]) -> Future:
+            if dispatcher is not None:
+                future = dispatcher.submit(fn)
+                jobs.append(future)
+                return future
+            future = Future()
+            future.set_result(fn())
+            return future
+
+        def drain() -> None:
+            """Wait until every submitted device call has been made (not for the device)."""
+            while jobs:
+                jobs.pop(0).result()
+
         def save_checkpoint() -> None:
             finish_eval()  # a checkpoint's best_eval and eval.csv cover every evaluation up to it
+            drain()
             t0 = time.perf_counter()
             replay.commit()  # the buffer is never behind the agent that learned from it
             checkpoints.save(step, agent, meta_now())
             timings["checkpoint"] += time.perf_counter() - t0
 
         pending_calls = 0  # vector steps collected since the last update call (after warm-up)
-        in_flight: list[Any] = []  # metrics of dispatched updates not yet waited for, oldest first
+        in_flight: list[Future] = []  # (the metrics of) a dispatched update not yet waited for
 
-        def wait_update(keep: int = 0) -> None:
-            """Wait until at most ``keep`` update calls are in flight (oldest first)."""
+        def wait_update() -> None:
             nonlocal metrics
-            while len(in_flight) > keep:
+            if in_flight:
                 t0 = time.perf_counter()
-                metrics = jax.block_until_ready(in_flight.pop(0))
+                metrics = jax.block_until_ready(in_flight.pop().result())
                 timings["update"] += time.perf_counter() - t0
 
-        def choose_actions(observations: np.ndarray) -> Any:
-            """Uniform random actions during warm-up, then the policy's (a device array, not waited for)."""
+        def choose_actions(observations: np.ndarray) -> Future:
+            """Uniform random actions during warm-up, then the policy's (a device array, not waited
+            for), as a Future."""
             nonlocal key
             if step < tc.learning_starts:
-                return np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32)
+                future = Future()
+                future.set_result(np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32))
+                return future
             t0 = time.perf_counter()
             key, act_key = jax.random.split(key)
-            actions = agent.act(observations, act_key)  # dispatch (and the observations' transfer)
+            # dispatch (and the observations' transfer)
+            future = on_device(lambda: agent.act(observations, act_key))
             timings["act"] += time.perf_counter() - t0
-            return actions
+            return future
 
         def maybe_update(block: bool) -> None:
             """Run the ``k_per_call`` gradient steps due, if any (``block``: wait for the result)."""
@@ -659,7 +689,7 @@ def train(
             # Draw (or take) the batch before waiting for the update in flight: host work that
             # overlaps the device instead of following it.
             if mirror is not None:
-                indices = mirror.sample_indices(config.agent.batch_size, k_per_call)
+                indices = mirror.draw_indices(config.agent.batch_size, k_per_call)  # host
             else:
                 if sampler is None:
                     sampler = DeviceSampler(
@@ -668,23 +698,27 @@ def train(
                     )
                 batch = sac.Batch(**next(sampler))
             timings["sample"] += time.perf_counter() - t3
-            # With updates_in_flight 1, wait for the update in flight before queuing this one;
-            # with 2, queue it behind the one in flight (the device goes on without a gap), whose
-            # end the loop waits for before it steps the envs again.
-            wait_update(keep=tc.updates_in_flight - 1)
+            wait_update()  # at most one update in flight: the host never runs ahead of the device
             key, update_key = jax.random.split(key)
             t4 = time.perf_counter()
-            if mirror is not None:
-                agent, new_metrics = agent.update_from(mirror.frames, indices, update_key, gather_batch)
-            else:
-                agent, new_metrics = agent.update(batch, update_key)
+
+            def dispatch_update() -> Any:
+                nonlocal agent
+                if mirror is not None:
+                    on_dev = jax.device_put(indices, mirror.device)
+                    agent, new_metrics = agent.update_from(mirror.frames, on_dev, update_key, gather_batch)
+                else:
+                    agent, new_metrics = agent.update(batch, update_key)
+                return new_metrics
+
+            future = on_device(dispatch_update)
             updates += k_per_call
             if first:  # compile time is reported apart from the update rate
-                metrics = jax.block_until_ready(new_metrics)
+                metrics = jax.block_until_ready(future.result())
                 timings["compile"] += time.perf_counter() - t4
                 return
             timings["update"] += time.perf_counter() - t4
-            in_flight.append(new_metrics)
+            in_flight[:] = [future]
             if block:
                 wait_update()
 
@@ -727,6 +761,7 @@ def train(
             nonlocal key
             finish_eval()  # at most one in flight: rows stay in step order
             t0 = time.perf_counter()
+            drain()
             key, eval_key = jax.random.split(key)
             deterministic = tc.eval_deterministic
             # A copy of the agent when the evaluation outlives this call (the next update donates
@@ -787,12 +822,9 @@ def train(
                     interrupted = True
                     print(f"\n{stop.requested} received: saving a checkpoint at step {step}", flush=True)
                     break
-                if len(in_flight) > 1:
-                    # The actions were queued behind the older update: wait for it here, timed as
-                    # the update's (the newer one runs on while the envs step).
-                    wait_update(keep=1)
                 t_act = time.perf_counter()
-                actions = np.asarray(pending_actions)  # waits for the device's act, not the update
+                # waits for the device's act, not the update
+                actions = np.asarray(pending_actions.result())
                 t0 = time.perf_counter()
                 next_obs, rewards, terminated, truncated, infos = envs.step(actions)
                 t1 = time.perf_counter()
@@ -804,7 +836,10 @@ def train(
                         real_next[i] = infos["final_obs"][i]
                 replay.add(single_frames(obs, ec), actions, rewards, single_frames(real_next, ec), terminated, truncated)
                 if mirror is not None:
-                    mirror.sync()
+                    chunks = mirror.take()  # host; the upload is a device call
+                    on_device(functools.partial(mirror.upload, chunks))
+                while jobs and jobs[0].done():  # surface a failed device call now
+                    jobs.pop(0).result()
                 timings["act"] += t0 - t_act
                 timings["env"] += t1 - t0
                 timings["insert"] += time.perf_counter() - t1
@@ -863,6 +898,7 @@ def train(
             if not interrupted and (next_eval is None or not eval_log_has(run_dir, step)):
                 run_eval()
             save_checkpoint()
+        drain()
         wait_update()
         # Leaving the stack closes, newest first: the progress bar, the background evaluation
         # thread, the sampler and the mirror, the logs, the evaluator (its processes), the
@@ -879,8 +915,8 @@ def train(
     return result
 
 
-def use_device_mirror(setting: bool | str) -> bool:
-    """``replay.device_mirror`` resolved: ``auto`` means on when JAX runs on an accelerator."""
+def on_accelerator(setting: bool | str) -> bool:
+    """A true/false/``auto`` setting resolved: ``auto`` means on when JAX runs on an accelerator."""
     if setting == "auto":
         return jax.default_backend() != "cpu"
     return bool(setting)

@@ -107,7 +107,8 @@ class DeviceMirror:
                 self._write(np.full(slots.size, e, np.int32), slots)
         self.buffer.take_writes()  # already covered by the full upload
 
-    def _write(self, env: np.ndarray, slots: np.ndarray) -> None:
+    def _chunk(self, env: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The frames of (env, slots), read from the buffer, padded to a power-of-two bucket."""
         n = env.size
         bucket = max(self._min_bucket, 1 << (n - 1).bit_length())  # few distinct shapes: few compiles
         pad = bucket - n
@@ -116,20 +117,39 @@ class DeviceMirror:
             values = np.concatenate([values, np.zeros((pad, *values.shape[1:]), values.dtype)])
             env = np.concatenate([env, np.zeros(pad, np.int32)])
             slots = np.concatenate([slots, np.full(pad, self.slots_per_env, np.int32)])
-        self.frames = _scatter(self.frames, *jax.device_put((env, slots, values), self.device))
+        return env, slots, values
+
+    def _write(self, env: np.ndarray, slots: np.ndarray) -> None:
+        self.upload([self._chunk(env, slots)])
+
+    def take(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The host half of :meth:`sync`: the frames written since the last sync, read from the
+        buffer (from the thread that adds to it). Pass them to :meth:`upload`."""
+        env, slots = self.buffer.take_writes()
+        return [self._chunk(env[lo:lo + self._max_bucket], slots[lo:lo + self._max_bucket])
+                for lo in range(0, env.size, self._max_bucket)]
+
+    def upload(self, chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """The device half of :meth:`sync`: scatter ``take()``'s frames into the mirror. May run
+        on another thread than ``take``, as long as mirror uploads and the updates reading
+        ``frames`` are made from one thread, in order (``frames`` is donated)."""
+        for env, slots, values in chunks:
+            self.frames = _scatter(self.frames, *jax.device_put((env, slots, values), self.device))
 
     def sync(self) -> int:
         """Copy the frames written since the last sync to the device; returns how many."""
-        env, slots = self.buffer.take_writes()
-        for lo in range(0, env.size, self._max_bucket):
-            self._write(env[lo:lo + self._max_bucket], slots[lo:lo + self._max_bucket])
-        return int(env.size)
+        chunks = self.take()
+        self.upload(chunks)
+        return sum(int(np.sum(slots < self.slots_per_env)) for _, slots, _ in chunks)
+
+    def draw_indices(self, batch_size: int, steps: int = 1) -> dict[str, np.ndarray]:
+        """The host half of :meth:`sample_indices` (numpy, from the thread that adds)."""
+        host = self.buffer.sample_indices(batch_size * steps)
+        return {k: v.reshape(steps, batch_size, *v.shape[1:]) for k, v in host.items()}
 
     def sample_indices(self, batch_size: int, steps: int = 1) -> dict[str, jax.Array]:
         """Indices and small fields of ``steps`` batches, with a leading K axis, on the device."""
-        host = self.buffer.sample_indices(batch_size * steps)
-        host = {k: v.reshape(steps, batch_size, *v.shape[1:]) for k, v in host.items()}
-        return jax.device_put(host, self.device)
+        return jax.device_put(self.draw_indices(batch_size, steps), self.device)
 
     def close(self) -> None:
         self.buffer.track_writes(False)
