@@ -12,7 +12,9 @@ call (so compile time, reported apart, and the random warm-up are excluded) to t
 The breakdown (ms per 1000 env steps over the same window) comes from the loop's own timers:
 act (fetching the actions from the device), env (``envs.step``), insert (replay add + mirror
 sync), sample (drawing indices / taking a prefetched batch), update (dispatch + waiting for the
-device beyond what the env step hid), eval, checkpoint.
+device beyond what the env step hid), eval, checkpoint. With ``train.dispatch_thread`` (on for
+images on an accelerator) the device calls are made by a background thread: insert and update
+then count only the loop thread's part (reading the new frames, submitting, waiting).
 
 The ``sb3_*`` cases run Stable-Baselines3's SAC (when installed) on the same env, image size and
 batch, 1 env, UTD 1, and the report gives our rate over theirs, measured in the same run.
@@ -20,9 +22,12 @@ batch, 1 env, UTD 1, and the report gives our rate over theirs, measured in the 
     # the headline issue-7 rows on an H200, 4.2 minutes (benchmarks/reports/e2e_h200/run16):
     python benchmarks/e2e_throughput.py --cases sb3_vector,sb3_img256,vector_256envs_evalproc,img256_bf16 \
         --steps 50000 --sb3-steps 1000 --budget-s 200
-    # every issue-7 figure in one run, SB3 peers first (~8-9 minutes; not yet run to the end):
+    # every issue-7 figure in one run, SB3 peers first (6.6 minutes on an H200: benchmarks/reports/e2e_h200/run18):
     python benchmarks/e2e_throughput.py --cases sb3_vector,sb3_img84,sb3_img256,vector_32envs_evalproc,\
         vector_64envs_evalproc,img256_bf16,img84_evalproc,vector_256envs_evalproc --steps 50000 --sb3-steps 1000 --budget-s 430
+    # the dispatch thread against the loop's thread, same run (e2e_h200/v10_dispatch_thread):
+    python benchmarks/e2e_throughput.py --cases img84_evalproc_nothread,img84_evalproc,img256_bf16_nothread,\
+        img256_bf16,vector_256envs_evalproc_nothread,vector_256envs_evalproc --steps 15000
     # earlier H100 figures, runs of 3-7 minutes (benchmarks/reports/e2e_h100/run9, run13):
     python benchmarks/e2e_throughput.py --cases img256_bf16,img84,sb3_img256,sb3_img84 \
         --steps 50000 --sb3-steps 1000 --budget-s 545
