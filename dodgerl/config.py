@@ -135,13 +135,15 @@ class TrainConfig:
     before this step's update, so they come from the agent one update call older. False: step,
     store, then update and wait."""
     dispatch_thread: bool | str = "auto"
-    """With ``overlap``: make the loop's device calls (replay-mirror uploads, act, update) from
-    one background thread, in the loop's order, so that this thread steps the envs and writes
-    the replay while an update's kernels are being launched. On a GPU, launching an update call
-    holds the calling thread about as long as the device takes to run it (H200, 84x84, 16 steps
-    per call: 7.5 of 8.0 ms; docs/perf_notes.md v10). Same calls in the same order: same run.
-    ``auto``: on when JAX runs on an accelerator; off on a CPU, where calls return at once and
-    the thread only competes for the cores."""
+    """With ``overlap``: make the loop's device calls on the agent and the replay mirror (mirror
+    uploads, act, the batch indices' upload, update) from one background thread, in the loop's
+    order, so that the loop's thread steps the envs and writes the replay while an update's
+    kernels are being launched. On a GPU, launching an update call holds the calling thread
+    about as long as the device takes to run it (H200, 84x84, 16 steps per call: 7.5 of 8.0 ms;
+    docs/perf_notes.md v10). Same calls in the same order: same run. ``auto``: on for image
+    observations when JAX runs on an accelerator (+23-27% env steps/s end to end there); off for
+    vector observations (no gain measured) and on a CPU (calls return at once; the thread only
+    competes for the cores). Ignored without ``overlap``."""
     eval_freq: int = 10_000
     """Evaluate every this many env steps (0 disables periodic evaluation)."""
     eval_episodes: int = 10

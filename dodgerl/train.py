@@ -14,6 +14,7 @@ stack of batches sampled in a background thread. Resume restores everything a ch
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -47,6 +48,8 @@ EVAL_FIELDS = (
     "episodes", "wall_time_s",
 )
 _METRIC_FIELDS = ("critic_loss", "actor_loss", "temperature", "entropy", "q_mean")
+_MAX_QUEUED_JOBS = 8
+"""Device calls the loop may have queued on its dispatch thread before it waits for the oldest."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,9 +608,11 @@ def train(
             cleanup.callback(mirror.close)
         # The sampler starts with the first update (if there is no mirror).
         cleanup.callback(lambda: sampler is not None and sampler.close())
-        # Cumulative wall-clock seconds per phase. ``update`` is the update's dispatch plus the time
-        # spent waiting for the device to finish it (with ``overlap``, only the part the env step did
-        # not hide); ``compile`` is the first update call (tracing, compilation, one run).
+        # Cumulative wall-clock seconds per phase of this thread. ``update`` is the update's dispatch
+        # plus the time spent waiting for the device to finish it (with ``overlap``, only the part
+        # the env step did not hide; with the dispatch thread below, submitting the call and
+        # waiting for that thread to have made it, then for the device); ``compile`` is the first
+        # update call (tracing, compilation, one run).
         timings = {"act": 0.0, "env": 0.0, "insert": 0.0, "sample": 0.0, "update": 0.0, "eval": 0.0,
                    "checkpoint": 0.0, "compile": 0.0}
 
@@ -619,31 +624,38 @@ def train(
                 "replay_transitions": len(replay), "resumes": resumes,
             }
 
-        # Device calls of the loop (mirror uploads, act, update) go through ``on_device``: with
-        # ``dispatch_thread`` they are made, in submission order, by one background thread, so
-        # that this thread steps the envs while an update's kernels are being launched (on a GPU
-        # the launch holds the calling thread about as long as the device runs the call);
-        # otherwise they are made here. Only that thread touches ``agent`` and ``mirror.frames``
-        # while jobs are pending; this thread reads them after ``drain()``.
+        # The loop's device calls that read or donate the agent or the mirror's frames (mirror
+        # uploads, act, the batch indices' upload, the update) go through ``on_device``: with the
+        # dispatch thread they are made, in submission order, by one background thread, so that
+        # this thread steps the envs while an update's kernels are being launched (on a GPU the
+        # launch holds the calling thread about as long as the device runs the call); otherwise
+        # they are made here, at once. Only that thread touches ``agent`` and ``mirror.frames``
+        # while jobs are pending; this thread reads them after ``drain()``. (Key splits stay on
+        # this thread: they share no buffer with those calls.)
         dispatcher = (ThreadPoolExecutor(1, thread_name_prefix="dispatch")
-                      if tc.overlap and on_accelerator(tc.dispatch_thread) else None)
+                      if tc.overlap and use_dispatch_thread(tc.dispatch_thread, ec) else None)
         if dispatcher is not None:
             cleanup.callback(functools.partial(dispatcher.shutdown, wait=True, cancel_futures=True))
-        jobs: list[Future] = []  # submitted, not yet observed (their exceptions must surface)
+        jobs: collections.deque[Future] = collections.deque()  # submitted, not yet observed
 
         def on_device(fn: Callable[[], Any]) -> Future:
-            if dispatcher is not None:
-                future = dispatcher.submit(fn)
-                jobs.append(future)
+            if dispatcher is None:
+                future = Future()
+                future.set_result(fn())
                 return future
-            future = Future()
-            future.set_result(fn())
+            while len(jobs) >= _MAX_QUEUED_JOBS:  # the host never runs far ahead of the thread
+                jobs.popleft().result()
+            future = dispatcher.submit(fn)
+            jobs.append(future)
             return future
 
         def drain() -> None:
-            """Wait until every submitted device call has been made (not for the device)."""
+            """Wait until every submitted device call has been made (not for the device); timed
+            as ``update`` (what is queued is mostly the update's launch)."""
+            t0 = time.perf_counter()
             while jobs:
-                jobs.pop(0).result()
+                jobs.popleft().result()  # a failed call raises here
+            timings["update"] += time.perf_counter() - t0
 
         def save_checkpoint() -> None:
             finish_eval()  # a checkpoint's best_eval and eval.csv cover every evaluation up to it
@@ -689,7 +701,8 @@ def train(
             # Draw (or take) the batch before waiting for the update in flight: host work that
             # overlaps the device instead of following it.
             if mirror is not None:
-                indices = mirror.draw_indices(config.agent.batch_size, k_per_call)  # host
+                host_indices = mirror.draw_indices(config.agent.batch_size, k_per_call)
+                indices = on_device(lambda: jax.device_put(host_indices, mirror.device))
             else:
                 if sampler is None:
                     sampler = DeviceSampler(
@@ -704,9 +717,9 @@ def train(
 
             def dispatch_update() -> Any:
                 nonlocal agent
-                if mirror is not None:
-                    on_dev = jax.device_put(indices, mirror.device)
-                    agent, new_metrics = agent.update_from(mirror.frames, on_dev, update_key, gather_batch)
+                if mirror is not None:  # the indices' upload ran before this, in order
+                    agent, new_metrics = agent.update_from(mirror.frames, indices.result(), update_key,
+                                                           gather_batch)
                 else:
                     agent, new_metrics = agent.update(batch, update_key)
                 return new_metrics
@@ -760,8 +773,8 @@ def train(
             come when it finishes."""
             nonlocal key
             finish_eval()  # at most one in flight: rows stay in step order
-            t0 = time.perf_counter()
             drain()
+            t0 = time.perf_counter()
             key, eval_key = jax.random.split(key)
             deterministic = tc.eval_deterministic
             # A copy of the agent when the evaluation outlives this call (the next update donates
@@ -839,7 +852,7 @@ def train(
                     chunks = mirror.take()  # host; the upload is a device call
                     on_device(functools.partial(mirror.upload, chunks))
                 while jobs and jobs[0].done():  # surface a failed device call now
-                    jobs.pop(0).result()
+                    jobs.popleft().result()
                 timings["act"] += t0 - t_act
                 timings["env"] += t1 - t0
                 timings["insert"] += time.perf_counter() - t1
@@ -901,7 +914,7 @@ def train(
         drain()
         wait_update()
         # Leaving the stack closes, newest first: the progress bar, the background evaluation
-        # thread, the sampler and the mirror, the logs, the evaluator (its processes), the
+        # thread, the dispatch thread (after the call it is making), the sampler and the mirror, the logs, the evaluator (its processes), the
         # replay files, the checkpoint manager (after its async best/ save) and the envs. On an
         # exception (a second Ctrl-C too) the same happens, evaluation processes stopped without
         # waiting and the replay uncommitted, and the exception goes on up: no subprocess
@@ -919,6 +932,15 @@ def on_accelerator(setting: bool | str) -> bool:
     """A true/false/``auto`` setting resolved: ``auto`` means on when JAX runs on an accelerator."""
     if setting == "auto":
         return jax.default_backend() != "cpu"
+    return bool(setting)
+
+
+def use_dispatch_thread(setting: bool | str, env_config: EnvConfig) -> bool:
+    """``train.dispatch_thread`` resolved: ``auto`` means image observations on an accelerator
+    (docs/perf_notes.md v10: +23-27% end to end there; no gain for vector updates, and none on a
+    CPU, where calls return at once)."""
+    if setting == "auto":
+        return env_config.obs_mode == "topdown" and jax.default_backend() != "cpu"
     return bool(setting)
 
 

@@ -151,7 +151,8 @@ def test_loop_parts_times_every_part_of_an_iteration(tmp_path):
     result = json.loads(out.read_text())
     assert result["n_envs"] == 2 and result["k"] == 2
     parts = result["ms_per_iteration"]
-    assert len(parts) == 7 and all(ms > 0 for ms in parts.values())
+    assert len(parts) == 8 and all(ms > 0 for ms in parts.values())
+    assert any(k.startswith("update dispatch") for k in parts)
     # an iteration that waits for each part costs more than any one of its parts
     serial = next(v for k, v in parts.items() if k.startswith("serial"))
     assert serial > max(v for k, v in parts.items() if k.startswith(("insert", "sample", "act")))

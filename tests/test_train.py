@@ -278,13 +278,16 @@ def test_kill_9_then_resume_continues_from_last_complete_checkpoint(tmp_path):
     assert steps == list(range(20, steps[-1] + 1, 20)), "progress.csv has a gap after resume"
 
 
-@pytest.mark.parametrize("to_group", [False, True], ids=["process", "process-group-async-envs"])
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, to_group):
+@pytest.mark.parametrize("to_group,threaded", [(False, False), (True, False), (False, True)],
+                         ids=["process", "process-group-async-envs", "process-dispatch-thread"])
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, to_group, threaded):
     # to_group: the signal reaches every process of the group, env subprocesses included, as
     # Ctrl-C in a terminal, `timeout` or `kill -- -PGID` do; the workers must leave it to the
-    # training process, which checkpoints and then closes them.
+    # training process, which checkpoints and then closes them. threaded: the device calls are
+    # made by the dispatch thread (with the replay mirror), whose queue the checkpoint drains.
     raw = tiny_raw("vector", total=1_000_000, checkpoint_freq=100_000, eval_freq=0,
-                   async_envs=to_group)
+                   async_envs=to_group, dispatch_thread=threaded)
+    raw["replay"]["device_mirror"] = threaded
     config = write_config(tmp_path, raw)
     results = tmp_path / "r"
     env = dict(os.environ, SDL_VIDEODRIVER="dummy", PYTHONUNBUFFERED="1")
@@ -387,6 +390,51 @@ def test_help_documents_every_option():
     assert result.returncode == 0
     for option in ("--level", "--config", "--seed", "--total-timesteps", "--results-dir", "--resume", "--set"):
         assert option in result.stdout
+
+
+def test_a_failed_device_call_on_the_dispatch_thread_reaches_the_caller(tmp_path, monkeypatch):
+    """An update that fails on the dispatch thread (here: refused after a few calls) raises in
+    train()'s caller, promptly (the run stops within a few steps of the failure), the dispatch
+    thread does not outlive the call, and the checkpoint saved before the failure stays
+    complete."""
+    import threading
+
+    from dodgerl import train as train_module
+    from dodgerl.agents import sac
+
+    raw = tiny_raw("topdown", total=400, dispatch_thread=True, checkpoint_freq=100, eval_freq=0)
+    raw["replay"]["device_mirror"] = True
+    original, calls = sac.SACAgent.update_from, [0]
+
+    def update_then_fail(self, *args, **kwargs):
+        calls[0] += 1
+        if threading.current_thread() is threading.main_thread():
+            raise AssertionError("the update was made on the loop's thread")
+        if calls[0] > 30:  # step 122 of 2 envs: after the checkpoint at step 100
+            raise RuntimeError("device refused the update")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(sac.SACAgent, "update_from", update_then_fail)
+    with pytest.raises(RuntimeError, match="device refused the update"):
+        train_module.train(config_from_dict(raw), results_dir=tmp_path / "r")
+    assert calls[0] == 31  # stopped at the first failure
+    assert not [t for t in threading.enumerate() if t.name.startswith("dispatch")]
+    run_dir = only_run_dir(tmp_path / "r")
+    assert [int(p.name) for p in complete_checkpoints(run_dir / "checkpoints")] == [100]
+    rows = read_csv(run_dir / "progress.csv")
+    assert int(rows[-1]["step"]) <= 140  # the loop did not run on long after the failure
+
+
+def test_dispatch_thread_auto_means_images_on_an_accelerator(monkeypatch):
+    from dodgerl import train as train_module
+    from dodgerl.config import EnvConfig
+
+    image, vector = EnvConfig(obs_mode="topdown"), EnvConfig(obs_mode="vector")
+    for backend, expected in (("cpu", (False, False)), ("gpu", (True, False))):
+        monkeypatch.setattr(train_module.jax, "default_backend", lambda: backend)
+        assert (train_module.use_dispatch_thread("auto", image),
+                train_module.use_dispatch_thread("auto", vector)) == expected
+        assert train_module.use_dispatch_thread(True, vector) and not train_module.use_dispatch_thread(False, image)
 
 
 def test_an_exception_mid_run_leaves_no_process_and_keeps_the_checkpoints(tmp_path, monkeypatch):

@@ -6,7 +6,10 @@ of its frames on the device. The thread that adds to the buffer calls :meth:`Dev
 (one padded scatter of the frames written since the last sync, into a donated array: no copy of
 the mirror), then :meth:`DeviceMirror.sample_indices`, which draws transitions with the buffer's
 own seeded Generator and validity rule and returns only *where* their frames are plus the small
-fields (actions, rewards, terminated). :func:`gather_batch` turns those into a ``sac.Batch`` on
+fields (actions, rewards, terminated). Each has a host half (:meth:`~DeviceMirror.take`,
+:meth:`~DeviceMirror.draw_indices`: from the thread that adds) and a device half
+(:meth:`~DeviceMirror.upload`, ``jax.device_put``) that may be made from another thread, the one
+that also makes the updates reading ``frames`` (the training loop's dispatch thread). :func:`gather_batch` turns those into a ``sac.Batch`` on
 the device, inside the compiled update (``SACAgent.update_from``), frame stacks included.
 
 A 100K-transition 256x256x3 buffer is 19.7 GB: it fits an 80 GB GPU next to the agent. The
@@ -72,7 +75,8 @@ def gather_batch(frames: jax.Array, indices: dict[str, jax.Array]) -> dict[str, 
 class DeviceMirror:
     """Frames of ``buffer`` kept on ``device``; see the module docstring.
 
-    Not thread-safe with respect to ``buffer.add``: sync and sample from the thread that adds.
+    Not thread-safe with respect to ``buffer.add``: sync, take and draw from the thread that
+    adds; upload (and the updates reading ``frames``) from one thread, in order.
     """
 
     def __init__(self, buffer: ReplayBuffer, device: Any = None, max_fraction: float = 0.6,
