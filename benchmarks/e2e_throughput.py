@@ -85,6 +85,8 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                     "as img256, bf16 encoder compute"),
     "img256_bf16_nothread": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.dispatch_thread=false"],
                              "as img256_bf16, device calls from the loop's thread (before v10)"),
+    "img256_bf16_if2": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.updates_in_flight=2"],
+                        "as img256_bf16, the next update queued before waiting for the one in flight"),
     "img256_utd2": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.utd=2"],
                     "as img256_bf16, UTD 2"),
     "img84": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84"],

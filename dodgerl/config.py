@@ -144,6 +144,11 @@ class TrainConfig:
     observations when JAX runs on an accelerator (+23-27% env steps/s end to end there); off for
     vector observations (no gain measured) and on a CPU (calls return at once; the thread only
     competes for the cores). Ignored without ``overlap``."""
+    updates_in_flight: int = 1
+    """With ``overlap``: 1 waits for the update in flight before queuing the next; 2 queues the
+    next behind it first, then waits for it, so the device need not wait for this thread between
+    updates (the actions are queued before the update either way: same run). Measured without
+    the dispatch thread on an H200: no gain at 256x256, -17% at 84x84 (docs/perf_notes.md v10)."""
     eval_freq: int = 10_000
     """Evaluate every this many env steps (0 disables periodic evaluation)."""
     eval_episodes: int = 10
@@ -193,6 +198,8 @@ class TrainConfig:
         _check(self.learning_starts >= 0, "train.learning_starts",
                f"must be >= 0, got {self.learning_starts}")
         _check(self.eval_freq >= 0, "train.eval_freq", f"must be >= 0, got {self.eval_freq}")
+        _check(self.updates_in_flight in (1, 2), "train.updates_in_flight",
+               f"must be 1 or 2, got {self.updates_in_flight}")
         _check(self.dispatch_thread in (True, False, "auto"), "train.dispatch_thread",
                f"must be true, false or auto, got {self.dispatch_thread!r}")
         _check(0 <= self.eval_workers <= self.eval_episodes, "train.eval_workers",

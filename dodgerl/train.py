@@ -666,13 +666,14 @@ def train(
             timings["checkpoint"] += time.perf_counter() - t0
 
         pending_calls = 0  # vector steps collected since the last update call (after warm-up)
-        in_flight: list[Future] = []  # (the metrics of) a dispatched update not yet waited for
+        in_flight: list[Future] = []  # (the metrics of) dispatched updates not yet waited for
 
-        def wait_update() -> None:
+        def wait_update(keep: int = 0) -> None:
+            """Wait for the updates in flight, oldest first, until at most ``keep`` remain."""
             nonlocal metrics
-            if in_flight:
+            while len(in_flight) > keep:
                 t0 = time.perf_counter()
-                metrics = jax.block_until_ready(in_flight.pop().result())
+                metrics = jax.block_until_ready(in_flight.pop(0).result())
                 timings["update"] += time.perf_counter() - t0
 
         def choose_actions(observations: np.ndarray) -> Future:
@@ -711,7 +712,8 @@ def train(
                     )
                 batch = sac.Batch(**next(sampler))
             timings["sample"] += time.perf_counter() - t3
-            wait_update()  # at most one update in flight: the host never runs ahead of the device
+            if tc.updates_in_flight == 1:
+                wait_update()  # at most one update in flight: the host never runs ahead of the device
             key, update_key = jax.random.split(key)
             t4 = time.perf_counter()
 
@@ -731,9 +733,10 @@ def train(
                 timings["compile"] += time.perf_counter() - t4
                 return
             timings["update"] += time.perf_counter() - t4
-            in_flight[:] = [future]
-            if block:
-                wait_update()
+            in_flight.append(future)
+            # With two in flight this update is queued behind the previous one, which is waited
+            # for now: the device goes from one to the next without waiting for this thread.
+            wait_update(keep=0 if block else tc.updates_in_flight - 1)
 
         eval_pool = (ThreadPoolExecutor(1, thread_name_prefix="eval")
                      if tc.eval_in_background and not tc.eval_workers else None)

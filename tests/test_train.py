@@ -117,7 +117,8 @@ def test_fast_path_switches_keep_the_update_count_and_resume(tmp_path, mirror, o
 def test_the_dispatch_thread_changes_no_result(tmp_path, obs_mode):
     """Making the loop's device calls (mirror uploads, act, update) from a background thread
     makes the same calls in the same order as making them in the loop's thread: same episodes,
-    losses, evaluations and final parameters, bit for bit. (Batches from the device mirror,
+    losses, evaluations and final parameters, bit for bit; so does queuing each update before
+    waiting for the one in flight (``updates_in_flight: 2``). (Batches from the device mirror,
     drawn on the loop's thread: the host sampler's prefetching threads draw from whatever the
     buffer holds when they run, so their runs are not repeatable with or without it.)"""
     import jax
@@ -126,11 +127,12 @@ def test_the_dispatch_thread_changes_no_result(tmp_path, obs_mode):
     from dodgerl.evaluate import load_agent
 
     outcomes = []
-    for threaded in (False, True):
-        raw = tiny_raw(obs_mode, total=160, dispatch_thread=threaded, overlap=True)
+    for threaded, in_flight in ((False, 1), (True, 1), (True, 2)):
+        raw = tiny_raw(obs_mode, total=160, dispatch_thread=threaded, overlap=True,
+                       updates_in_flight=in_flight)
         raw["env"]["level"] = 2  # episodes end within the run
         raw["replay"]["device_mirror"] = True
-        results = tmp_path / f"r{int(threaded)}"
+        results = tmp_path / f"r{int(threaded)}{in_flight}"
         assert cli_main(obs_mode, ["--config", str(write_config(tmp_path, raw)),
                                    "--results-dir", str(results)]) == 0
         run_dir = only_run_dir(results)
@@ -142,14 +144,16 @@ def test_the_dispatch_thread_changes_no_result(tmp_path, obs_mode):
                           for r in progress],
                          [(r["step"], r["mean_return"], r["mean_length"]) for r in evals],
                          jax.tree_util.tree_leaves(loaded.agent)))
-    (progress1, evals1, leaves1), (progress2, evals2, leaves2) = outcomes
-    assert progress1 == progress2 and evals1 == evals2
+    (progress1, evals1, leaves1), (progress2, evals2, leaves2), (progress3, evals3, leaves3) = outcomes
     assert int(progress1[-1][2]) == 160 - 60 and int(progress1[-1][1]) >= 2
-    assert len(leaves1) == len(leaves2)
-    for a, b in zip(leaves1, leaves2):
-        if hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert progress2 == progress1 and evals2 == evals1
+    assert progress3 == progress1 and evals3 == evals1
+    for leaves in (leaves2, leaves3):
+        assert len(leaves) == len(leaves1)
+        for a, b in zip(leaves1, leaves):
+            if hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+                a, b = jax.random.key_data(a), jax.random.key_data(b)
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path):
