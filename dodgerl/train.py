@@ -734,9 +734,12 @@ def train(
                 return
             timings["update"] += time.perf_counter() - t4
             in_flight.append(future)
-            # With two in flight this update is queued behind the previous one, which is waited
-            # for now: the device goes from one to the next without waiting for this thread.
-            wait_update(keep=0 if block else tc.updates_in_flight - 1)
+            if block:
+                wait_update()
+            elif tc.updates_in_flight == 2:
+                # This update is queued behind the previous one, which is waited for now: the
+                # device goes from one to the next without waiting for this thread.
+                wait_update(keep=1)
 
         eval_pool = (ThreadPoolExecutor(1, thread_name_prefix="eval")
                      if tc.eval_in_background and not tc.eval_workers else None)
