@@ -696,7 +696,7 @@ def train(
 
         def maybe_update(block: bool) -> None:
             """Run the ``k_per_call`` gradient steps due, if any (``block``: wait for the result)."""
-            nonlocal agent, metrics, key, updates, sampler, pending_calls
+            nonlocal metrics, key, updates, sampler, pending_calls
             if pending_calls < tc.update_every or len(replay) < config.agent.batch_size:
                 return
             pending_calls = 0
@@ -923,7 +923,8 @@ def train(
         drain()
         wait_update()
         # Leaving the stack closes, newest first: the progress bar, the background evaluation
-        # thread, the dispatch thread (after the call it is making), the sampler and the mirror, the logs, the evaluator (its processes), the
+        # thread, the dispatch thread (after the call it is making), the sampler and the mirror,
+        # the logs, the evaluator (its processes), the
         # replay files, the checkpoint manager (after its async best/ save) and the envs. On an
         # exception (a second Ctrl-C too) the same happens, evaluation processes stopped without
         # waiting and the replay uncommitted, and the exception goes on up: no subprocess
