@@ -87,6 +87,11 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                              "as img256_bf16, device calls from the loop's thread (before v10)"),
     "img256_bf16_if1": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.updates_in_flight=1"],
                         "as img256_bf16, one update in flight (wait for it before queuing the next)"),
+    "img256_bf16_evalbg": ("sac_topdown_cnn_easy.yaml",
+                           FAST_IMG + ["agent.bf16_encoder=true", "train.eval_in_background=true",
+                                       "train.eval_on_device=true", "train.eval_async_envs=true"],
+                           "as img256_bf16, evaluations of a device copy in a background thread, episodes "
+                           "in subprocesses (not yet measured on a GPU)"),
     "img256_utd2": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.utd=2"],
                     "as img256_bf16, UTD 2"),
     "img84": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84"],

@@ -165,6 +165,13 @@ class TrainConfig:
     are written when it finishes; a checkpoint waits for it). Worth it when the policy is small
     (vector observations) and the accelerator is busy with updates: acting then neither waits
     for them nor stops the loop. Image policies act slowly on a CPU."""
+    eval_on_device: bool = False
+    """With ``eval_in_background``: keep the evaluated copy on the training device (the
+    accelerator) instead of the CPU, so that an image policy acts at the accelerator's speed,
+    its acts queued between the updates, while the loop goes on (with ``eval_async_envs``, one
+    act per step for all episodes). Same results as evaluating in the loop. Meant for 256x256
+    images, whose in-loop evaluation cost 168 ms per 1000 env steps on an H200 (run18); not yet
+    measured there (docs/perf_notes.md v10b)."""
     eval_async_envs: bool = False
     """Step evaluation episodes 1, 2, ... in subprocesses (episode 0 in this process, beside
     them): an evaluation then takes about one episode's env time instead of ``eval_episodes``
@@ -206,6 +213,9 @@ class TrainConfig:
                f"must be true, false or auto, got {self.dispatch_thread!r}")
         _check(0 <= self.eval_workers <= self.eval_episodes, "train.eval_workers",
                f"must be in [0, train.eval_episodes={self.eval_episodes}], got {self.eval_workers}")
+        _check(not self.eval_on_device or (self.eval_in_background and not self.eval_workers),
+               "train.eval_on_device", "needs train.eval_in_background and no train.eval_workers "
+               "(it keeps the background evaluation's copy on the training device)")
         _check(not (self.eval_workers and self.eval_async_envs), "train.eval_workers",
                "evaluation processes and train.eval_async_envs exclude each other: set one")
         _check(self.n_envs % self.envs_per_worker == 0, "train.envs_per_worker",

@@ -788,9 +788,10 @@ def train(
             deterministic = tc.eval_deterministic
             # A copy of the agent when the evaluation outlives this call (the next update donates
             # the agent's buffers); on the CPU, where a thread can act on it without queueing behind
-            # the accelerator's updates.
-            cpu = jax.devices("cpu")[0]
-            evaluated = jax.device_put(agent, cpu, may_alias=False) if tc.eval_in_background else agent
+            # the accelerator's updates, unless ``eval_on_device`` keeps it on the training device.
+            copy_device = jax.devices()[0] if tc.eval_on_device else jax.devices("cpu")[0]
+            evaluated = (jax.device_put(agent, copy_device, may_alias=False) if tc.eval_in_background
+                         else agent)
             if isinstance(evaluator, EvalProcesses):
                 evaluator.submit(evaluated.policy(), eval_key, deterministic)  # from the copy: no second transfer
 
@@ -803,7 +804,7 @@ def train(
                 result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), eval_key)
                 record_eval(step, result, agent, meta_now(), time.perf_counter())
             else:
-                copy_key = jax.device_put(eval_key, cpu, may_alias=False)
+                copy_key = jax.device_put(eval_key, copy_device, may_alias=False)
 
                 def job() -> tuple[EvalResult, float]:
                     result = evaluator.run(lambda o, k: evaluated.act(o, k, deterministic=deterministic), copy_key)

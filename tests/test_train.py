@@ -158,14 +158,16 @@ def test_the_dispatch_thread_changes_no_result(tmp_path, obs_mode):
 
 def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path):
     """Training envs in subprocesses (2 per process), evaluation episodes in subprocesses,
-    evaluations of a CPU copy of the agent in a background thread, and evaluations in separate
-    processes (in the background or waited for) give the run that stepping and evaluating
+    evaluations of a CPU copy of the agent in a background thread, evaluations in separate
+    processes (in the background or waited for), and a background evaluation of a copy kept on
+    the training device give the run that stepping and evaluating
     everything in this process gives: same episodes, losses, evaluations, best/ checkpoint and
     GIFs of the best policy; a resumed run too."""
     outcomes = []
     for i, switches in enumerate([{}, {"async_envs": True, "envs_per_worker": 2,
                                        "eval_async_envs": True, "eval_in_background": True},
-                                  {"eval_workers": 2, "eval_in_background": True}, {"eval_workers": 3}]):
+                                  {"eval_workers": 2, "eval_in_background": True}, {"eval_workers": 3},
+                                  {"eval_in_background": True, "eval_on_device": True, "eval_async_envs": True}]):
         raw = tiny_raw("vector", total=200, n_envs=4, eval_episodes=3, eval_freq=40, **switches)
         raw["env"]["level"] = 2  # episodes end within the run
         # Batches drawn on the loop's thread (the mirror), not by prefetching sampler threads,
@@ -335,6 +337,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, to_group, thread
         ("agent.no_such_key=1", "no_such_key"),
         ("bogus=1", "unknown config key 'bogus'"),
         ("train.total_timesteps", "expected key=value"),
+        ("train.eval_on_device=true", "train.eval_on_device: needs train.eval_in_background"),
+        ("train.updates_in_flight=3", "train.updates_in_flight: must be 1 or 2"),
+        ("train.dispatch_thread=sometimes", "train.dispatch_thread"),
     ],
 )
 def test_bad_set_values_fail_before_any_work(tmp_path, capsys, override, message):
