@@ -148,9 +148,10 @@ class TrainConfig:
     """With ``overlap`` and the dispatch thread: 1 waits for the update in flight before queuing
     the next; 2 queues the next behind it first, then waits for it, so the device goes from one
     update to the next without waiting for the loop's thread (the actions are queued before the
-    update either way: same run). H200, 256x256 bf16, evaluation off: 988 -> 1,118 env steps/s,
-    the update's own rate (docs/perf_notes.md v10); 2 in the 256x256 configs. Without the
-    dispatch thread it acts as 1 (measured there: no gain at 256x256, -17% at 84x84)."""
+    update either way: same run). H200, 256x256 bf16, 16 envs, evaluation off: 988 -> 1,118
+    env steps/s, the update's own rate (docs/perf_notes.md v10b); 2 in the 256x256 configs.
+    Without the dispatch thread it acts as 1 (measured there: no gain at 256x256, -17% at
+    84x84)."""
     eval_freq: int = 10_000
     """Evaluate every this many env steps (0 disables periodic evaluation)."""
     eval_episodes: int = 10
@@ -160,18 +161,20 @@ class TrainConfig:
     eval_seed: int = 1_000_000
     """Evaluation episode i uses env seed ``eval_seed + i``: the same list at every evaluation."""
     eval_in_background: bool = False
-    """Evaluate a copy of the agent on the CPU in a background thread while training goes on
+    """Evaluate a copy of the agent on the CPU (unless ``eval_on_device``) in a background thread
+    while training goes on
     (at most one evaluation in flight; its row and ``best/`` are those of the step it copied, and
     are written when it finishes; a checkpoint waits for it). Worth it when the policy is small
     (vector observations) and the accelerator is busy with updates: acting then neither waits
     for them nor stops the loop. Image policies act slowly on a CPU."""
     eval_on_device: bool = False
     """With ``eval_in_background``: keep the evaluated copy on the training device (the
-    accelerator) instead of the CPU, so that an image policy acts at the accelerator's speed,
-    its acts queued between the updates, while the loop goes on (with ``eval_async_envs``, one
-    act per step for all episodes). Same results as evaluating in the loop. Meant for 256x256
-    images, whose in-loop evaluation cost 168 ms per 1000 env steps on an H200 (run18); not yet
-    measured there (docs/perf_notes.md v10b)."""
+    accelerator) instead of the CPU, so that an image policy acts on the accelerator (one
+    batched act per step for all episodes, each queued behind the updates already queued) while
+    the loop goes on. Same results as evaluating in the loop. Meant for 256x256 images, whose
+    in-loop evaluation cost 168 ms per 1000 env steps on an H200 (run18); not yet measured
+    there: if an evaluation outlasts ``eval_freq`` env steps, the next one waits for it
+    (docs/perf_notes.md v10b)."""
     eval_async_envs: bool = False
     """Step evaluation episodes 1, 2, ... in subprocesses (episode 0 in this process, beside
     them): an evaluation then takes about one episode's env time instead of ``eval_episodes``

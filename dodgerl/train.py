@@ -788,10 +788,13 @@ def train(
             deterministic = tc.eval_deterministic
             # A copy of the agent when the evaluation outlives this call (the next update donates
             # the agent's buffers); on the CPU, where a thread can act on it without queueing behind
-            # the accelerator's updates, unless ``eval_on_device`` keeps it on the training device.
-            copy_device = jax.devices()[0] if tc.eval_on_device else jax.devices("cpu")[0]
-            evaluated = (jax.device_put(agent, copy_device, may_alias=False) if tc.eval_in_background
-                         else agent)
+            # the accelerator's updates, unless ``eval_on_device`` keeps it on the training device
+            # (a computed copy: new buffers whatever the backend does with a same-device put).
+            evaluated = agent
+            if tc.eval_in_background and tc.eval_on_device:
+                evaluated = jax.tree_util.tree_map(lambda x: x.copy(), agent)
+            elif tc.eval_in_background:
+                evaluated = jax.device_put(agent, jax.devices("cpu")[0], may_alias=False)
             if isinstance(evaluator, EvalProcesses):
                 evaluator.submit(evaluated.policy(), eval_key, deterministic)  # from the copy: no second transfer
 
@@ -804,7 +807,8 @@ def train(
                 result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), eval_key)
                 record_eval(step, result, agent, meta_now(), time.perf_counter())
             else:
-                copy_key = jax.device_put(eval_key, copy_device, may_alias=False)
+                copy_key = eval_key.copy() if tc.eval_on_device else jax.device_put(
+                    eval_key, jax.devices("cpu")[0], may_alias=False)
 
                 def job() -> tuple[EvalResult, float]:
                     result = evaluator.run(lambda o, k: evaluated.act(o, k, deterministic=deterministic), copy_key)
