@@ -52,6 +52,13 @@ _MAX_QUEUED_JOBS = 8
 """Device calls the loop may have queued on its dispatch thread before it waits for the oldest."""
 
 
+def _resolved(value: Any) -> Future:
+    """A Future already holding ``value`` (a call made here, at once)."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
 # ----------------------------------------------------------------------------------------------
 # Environments
 
@@ -643,9 +650,7 @@ def train(
 
         def on_device(fn: Callable[[], Any]) -> Future:
             if dispatcher is None:
-                future = Future()
-                future.set_result(fn())
-                return future
+                return _resolved(fn())
             while len(jobs) >= _MAX_QUEUED_JOBS:  # the host never runs far ahead of the thread
                 jobs.popleft().result()
             future = dispatcher.submit(fn)
@@ -684,9 +689,7 @@ def train(
             for), as a Future."""
             nonlocal key
             if step < tc.learning_starts:
-                future = Future()
-                future.set_result(np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32))
-                return future
+                return _resolved(np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32))
             t0 = time.perf_counter()
             key, act_key = jax.random.split(key)
             # dispatch (and the observations' transfer)
@@ -955,7 +958,7 @@ def use_dispatch_thread(setting: bool | str, env_config: EnvConfig) -> bool:
     (docs/perf_notes.md v10: +23-27% end to end there; no gain for vector updates, and none on a
     CPU, where calls return at once)."""
     if setting == "auto":
-        return env_config.obs_mode == "topdown" and jax.default_backend() != "cpu"
+        return env_config.obs_mode == "topdown" and on_accelerator("auto")
     return bool(setting)
 
 

@@ -9,8 +9,9 @@ own seeded Generator and validity rule and returns only *where* their frames are
 fields (actions, rewards, terminated). Each has a host half (:meth:`~DeviceMirror.take`,
 :meth:`~DeviceMirror.draw_indices`: from the thread that adds) and a device half
 (:meth:`~DeviceMirror.upload`, ``jax.device_put``) that may be made from another thread, the one
-that also makes the updates reading ``frames`` (the training loop's dispatch thread). :func:`gather_batch` turns those into a ``sac.Batch`` on
-the device, inside the compiled update (``SACAgent.update_from``), frame stacks included.
+that also makes the updates reading ``frames`` (the training loop's dispatch thread).
+:func:`gather_batch` turns those into a ``sac.Batch`` on the device, inside the compiled update
+(``SACAgent.update_from``), frame stacks included.
 
 A 100K-transition 256x256x3 buffer is 19.7 GB: it fits an 80 GB GPU next to the agent. The
 mirror refuses (with the sizes) to allocate more than ``max_fraction`` of the device's memory.
@@ -42,6 +43,11 @@ def device_memory_bytes(device: Any) -> int | None:
 def mirror_bytes(buffer: ReplayBuffer) -> int:
     shape = (buffer.n_envs, buffer.slots_per_env, *buffer.observation_shape)
     return int(np.prod(shape, dtype=np.int64)) * buffer.observation_dtype.itemsize
+
+
+_Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""(env, slot, frame) rows of one upload, padded to a power-of-two bucket (padding rows: slot
+out of bounds)."""
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -106,12 +112,10 @@ class DeviceMirror:
         written = self.buffer.frames_written
         for e in range(self.buffer.n_envs):
             n = int(min(written[e], self.slots_per_env))
-            for lo in range(0, n, self._max_bucket):
-                slots = np.arange(lo, min(lo + self._max_bucket, n), dtype=np.int32)
-                self._write(np.full(slots.size, e, np.int32), slots)
+            self.upload(self._chunks(np.full(n, e, np.int32), np.arange(n, dtype=np.int32)))
         self.buffer.take_writes()  # already covered by the full upload
 
-    def _chunk(self, env: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _chunk(self, env: np.ndarray, slots: np.ndarray) -> _Chunk:
         """The frames of (env, slots), read from the buffer, padded to a power-of-two bucket."""
         n = env.size
         bucket = max(self._min_bucket, 1 << (n - 1).bit_length())  # few distinct shapes: few compiles
@@ -123,17 +127,17 @@ class DeviceMirror:
             slots = np.concatenate([slots, np.full(pad, self.slots_per_env, np.int32)])
         return env, slots, values
 
-    def _write(self, env: np.ndarray, slots: np.ndarray) -> None:
-        self.upload([self._chunk(env, slots)])
-
-    def take(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """The host half of :meth:`sync`: the frames written since the last sync, read from the
-        buffer (from the thread that adds to it). Pass them to :meth:`upload`."""
-        env, slots = self.buffer.take_writes()
+    def _chunks(self, env: np.ndarray, slots: np.ndarray) -> list[_Chunk]:
+        """``_chunk`` over (env, slots) in pieces of at most ``upload_chunk`` frames."""
         return [self._chunk(env[lo:lo + self._max_bucket], slots[lo:lo + self._max_bucket])
                 for lo in range(0, env.size, self._max_bucket)]
 
-    def upload(self, chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    def take(self) -> list[_Chunk]:
+        """The host half of :meth:`sync`: the frames written since the last sync, read from the
+        buffer (from the thread that adds to it). Pass them to :meth:`upload`."""
+        return self._chunks(*self.buffer.take_writes())
+
+    def upload(self, chunks: list[_Chunk]) -> None:
         """The device half of :meth:`sync`: scatter ``take()``'s frames into the mirror. May run
         on another thread than ``take``, as long as mirror uploads and the updates reading
         ``frames`` are made from one thread, in order (``frames`` is donated)."""
@@ -142,9 +146,9 @@ class DeviceMirror:
 
     def sync(self) -> int:
         """Copy the frames written since the last sync to the device; returns how many."""
-        chunks = self.take()
-        self.upload(chunks)
-        return sum(int(np.sum(slots < self.slots_per_env)) for _, slots, _ in chunks)
+        env, slots = self.buffer.take_writes()
+        self.upload(self._chunks(env, slots))
+        return int(env.size)
 
     def draw_indices(self, batch_size: int, steps: int = 1) -> dict[str, np.ndarray]:
         """The host half of :meth:`sample_indices` (numpy, from the thread that adds)."""
