@@ -163,7 +163,9 @@ class TrainConfig:
     eval_in_background: bool = False
     """Evaluate a copy of the agent on the CPU (unless ``eval_on_device``) in a background thread
     while training goes on (at most one evaluation in flight; its row and ``best/`` are those of
-    the step it copied, and are written when it finishes; a checkpoint waits for it). Worth it when the policy is small
+    the step it copied, and are written when it finishes; a checkpoint waits for it, except the
+    checkpoint of its own step, which is saved before it starts and on resume runs it again
+    first). Worth it when the policy is small
     (vector observations) and the accelerator is busy with updates: acting then neither waits
     for them nor stops the loop. Image policies act slowly on a CPU."""
     eval_on_device: bool = False

@@ -600,10 +600,21 @@ def train(
         else:
             cleanup.callback(evaluator.close)
         resume_step = step if candidates else None
+        # Evaluation thresholds: the next is the first multiple of eval_freq above the step, or,
+        # from a checkpoint that says so, one due at its own step and not yet run (checkpoints
+        # made before the evaluation of their step; older ones made after it).
+        next_eval = (step // tc.eval_freq + 1) * tc.eval_freq if tc.eval_freq else None
+        eval_due_at_resume = False
+        if candidates and tc.eval_freq and meta.get("next_eval") is not None:
+            next_eval = meta["next_eval"]
+            eval_due_at_resume = step >= next_eval
         progress_log = cleanup.enter_context(
             contextlib.closing(CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)))
+        # A row of the evaluation due at the resumed step (written after its checkpoint, before
+        # the kill) is dropped: that evaluation runs again, on the same agent.
+        eval_resume_step = None if resume_step is None else resume_step - int(eval_due_at_resume)
         eval_log = cleanup.enter_context(
-            contextlib.closing(CsvLog(run_dir / "eval.csv", EVAL_FIELDS, resume_step)))
+            contextlib.closing(CsvLog(run_dir / "eval.csv", EVAL_FIELDS, eval_resume_step)))
 
         k_per_call = tc.utd * tc.n_envs * tc.update_every
         sampler = None
@@ -629,6 +640,9 @@ def train(
                 "key": np.asarray(key).tolist(),
                 "np_rng": np_rng.bit_generator.state, "wall_time_s": wall_offset + (time.perf_counter() - t_start),
                 "replay_transitions": len(replay), "resumes": resumes,
+                # The first evaluation not yet started: one due at this step (a checkpoint comes
+                # before the evaluation of its step) is run first thing on resume.
+                "next_eval": next_eval,
             }
 
         # The loop's device calls that read or donate the agent or the mirror's frames (mirror
@@ -833,7 +847,6 @@ def train(
         recent_lengths: list[int] = []
         metrics: dict[str, Any] = {}  # of the latest update call waited for (logging never waits)
         next_log = (step // tc.log_freq + 1) * tc.log_freq
-        next_eval = (step // tc.eval_freq + 1) * tc.eval_freq if tc.eval_freq else None
         next_ckpt = (step // tc.checkpoint_freq + 1) * tc.checkpoint_freq
         last_log_time, last_log_step = time.perf_counter(), step
 
@@ -844,6 +857,9 @@ def train(
             bar = tqdm(total=tc.total_timesteps, initial=step, unit="step", dynamic_ncols=True, smoothing=0.05)
             cleanup.callback(bar.close)
 
+        if eval_due_at_resume:  # before the first act: the same key split as the run before
+            next_eval += tc.eval_freq
+            run_eval()
         pending_actions = choose_actions(obs)
         interrupted = False
         with _StopFlag() as stop:
@@ -915,14 +931,17 @@ def train(
                     recent_lengths.clear()
                     if bar is not None:
                         bar.set_postfix(sps=f"{sps:.0f}", eval=_fmt(last_eval[0]), refresh=False)
+                # The checkpoint before the evaluation of the same step: it then waits only for
+                # evaluations started at least eval_freq env steps ago (with eval_in_background
+                # the one just started would keep the loop waiting for a whole evaluation).
+                if step >= next_ckpt:
+                    next_ckpt += tc.checkpoint_freq
+                    save_checkpoint()
                 if next_eval is not None and step >= next_eval:
                     next_eval += tc.eval_freq
                     run_eval()
                     if bar is not None:
                         bar.set_postfix(eval=_fmt(last_eval[0]), refresh=False)
-                if step >= next_ckpt:
-                    next_ckpt += tc.checkpoint_freq
-                    save_checkpoint()
 
             finish_eval()
             if not interrupted and (next_eval is None or not eval_log_has(run_dir, step)):

@@ -222,9 +222,17 @@ def test_resume_from_a_named_checkpoint(tmp_path):
     results = tmp_path / "r"
     assert cli_main("vector", ["--config", str(config), "--results-dir", str(results)]) == 0
     run_dir = only_run_dir(results)
+    evals_before = read_csv(run_dir / "eval.csv")
+    assert [int(r["step"]) for r in evals_before] == [100, 200]
     assert cli_main("vector", ["--resume", str(run_dir / "checkpoints" / "100"), "--total-timesteps", "200"]) == 0
     steps = [int(r["step"]) for r in read_csv(run_dir / "progress.csv")]
     assert steps == list(range(20, 201, 20))
+    # Checkpoint 100 was saved before the evaluation of step 100, which the resumed run does
+    # again first thing, on the same agent: one row per evaluation step, the same row.
+    evals = read_csv(run_dir / "eval.csv")
+    assert [int(r["step"]) for r in evals] == [100, 200]
+    assert (evals[0]["mean_return"], evals[0]["mean_length"]) == (
+        evals_before[0]["mean_return"], evals_before[0]["mean_length"])
 
 
 def test_half_written_checkpoint_is_skipped(tmp_path, capsys):
