@@ -50,7 +50,9 @@ class RunCheckpoints:
         run_dir = Path(run_dir)
         self.latest_dir = run_dir / CHECKPOINTS_DIR
         self.best_dir = run_dir / BEST_DIR
-        self._latest = _manager(self.latest_dir, keep)
+        # Latest checkpoints are written in Orbax's background thread when ``save`` is asked not
+        # to wait (the training loop's periodic checkpoints): the next save and close wait for it.
+        self._latest = _manager(self.latest_dir, keep, asynchronous=True)
         # best/ is written in Orbax's background thread (it is saved mid-run, after evaluations):
         # the next save_best, every save of the latest checkpoints, and close wait for it, so a
         # checkpoint's best_eval never names a best/ that has not landed. Orbax copies the arrays
@@ -59,11 +61,18 @@ class RunCheckpoints:
         # taken for complete.
         self._best = _manager(self.best_dir, 1, asynchronous=True)
 
-    def save(self, step: int, agent: Any, meta: dict[str, Any]) -> Path:
+    def save(self, step: int, agent: Any, meta: dict[str, Any], wait: bool = True) -> Path:
+        """Save the latest checkpoint of ``step`` (kept: the newest ``keep``). ``wait=False``
+        returns once Orbax has copied the arrays to the host (its default; so the caller may
+        donate them to the next update at once) and writes them in its background thread: the
+        checkpoint is complete (listed) when the next ``save`` or ``close`` returns;
+        until then it is a temporary directory, as after a kill."""
         self._best.wait_until_finished()
+        self._latest.wait_until_finished()
         if step not in self._latest.all_steps():
             self._latest.save(step, args=_save_args(agent, meta), force=True)
-            self._latest.wait_until_finished()
+            if wait:
+                self._latest.wait_until_finished()
         return self.latest_dir / str(step)
 
     def save_best(self, step: int, agent: Any, meta: dict[str, Any]) -> Path:

@@ -679,12 +679,14 @@ def train(
                 jobs.popleft().result()  # a failed call raises here
             timings["update"] += time.perf_counter() - t0
 
-        def save_checkpoint() -> None:
+        def save_checkpoint(wait: bool = True) -> None:
+            """Commit the replay and save the latest checkpoint (``wait=False``: written in the
+            background, complete by the next save or the end of the run)."""
             finish_eval()  # a checkpoint's best_eval and eval.csv cover every evaluation up to it
             drain()
             t0 = time.perf_counter()
             replay.commit()  # the buffer is never behind the agent that learned from it
-            checkpoints.save(step, agent, meta_now())
+            checkpoints.save(step, agent, meta_now(), wait=wait)
             timings["checkpoint"] += time.perf_counter() - t0
 
         pending_calls = 0  # vector steps collected since the last update call (after warm-up)
@@ -936,7 +938,7 @@ def train(
                 # the one just started would keep the loop waiting for a whole evaluation).
                 if step >= next_ckpt:
                     next_ckpt += tc.checkpoint_freq
-                    save_checkpoint()
+                    save_checkpoint(wait=False)
                 if next_eval is not None and step >= next_eval:
                     next_eval += tc.eval_freq
                     run_eval()

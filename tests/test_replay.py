@@ -303,3 +303,56 @@ def test_incremental_sampleable_set_draws_what_a_full_scan_of_the_flags_draws(tm
     for step in range(60):
         writer.step()
         check(model=False)
+
+
+def _wait_for(condition, seconds=10.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_background_writeback_writes_only_after_adds_and_declares_nothing(tmp_path):
+    """The writeback thread fsyncs the files when something was added since its last pass, never
+    when idle; what it wrote is not declared (an uncommitted add is still forgotten on reopen);
+    close() stops it."""
+    import threading
+    import time
+
+    buf = make(tmp_path, capacity=60, n_envs=3, writeback_s=0.01)
+    writer = ScriptedWriter(buf)
+    time.sleep(0.1)
+    assert buf.writebacks == 0  # nothing added yet: nothing written back
+    for _ in range(5):
+        writer.step()
+    buf.commit()
+    committed = len(buf)
+    assert _wait_for(lambda: buf.writebacks >= 1)
+
+    def unchanged_over(seconds):
+        before = buf.writebacks
+        time.sleep(seconds)
+        return buf.writebacks == before
+
+    # Idle buffer: once the pass that saw the last add is done, no more passes (a thread that
+    # wrote on every tick would change the count within ten ticks, every time).
+    assert _wait_for(lambda: unchanged_over(0.1))
+    assert unchanged_over(0.3)
+    idle = buf.writebacks
+    for _ in range(5):
+        writer.step()  # written back below, never committed
+    assert _wait_for(lambda: buf.writebacks > idle)
+    buf.close(commit=False)
+    assert not any(t.name == f"replay-writeback {tmp_path / 'buf'}" and t.is_alive()
+                   for t in threading.enumerate())
+    buf = make(tmp_path, capacity=60, n_envs=3, writeback_s=None)
+    assert len(buf) < committed + 1 and buf.transitions_added == 15 and buf.writebacks == 0
+    buf.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1.0])
+def test_writeback_interval_must_be_positive(tmp_path, bad):
+    with pytest.raises(ValueError, match="writeback_s"):
+        make(tmp_path, writeback_s=bad)

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,10 @@ class ReplayBuffer:
         preallocate: bool = True,
         n_step: int = 1,
         gamma: float = 0.99,
+        writeback_s: float | None = 2.0,
     ) -> None:
+        if writeback_s is not None and not writeback_s > 0:
+            raise ValueError(f"writeback_s must be > 0 or None, got {writeback_s!r}")
         if isinstance(n_step, bool) or not isinstance(n_step, (int, np.integer)) or n_step < 1:
             raise ValueError(f"n_step must be an integer >= 1, got {n_step!r}")
         if (isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.number))
@@ -163,6 +167,10 @@ class ReplayBuffer:
             self._reopen(header_path)
         else:
             self._create(seed, preallocate)
+        this = weakref.ref(self)  # the thread must not keep an unclosed buffer alive
+        self._writeback = None if writeback_s is None else _Writeback(
+            [self.directory / f"{name}.npy" for name in self._arrays], writeback_s,
+            lambda: None if this() is None else this()._version)
 
     # ------------------------------------------------------------------ create / reopen
 
@@ -391,12 +399,19 @@ class ReplayBuffer:
         training loop closes so when it stops on an exception, its checkpoint being older)."""
         if self._closed:
             return
+        if self._writeback is not None:
+            self._writeback.stop()
         if commit:
             self.commit()
         with self._lock:
             self._closed = True
             self._arrays = {}
             self._cache = None
+
+    @property
+    def writebacks(self) -> int:
+        """How many times the background writeback has written dirty pages to disk."""
+        return 0 if self._writeback is None else self._writeback.count
 
     def __enter__(self) -> ReplayBuffer:
         return self
@@ -659,3 +674,52 @@ class ReplayBuffer:
                 f"observation_dtype={self.observation_dtype}, action_dim={self.action_dim}, "
                 f"n_envs={self.n_envs}, frame_stack={self.frame_stack}, n_step={self.n_step}, "
                 f"gamma={self.gamma}, len={len(self)})")
+
+
+class _Writeback:
+    """Writes the buffer files' dirty pages to disk every ``interval_s`` seconds (``os.fsync`` on a
+    descriptor of each file, which writes a shared mapping's dirty pages and releases the GIL), in
+    a daemon thread, whenever something was added since the last time (``version()`` changed).
+
+    Without it, what the loop wrote since the last commit stays in the page cache until the
+    kernel's own writeback (30 s by default, or a dirty-memory threshold), so ``commit``'s flush
+    writes it all at once while the loop waits: at 256x256 a checkpoint every 25K env steps
+    flushes ~4.9 GB of frames. Durability is unchanged: only ``commit`` declares data in the
+    header, after its own flush."""
+
+    def __init__(self, paths: list[Path], interval_s: float, version: Any) -> None:
+        self._fds = [os.open(p, os.O_RDONLY) for p in paths]
+        self._interval = interval_s
+        self._version = version
+        self._stopped = threading.Event()
+        self.count = 0
+        self._thread = threading.Thread(target=self._run, name=f"replay-writeback {paths[0].parent}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            seen = self._version()
+            while not self._stopped.wait(self._interval):
+                now = self._version()
+                if now is None:
+                    return  # the buffer was dropped without close()
+                if now == seen:
+                    continue
+                seen = now
+                for fd in self._fds:
+                    if self._stopped.is_set():
+                        return
+                    try:
+                        os.fsync(fd)
+                    except OSError:
+                        pass  # commit's own flush reports a failing disk; this is only a head start
+                self.count += 1
+        finally:
+            for fd in self._fds:
+                os.close(fd)
+
+    def stop(self) -> None:
+        """Stop the thread (after the fsync it is in, if any); it closes the descriptors."""
+        self._stopped.set()
+        self._thread.join()
