@@ -273,6 +273,10 @@ class EvalProcesses:
             self._send(w, ("evaluate", (policy, key, w, bool(deterministic))))
         self.in_flight = True
 
+    def finished(self) -> bool:
+        """Whether every worker has answered the evaluation in flight (``collect`` would not wait)."""
+        return self.in_flight and all(conn.poll() for conn in self.connections)
+
     def collect(self) -> EvalResult:
         if not self.in_flight:
             raise RuntimeError("EvalProcesses.collect: no evaluation in flight")
@@ -767,9 +771,10 @@ def train(
                      if tc.eval_in_background and not tc.eval_workers else None)
         if eval_pool is not None:
             cleanup.callback(eval_pool.shutdown)
-        # The evaluation in flight: (wait for it -> (result, perf_counter when it finished), step,
-        # the agent it evaluated, the checkpoint meta of that step).
-        pending_eval: list[tuple[Callable[[], tuple[EvalResult, float]], int, Any, dict[str, Any]]] = []
+        # The evaluation in flight: (wait for it -> (result, perf_counter when it finished), whether
+        # it has finished, step, the agent it evaluated, the checkpoint meta of that step).
+        pending_eval: list[tuple[Callable[[], tuple[EvalResult, float]], Callable[[], bool], int, Any,
+                                 dict[str, Any]]] = []
 
         def record_eval(eval_step: int, result: EvalResult, evaluated: Any, meta: dict[str, Any],
                         t_done: float) -> None:
@@ -790,7 +795,7 @@ def train(
             """Wait for the evaluation in flight, if any, and log it."""
             if pending_eval:
                 t0 = time.perf_counter()
-                wait, eval_step, evaluated, meta = pending_eval.pop()
+                wait, _, eval_step, evaluated, meta = pending_eval.pop()
                 result, t_done = wait()
                 record_eval(eval_step, result, evaluated, meta, t_done)
                 timings["eval"] += time.perf_counter() - t0
@@ -821,7 +826,7 @@ def train(
                     result = evaluator.collect()
                     return result, min(evaluator.last_finished, time.perf_counter())
 
-                pending_eval.append((wait, step, evaluated, meta_now()))
+                pending_eval.append((wait, evaluator.finished, step, evaluated, meta_now()))
             elif eval_pool is None:
                 result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), eval_key)
                 record_eval(step, result, agent, meta_now(), time.perf_counter())
@@ -834,7 +839,7 @@ def train(
                     return result, time.perf_counter()
 
                 future = eval_pool.submit(job)
-                pending_eval.append((future.result, step, evaluated, meta_now()))
+                pending_eval.append((future.result, future.done, step, evaluated, meta_now()))
             timings["eval"] += time.perf_counter() - t0
             if not tc.eval_in_background:
                 finish_eval()
@@ -931,6 +936,8 @@ def train(
                     progress_log.write(row)
                     recent_returns.clear()
                     recent_lengths.clear()
+                    if pending_eval and pending_eval[0][1]():
+                        finish_eval()  # a background evaluation that has finished: its row, best/
                     if bar is not None:
                         bar.set_postfix(sps=f"{sps:.0f}", eval=_fmt(last_eval[0]), refresh=False)
                 # The checkpoint before the evaluation of the same step: it then waits only for
