@@ -22,7 +22,10 @@ batch, 1 env, UTD 1, and the report gives our rate over theirs, measured in the 
     # the headline issue-7 rows on an H200, 4.2 minutes (benchmarks/reports/e2e_h200/run16):
     python benchmarks/e2e_throughput.py --cases sb3_vector,sb3_img256,vector_256envs_evalproc,img256_bf16 \
         --steps 50000 --sb3-steps 1000 --budget-s 200
-    # every issue-7 figure in one run, SB3 peers first (6.6 minutes on an H200: benchmarks/reports/e2e_h200/run18):
+    # every issue-7 figure in one run (6.6 minutes on an H200: benchmarks/reports/e2e_h200/run21):
+    python benchmarks/e2e_throughput.py --cases img256_bf16_evalbg,sb3_img256,vector_64envs_evalproc,sb3_vector,\
+        img84_evalproc,sb3_img84,vector_256envs_evalproc,img256_bf16 --steps 50000 --sb3-steps 1000 --budget-s 470
+    # the same before the v11 checkpoint/evaluation changes, SB3 peers first (e2e_h200/run18):
     python benchmarks/e2e_throughput.py --cases sb3_vector,sb3_img84,sb3_img256,vector_32envs_evalproc,\
         vector_64envs_evalproc,img256_bf16,img84_evalproc,vector_256envs_evalproc --steps 50000 --sb3-steps 1000 --budget-s 430
     # the dispatch thread against the loop's thread, same run (e2e_h200/v10_dispatch_thread):
@@ -91,7 +94,7 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                            FAST_IMG + ["agent.bf16_encoder=true", "train.eval_in_background=true",
                                        "train.eval_on_device=true", "train.eval_async_envs=true"],
                            "as img256_bf16, evaluations of a device copy in a background thread, episodes "
-                           "in subprocesses (not yet measured on a GPU)"),
+                           "in subprocesses"),
     "img256_utd2": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.utd=2"],
                     "as img256_bf16, UTD 2"),
     "img84": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84"],
