@@ -82,8 +82,10 @@ class RunCheckpoints:
         return self.best_dir / str(step)
 
     def close(self) -> None:
-        self._latest.close()
-        self._best.close()
+        try:
+            self._latest.close()  # re-raises a failed background save
+        finally:
+            self._best.close()
 
 
 def _is_complete(step_dir: Path) -> bool:
@@ -172,6 +174,23 @@ def restore(step_dir: str | Path, agent_template: Any) -> tuple[Any, dict[str, A
     if not isinstance(meta, dict) or "step" not in meta:
         raise CheckpointError(f"{step_dir}: checkpoint metadata is missing or damaged")
     return restored["agent"], meta
+
+
+def read_meta(step_dir: str | Path) -> dict[str, Any]:
+    """The ``meta`` item of one complete checkpoint directory (no arrays read)."""
+    step_dir = Path(step_dir).absolute()
+    if not _is_complete(step_dir):
+        raise CheckpointError(f"{step_dir}: not a complete checkpoint")
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    try:
+        meta = checkpointer.restore(step_dir, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as err:
+        raise CheckpointError(f"{step_dir}: metadata cannot be read ({type(err).__name__}: {err})") from err
+    finally:
+        checkpointer.close()
+    if not isinstance(meta, dict) or "step" not in meta:
+        raise CheckpointError(f"{step_dir}: checkpoint metadata is missing or damaged")
+    return meta
 
 
 def restore_first_good(candidates: list[Path], agent_template: Any) -> tuple[Any, dict[str, Any], Path]:

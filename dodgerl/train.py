@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dodgerl.checkpoint import RunCheckpoints, resolve_resume, restore_first_good
+from dodgerl.checkpoint import (CheckpointError, RunCheckpoints, complete_checkpoints, read_meta,
+                                resolve_resume, restore_first_good)
 from dodgerl.config import EnvConfig, RunConfig, config_from_dict, read_yaml, save_config
 
 PROGRESS_FIELDS = (
@@ -613,6 +614,18 @@ def train(
         if candidates and tc.eval_freq and meta.get("next_eval") is not None:
             next_eval = meta["next_eval"]
             eval_due_at_resume = step >= next_eval
+        if eval_due_at_resume:
+            # That evaluation may have finished, and saved best/, after the checkpoint and before
+            # the stop; run again it could score otherwise (other kernels in a new process):
+            # best_eval then counts the best/ it saved, so best/ never goes to a worse policy.
+            kept_best = [p for p in complete_checkpoints(run_dir / "best") if int(p.name) <= step]
+            if kept_best:
+                try:
+                    saved_best = read_meta(kept_best[-1]).get("best_eval")
+                except CheckpointError:
+                    saved_best = None
+                if saved_best is not None and (best_eval is None or saved_best > best_eval):
+                    best_eval = saved_best
         progress_log = cleanup.enter_context(
             contextlib.closing(CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)))
         # A row of the evaluation due at the resumed step (written after its checkpoint, before
@@ -869,12 +882,12 @@ def train(
             bar = tqdm(total=tc.total_timesteps, initial=step, unit="step", dynamic_ncols=True, smoothing=0.05)
             cleanup.callback(bar.close)
 
-        if eval_due_at_resume:  # before the first act: the same key split as the run before
-            next_eval += tc.eval_freq
-            run_eval()
-        pending_actions = choose_actions(obs)
         interrupted = False
         with _StopFlag() as stop:
+            if eval_due_at_resume:  # before the first act: the same key split as the run before
+                next_eval += tc.eval_freq
+                run_eval()
+            pending_actions = choose_actions(obs)
             while step < tc.total_timesteps:
                 if stop.requested:
                     interrupted = True
@@ -950,7 +963,8 @@ def train(
                 # the one just started would keep the loop waiting for a whole evaluation).
                 if step >= next_ckpt:
                     next_ckpt += tc.checkpoint_freq
-                    save_checkpoint(wait=False)
+                    if step < tc.total_timesteps:  # the last one comes after the final evaluation
+                        save_checkpoint(wait=False)
                 if next_eval is not None and step >= next_eval:
                     next_eval += tc.eval_freq
                     run_eval()

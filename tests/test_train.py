@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dodgerl.checkpoint import complete_checkpoints
+from dodgerl.checkpoint import complete_checkpoints, read_meta
 from dodgerl.cli import main as cli_main
 from dodgerl.config import ConfigError, config_from_dict, load_config
 
@@ -224,15 +224,37 @@ def test_resume_from_a_named_checkpoint(tmp_path):
     run_dir = only_run_dir(results)
     evals_before = read_csv(run_dir / "eval.csv")
     assert [int(r["step"]) for r in evals_before] == [100, 200]
+    # Checkpoint 100 was saved before the evaluation of step 100 started, and says so.
+    assert read_meta(run_dir / "checkpoints" / "100")["next_eval"] == 100
+    # As if killed right after that checkpoint: no row, no best/ from step 100 on.
+    with (run_dir / "eval.csv").open("w", newline="") as f:
+        csv.DictWriter(f, list(evals_before[0])).writeheader()
+    shutil.rmtree(run_dir / "best")
     assert cli_main("vector", ["--resume", str(run_dir / "checkpoints" / "100"), "--total-timesteps", "200"]) == 0
     steps = [int(r["step"]) for r in read_csv(run_dir / "progress.csv")]
     assert steps == list(range(20, 201, 20))
-    # Checkpoint 100 was saved before the evaluation of step 100, which the resumed run does
-    # again first thing, on the same agent: one row per evaluation step, the same row.
+    # The resumed run evaluates step 100 first, on the same agent: the same row again.
     evals = read_csv(run_dir / "eval.csv")
     assert [int(r["step"]) for r in evals] == [100, 200]
     assert (evals[0]["mean_return"], evals[0]["mean_length"]) == (
         evals_before[0]["mean_return"], evals_before[0]["mean_length"])
+    assert complete_checkpoints(run_dir / "best")
+
+
+def test_the_last_checkpoint_comes_after_the_final_evaluation(tmp_path):
+    """A run ending on a checkpoint step that is not an evaluation step: its last checkpoint is
+    saved after the final evaluation and counts it in best_eval (the periodic one is not kept
+    in its place)."""
+    config = write_config(tmp_path, tiny_raw("vector", total=250, checkpoint_freq=50, keep_checkpoints=2))
+    results = tmp_path / "r"
+    assert cli_main("vector", ["--config", str(config), "--results-dir", str(results)]) == 0
+    run_dir = only_run_dir(results)
+    evals = read_csv(run_dir / "eval.csv")
+    assert [int(r["step"]) for r in evals] == [100, 200, 250]
+    meta = read_meta(run_dir / "checkpoints" / "250")
+    assert meta["wall_time_s"] >= float(evals[-1]["wall_time_s"])
+    assert meta["best_eval"] == max(float(r["mean_return"]) for r in evals)
+    assert meta["next_eval"] > 250
 
 
 def test_half_written_checkpoint_is_skipped(tmp_path, capsys):
