@@ -7,7 +7,10 @@
 (b) times the reopen of a 100K-slot 256x256x3 buffer (~20 GB, preallocated; its metadata is
     filled as if full, frames left as allocated zeros: reopen never reads frames);
 (c) batches/s of ``buf.sample`` on the host, and of ``DeviceSampler`` delivering (K, B, ...)
-    batches to ``jax.devices()[0]`` for K=1 and K=8, i.e. the update rate the sampler keeps fed.
+    batches to ``jax.devices()[0]`` for K=1 and K=8, i.e. the update rate the sampler keeps fed;
+(d) the training loop's insert: ``add`` of one step of 16 envs' 256x256 frames into a fresh
+    preallocated buffer, frames written with ``os.pwrite`` (the default) against through the
+    memory mapping (the peer, same run, alternating rounds), ms per add.
 Everything is written under --dir and deleted afterwards.
 """
 
@@ -125,6 +128,37 @@ def bench_reopen(root: Path, capacity: int, repeats: int = 5) -> dict:
             "first_sample_s_median": statistics.median(first_sample)}
 
 
+def bench_insert(root: Path, adds: int, rounds: int = 3, n_envs: int = 16) -> dict:
+    """ms per ``add`` of n_envs 256x256 frames into fresh pages: pwrite vs the mapping."""
+    from dodgerl.replay import buffer as buffer_module
+
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, size=(n_envs, 256, 256, 3), dtype=np.uint8)
+    actions = np.zeros((n_envs, 2), np.float32)
+    rewards = np.ones(n_envs, np.float32)
+    no = np.zeros(n_envs, bool)
+    default_min = buffer_module._PWRITE_MIN_FRAME_BYTES
+    out: dict[str, list[float]] = {"pwrite": [], "mapping": []}
+    try:
+        for r in range(rounds):
+            for path in ("pwrite", "mapping"):
+                buffer_module._PWRITE_MIN_FRAME_BYTES = default_min if path == "pwrite" else 1 << 62
+                directory = root / f"insert_{path}_{r}"
+                buf = ReplayBuffer(directory, capacity=(adds + 2) * n_envs, observation_shape=(256, 256, 3),
+                                   action_dim=2, n_envs=n_envs, writeback_s=None)
+                t0 = time.perf_counter()
+                for _ in range(adds):
+                    buf.add(frames, actions, rewards, frames, no, no)
+                out[path].append((time.perf_counter() - t0) / adds * 1e3)
+                buf.close()
+                shutil.rmtree(directory)
+    finally:
+        buffer_module._PWRITE_MIN_FRAME_BYTES = default_min
+    return {"adds": adds, "n_envs": n_envs, "rounds": rounds,
+            "ms_per_add_pwrite": statistics.median(out["pwrite"]),
+            "ms_per_add_mapping": statistics.median(out["mapping"]), "all": out}
+
+
 def rate(fn, seconds: float, min_calls: int = 5) -> float:
     fn()  # warm-up (compiles nothing, but faults pages and spins up threads)
     calls, t0 = 0, time.perf_counter()
@@ -167,6 +201,8 @@ def main() -> None:
     parser.add_argument("--reopen-capacity", type=int, default=100_000)
     parser.add_argument("--frames-84", type=int, default=50_000, help="84x84 frames for (c)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
+    parser.add_argument("--insert-adds", type=int, default=300, help="adds of 16 frames per round in (d)")
+    parser.add_argument("--only-insert", action="store_true", help="run (d) only")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--workers", type=str, default="1",
                         help="comma-separated DeviceSampler worker counts for extra K=1 rows")
@@ -181,7 +217,18 @@ def main() -> None:
 
     results: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                  "jax": jax.__version__, "device": str(jax.devices()[0])}}
+    if args.quick:
+        args.insert_adds = 20
     try:
+        results["insert"] = bench_insert(root, args.insert_adds)
+        if args.only_insert:
+            i = results["insert"]
+            print(f"insert, {i['n_envs']} envs x 256x256x3 per add, fresh pages, median of {i['rounds']} "
+                  f"rounds of {i['adds']} adds: pwrite {i['ms_per_add_pwrite']:.2f} ms, mapping "
+                  f"{i['ms_per_add_mapping']:.2f} ms per add ({i['ms_per_add_mapping'] / i['ms_per_add_pwrite']:.1f}x)")
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+            return
         disk, buf256 = bench_disk(root, args.frames, args.episode_length)
         results["disk"] = disk
         results["reopen"] = bench_reopen(root, args.reopen_capacity)
@@ -212,7 +259,10 @@ def main() -> None:
           f"{d['fill_transitions_per_s']:,.0f} transitions/s |")
     print(f"| reopen {r['capacity']:,}-slot buffer ({r['apparent_bytes'] / 1e9:.1f} GB) | "
           f"{r['reopen_s_median'] * 1e3:.1f} ms median, {r['reopen_s_max'] * 1e3:.1f} ms max |")
-    print(f"| create (preallocate) that buffer | {r['create_s']:.2f} s |\n")
+    print(f"| create (preallocate) that buffer | {r['create_s']:.2f} s |")
+    i = results["insert"]
+    print(f"| insert: add of {i['n_envs']} 256x256x3 frames into fresh pages, pwrite / through the "
+          f"mapping (same run) | {i['ms_per_add_pwrite']:.2f} / {i['ms_per_add_mapping']:.2f} ms |\n")
     print("| case | path | K | batch | calls/s | updates fed/s | transitions/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in results["sampling"]:
