@@ -175,7 +175,7 @@ class TrainConfig:
     the loop goes on. Same results as evaluating in the loop. Meant for 256x256 images: on an
     H200 (16 envs, bf16, with ``eval_async_envs``) evaluation cost the loop 18 ms per 1000 env
     steps this way against 80 in the loop, 1,011 vs 982 env steps/s over 50K steps in one run
-    (935-1,011 over four runs; docs/perf_notes.md v11). If an evaluation outlasts ``eval_freq`` env steps, the next one
+    (935-1,011 over five runs, median 988; docs/perf_notes.md v11). If an evaluation outlasts ``eval_freq`` env steps, the next one
     waits for it."""
     eval_async_envs: bool = False
     """Step evaluation episodes 1, 2, ... in subprocesses (episode 0 in this process, beside
