@@ -153,19 +153,16 @@ def resolve_resume(path: str | Path) -> tuple[Path, list[Path]]:
     return path, candidates
 
 
-def restore(step_dir: str | Path, agent_template: Any) -> tuple[Any, dict[str, Any]]:
-    """Restore (agent, meta) from one checkpoint directory, into ``agent_template``'s structure."""
+def _restore_items(step_dir: str | Path, **items: Any) -> dict[str, Any]:
+    """Restore the named items (Orbax restore args) of one complete checkpoint directory; its
+    ``meta`` is always among them and checked."""
     step_dir = Path(step_dir).absolute()
     if not _is_complete(step_dir):
         raise CheckpointError(f"{step_dir}: not a complete checkpoint")
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     try:
         restored = checkpointer.restore(
-            step_dir,
-            args=ocp.args.Composite(
-                agent=ocp.args.StandardRestore(agent_template), meta=ocp.args.JsonRestore()
-            ),
-        )
+            step_dir, args=ocp.args.Composite(**items, meta=ocp.args.JsonRestore()))
     except Exception as err:  # orbax/tensorstore raise many types for damaged files
         raise CheckpointError(f"{step_dir}: cannot be restored ({type(err).__name__}: {err})") from err
     finally:
@@ -173,24 +170,18 @@ def restore(step_dir: str | Path, agent_template: Any) -> tuple[Any, dict[str, A
     meta = restored["meta"]
     if not isinstance(meta, dict) or "step" not in meta:
         raise CheckpointError(f"{step_dir}: checkpoint metadata is missing or damaged")
-    return restored["agent"], meta
+    return restored
+
+
+def restore(step_dir: str | Path, agent_template: Any) -> tuple[Any, dict[str, Any]]:
+    """Restore (agent, meta) from one checkpoint directory, into ``agent_template``'s structure."""
+    restored = _restore_items(step_dir, agent=ocp.args.StandardRestore(agent_template))
+    return restored["agent"], restored["meta"]
 
 
 def read_meta(step_dir: str | Path) -> dict[str, Any]:
     """The ``meta`` item of one complete checkpoint directory (no arrays read)."""
-    step_dir = Path(step_dir).absolute()
-    if not _is_complete(step_dir):
-        raise CheckpointError(f"{step_dir}: not a complete checkpoint")
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    try:
-        meta = checkpointer.restore(step_dir, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as err:
-        raise CheckpointError(f"{step_dir}: metadata cannot be read ({type(err).__name__}: {err})") from err
-    finally:
-        checkpointer.close()
-    if not isinstance(meta, dict) or "step" not in meta:
-        raise CheckpointError(f"{step_dir}: checkpoint metadata is missing or damaged")
-    return meta
+    return _restore_items(step_dir)["meta"]
 
 
 def restore_first_good(candidates: list[Path], agent_template: Any) -> tuple[Any, dict[str, Any], Path]:

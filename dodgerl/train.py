@@ -28,7 +28,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import gymnasium
 import jax
@@ -143,6 +143,20 @@ class EvalResult:
             "episodes": len(self.returns),
             "wall_time_s": round(wall_time, 3),
         }
+
+
+class _PendingEval(NamedTuple):
+    """An evaluation started in the background and not yet logged."""
+
+    wait: Callable[[], tuple[EvalResult, float]]
+    """Waits for it: (result, ``time.perf_counter()`` when it finished)."""
+    finished: Callable[[], bool]
+    """Whether ``wait`` would return at once."""
+    step: int
+    evaluated: Any
+    """The agent it evaluates (best/ saves it)."""
+    meta: dict[str, Any]
+    """The checkpoint meta of its step."""
 
 
 class Evaluator:
@@ -787,10 +801,7 @@ def train(
                      if tc.eval_in_background and not tc.eval_workers else None)
         if eval_pool is not None:
             cleanup.callback(eval_pool.shutdown)
-        # The evaluation in flight: (wait for it -> (result, perf_counter when it finished), whether
-        # it has finished, step, the agent it evaluated, the checkpoint meta of that step).
-        pending_eval: list[tuple[Callable[[], tuple[EvalResult, float]], Callable[[], bool], int, Any,
-                                 dict[str, Any]]] = []
+        pending_eval: list[_PendingEval] = []  # the evaluation in flight, if any
 
         def record_eval(eval_step: int, result: EvalResult, evaluated: Any, meta: dict[str, Any],
                         t_done: float) -> None:
@@ -813,9 +824,9 @@ def train(
             """Wait for the evaluation in flight, if any, and log it."""
             if pending_eval:
                 t0 = time.perf_counter()
-                wait, _, eval_step, evaluated, meta = pending_eval.pop()
-                result, t_done = wait()
-                record_eval(eval_step, result, evaluated, meta, t_done)
+                pending = pending_eval.pop()
+                result, t_done = pending.wait()
+                record_eval(pending.step, result, pending.evaluated, pending.meta, t_done)
                 timings["eval"] += time.perf_counter() - t0
 
         def run_eval() -> None:
@@ -833,10 +844,11 @@ def train(
             # the accelerator's updates, unless ``eval_on_device`` keeps it on the training device
             # (a computed copy: new buffers whatever the backend does with a same-device put).
             evaluated = agent
+            cpu = jax.devices("cpu")[0]
             if tc.eval_in_background and tc.eval_on_device:
                 evaluated = _copy_tree(agent)
             elif tc.eval_in_background:
-                evaluated = jax.device_put(agent, jax.devices("cpu")[0], may_alias=False)
+                evaluated = jax.device_put(agent, cpu, may_alias=False)
             if isinstance(evaluator, EvalProcesses):
                 evaluator.submit(evaluated.policy(), eval_key, deterministic)  # from the copy: no second transfer
 
@@ -844,20 +856,20 @@ def train(
                     result = evaluator.collect()
                     return result, min(evaluator.last_finished, time.perf_counter())
 
-                pending_eval.append((wait, evaluator.finished, step, evaluated, meta_now()))
+                pending_eval.append(_PendingEval(wait, evaluator.finished, step, evaluated, meta_now()))
             elif eval_pool is None:
                 result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), eval_key)
                 record_eval(step, result, agent, meta_now(), time.perf_counter())
             else:
                 copy_key = eval_key.copy() if tc.eval_on_device else jax.device_put(
-                    eval_key, jax.devices("cpu")[0], may_alias=False)
+                    eval_key, cpu, may_alias=False)
 
                 def job() -> tuple[EvalResult, float]:
                     result = evaluator.run(lambda o, k: evaluated.act(o, k, deterministic=deterministic), copy_key)
                     return result, time.perf_counter()
 
                 future = eval_pool.submit(job)
-                pending_eval.append((future.result, future.done, step, evaluated, meta_now()))
+                pending_eval.append(_PendingEval(future.result, future.done, step, evaluated, meta_now()))
             timings["eval"] += time.perf_counter() - t0
             if not tc.eval_in_background:
                 finish_eval()
@@ -954,7 +966,7 @@ def train(
                     progress_log.write(row)
                     recent_returns.clear()
                     recent_lengths.clear()
-                    if pending_eval and pending_eval[0][1]():
+                    if pending_eval and pending_eval[0].finished():
                         finish_eval()  # a background evaluation that has finished: its row, best/
                     if bar is not None:
                         bar.set_postfix(sps=f"{sps:.0f}", eval=_fmt(last_eval[0]), refresh=False)
