@@ -84,7 +84,9 @@ def _agent(case, bf16):
     return sac.create(jax.random.key(0), obs_space, act_space, cfg), shape, dtype, batch_size
 
 
-def profile(case, bf16, k=8, calls=4, top=30):
+def profile(case, bf16, k=8, calls=4, top=30, variant=""):
+    if variant:
+        sac.set_impl_options(**{**dataclasses_defaults(), **VARIANTS[variant]})
     agent, shape, dtype, b = _agent(case, bf16)
     batch = ut._batch(shape, dtype, k, b)
     key = jax.random.key(1)
@@ -101,7 +103,8 @@ def profile(case, bf16, k=8, calls=4, top=30):
     jax.profiler.stop_trace()
     path = sorted(glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True))[-1]
     data = jax.profiler.ProfileData.from_file(path)
-    name = f"{case}_{'bf16' if bf16 else 'fp32'}_k{k}"
+    name = f"{case}_{'bf16' if bf16 else 'fp32'}_k{k}" + (f"_{variant}" if variant else "")
+    sac.set_impl_options(**dataclasses_defaults())
     out = {"wall_ms_per_step": 1e3 * wall / (calls * k), "lines": {}}
     log(f"== profile {name}: wall {out['wall_ms_per_step']:.3f} ms/step (traced)")
     for plane in data.planes:
@@ -138,6 +141,8 @@ VARIANTS = {
     "s2d+concat+unroll": dict(conv1_space_to_depth=True, concat_online=True, scan_unroll=8),
     "s2d+unroll+stacknext": dict(conv1_space_to_depth=True, concat_online=False, scan_unroll=8,
                                  stack_next=True),
+    "s2d+unroll+noprecast": dict(conv1_space_to_depth=True, concat_online=False, scan_unroll=8,
+                                 precast_encoder=False),
 }
 
 
@@ -166,7 +171,8 @@ def dataclasses_defaults():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--encoder", action="store_true")
-    p.add_argument("--profile", default="", help="comma list of case:dtype, e.g. img256:fp32")
+    p.add_argument("--profile", default="",
+                   help="comma list of case:dtype[:variant], e.g. img256:fp32,img256:bf16:s2d")
     p.add_argument("--variants", action="store_true")
     p.add_argument("--plan", default="", help="case:dtype:v1/v2;... (default: built-in plan)")
     p.add_argument("--k", type=int, default=8)
@@ -184,8 +190,8 @@ def main():
         encoder_bench()
         dump()
     for item in filter(None, args.profile.split(",")):
-        case, dtype = item.split(":")
-        profile(case, dtype == "bf16")
+        case, dtype, *variant = item.split(":")
+        profile(case, dtype == "bf16", k=args.k, variant=variant[0] if variant else "")
         dump()
     if args.variants:
         if args.plan:

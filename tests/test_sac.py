@@ -431,3 +431,53 @@ def test_impl_options_do_not_change_the_update(space, vector_arch, sharing):
     for other in results[1:]:
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                      results[0], other)
+
+
+@pytest.mark.parametrize("sharing, bf16_dense", [("critic", True), ("separate", False)])
+def test_precast_encoder_gives_the_same_bf16_update(sharing, bf16_dense):
+    """The bf16 copies carried between the steps of one call (``precast_encoder``) are exactly the
+    conversions they replace: the agent after a K = 3 call matches the one computed with the
+    conversions at each use, and the copies take the path of the gradient, not a new one."""
+    cfg = sac.SACConfig(**TINY, bf16_encoder=True, encoder_sharing=sharing, augmentation=True,
+                        actor_lr=1e-3, critic_lr=1e-3, temperature_lr=1e-3)
+    batch, key = random_batch(IMAGE_SPACE, 3, 8, seed=4), jax.random.key(5)
+    defaults = sac.impl_options()
+    results = []
+    try:
+        for precast in (False, True):
+            sac.set_impl_options(precast_encoder=precast, bf16_dense=bf16_dense)
+            agent = sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, cfg)
+            carried = sac._precast(agent)
+            assert (carried is not None) == precast
+            if precast:
+                dense = carried["target"]["Dense_0"]["kernel"]
+                assert dense.dtype == (jnp.bfloat16 if bf16_dense else jnp.float32)
+                assert carried["critic"]["Conv_0"]["kernel"].dtype == jnp.bfloat16
+                assert ("actor" in carried) == (sharing == "separate")
+            agent, metrics = agent.update(batch, key)
+            results.append((to_numpy(agent), to_numpy(metrics)))
+    finally:
+        sac.set_impl_options(**dataclasses.asdict(defaults))
+    before, after = results
+    # The encoder moved (so equality is not two untouched copies of the initial parameters).
+    initial = to_numpy(sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, cfg))
+    assert not np.array_equal(initial.critic.params["encoder"]["Conv_0"]["kernel"],
+                              after[0].critic.params["encoder"]["Conv_0"]["kernel"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 before, after)
+
+
+def test_precast_params_converts_only_what_the_encoder_computes_in_low_precision():
+    from dodgerl.networks import MLPEncoder, NatureCNN, precast_params
+    x = jnp.zeros((1, 40, 40, 3), jnp.uint8)
+    cnn = NatureCNN(features=8, dtype=jnp.bfloat16, dense_dtype=jnp.float32,
+                    output="layernorm_tanh")
+    params = cnn.init(jax.random.key(0), x)["params"]
+    cast = precast_params(cnn, params)
+    dtypes = {name: {str(leaf.dtype) for leaf in jax.tree.leaves(layer)}
+              for name, layer in cast.items()}
+    assert dtypes == {"Conv_0": {"bfloat16"}, "Conv_1": {"bfloat16"}, "Conv_2": {"bfloat16"},
+                      "Dense_0": {"float32"}, "LayerNorm_0": {"float32"}}
+    np.testing.assert_array_equal(cnn.apply({"params": params}, x), cnn.apply({"params": cast}, x))
+    mlp_params = MLPEncoder((4,)).init(jax.random.key(0), jnp.zeros((1, 3)))["params"]
+    assert precast_params(MLPEncoder((4,)), mlp_params) is mlp_params

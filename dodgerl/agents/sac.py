@@ -35,6 +35,7 @@ from dodgerl.networks import (
     NatureCNN,
     TanhGaussianActorHead,
     nature_cnn_min_size,
+    precast_params,
     random_shift,
     sample_tanh_gaussian,
 )
@@ -70,6 +71,12 @@ class ImplOptions:
     (docs/perf_notes.md, v8)."""
     bf16_dense: bool = True
     """With ``bf16_encoder``: also the final dense layer in bf16 (else it computes in fp32)."""
+    precast_encoder: bool = True
+    """With ``bf16_encoder``: the K-step scan carries bf16 copies of the encoders' parameters
+    (online and target), written by the same fused kernels that write the parameters after each
+    step's Adam and Polyak updates, instead of converting the float32 parameters at each use
+    (each conversion re-reads the 103 MB dense kernel at 256x256). The same values reach the
+    same computations: exact (``tests/test_sac.py``)."""
 
 
 _IMPL = ImplOptions()
@@ -561,6 +568,39 @@ def _encode(nets: Networks, encoder_params: Any, observations: jax.Array) -> jax
     return nets.encoder.apply({"params": encoder_params}, observations)
 
 
+def _precast(agent: SACAgent) -> dict[str, Any] | None:
+    """Each encoder's parameters with the leaves it computes in bf16 already converted
+    (``ImplOptions.precast_encoder``), keyed "critic", "target" (and "actor" with separate
+    sharing); None when nothing would be converted (vectors, float32 encoders, option off)."""
+    nets, config = agent.networks, agent.config
+    if not (_IMPL.precast_encoder and nets.is_image and config.bf16_encoder):
+        return None
+    cast = functools.partial(precast_params, nets.encoder)
+    out = {"critic": cast(agent.critic.params["encoder"]),
+           "target": cast(agent.critic.target_params["encoder"])}
+    if config.encoder_sharing == "separate":
+        out["actor"] = cast(agent.actor.params["encoder"])
+    return out
+
+
+@jax.custom_vjp
+def _with_precast(params: Any, precast: Any) -> Any:
+    """``precast`` (= ``precast_params(encoder, params)``) in the forward pass, differentiated as
+    the conversions it replaces: the cotangent goes to ``params``, converted back to their dtype."""
+    return precast
+
+
+def _with_precast_fwd(params: Any, precast: Any) -> tuple[Any, Any]:
+    return precast, params
+
+
+def _with_precast_bwd(params: Any, cotangent: Any) -> tuple[Any, None]:
+    return jax.tree.map(lambda p, g: g.astype(p.dtype), params, cotangent), None
+
+
+_with_precast.defvjp(_with_precast_fwd, _with_precast_bwd)
+
+
 def _augment(agent: SACAgent, key: jax.Array, observations: jax.Array) -> jax.Array:
     if agent.networks.is_image and agent.config.augmentation:
         return random_shift(key, observations, agent.config.augmentation_pad)
@@ -574,6 +614,7 @@ def compute_losses(
     temperature_params: Any,
     batch: Batch,
     key: jax.Array,
+    precast: Mapping[str, Any] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The step's total loss (critic + actor + temperature) and metrics, for a batch without K axis.
 
@@ -581,6 +622,7 @@ def compute_losses(
     one gradient of the sum is each network's gradient of its own loss. Observations are encoded
     once by the critic encoder; with ``critic`` sharing the actor reads those features detached.
     The actor head runs once over [obs features; next obs features] (the next half detached).
+    ``precast``: what ``_precast(agent)`` returns for these parameters, or None.
     """
     nets, config = agent.networks, agent.config
     k_aug, k_aug_next, k_next_action, k_action = jax.random.split(key, 4)
@@ -591,10 +633,18 @@ def compute_losses(
 
     batch_size = batch.rewards.shape[0]
     sg = jax.lax.stop_gradient
+    critic_encoder = critic_params["encoder"]
+    target_encoder = agent.critic.target_params["encoder"]
+    actor_encoder = actor_params.get("encoder")
+    if precast is not None:
+        critic_encoder = _with_precast(critic_encoder, precast["critic"])
+        target_encoder = precast["target"]
+        if actor_encoder is not None:
+            actor_encoder = _with_precast(actor_encoder, precast["actor"])
     if config.encoder_sharing == "critic":
-        online_encoder = critic_params["encoder"]  # the actor reads it detached
+        online_encoder = critic_encoder  # the actor reads it detached
     else:
-        online_encoder = actor_params["encoder"]
+        online_encoder = actor_encoder
     # stack_next (exclusive with concat_online) needs parameters to stack: the identity vector
     # encoder has none.
     stack_next = (_IMPL.stack_next and not _IMPL.concat_online
@@ -613,16 +663,16 @@ def compute_losses(
     if stack_next:
         # Both next-obs encodings in one call over stacked (online, target) encoder params.
         stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), sg(online_encoder),
-                               target_params["encoder"])
+                               target_encoder)
         next_features, next_target_features = jax.vmap(
             lambda p: _encode(nets, p, next_observations))(stacked)
     else:
-        next_target_features = _encode(nets, target_params["encoder"], next_observations)
+        next_target_features = _encode(nets, target_encoder, next_observations)
     if config.encoder_sharing == "critic":
         critic_features = online_features
         actor_features = sg(critic_features)
     else:
-        critic_features = _encode(nets, critic_params["encoder"], observations)
+        critic_features = _encode(nets, critic_encoder, observations)
         actor_features = online_features
 
     # Actor head, once over [obs features; next obs features]: the next half is detached.
@@ -672,11 +722,14 @@ def compute_losses(
     return loss_critic + loss_actor + loss_temperature, metrics
 
 
-def sac_step(agent: SACAgent, batch: Batch, key: jax.Array) -> tuple[SACAgent, dict[str, jax.Array]]:
-    """One simultaneous gradient step on a batch without K axis, then the Polyak target update."""
+def sac_step(agent: SACAgent, batch: Batch, key: jax.Array,
+             precast: Mapping[str, Any] | None = None) -> tuple[SACAgent, dict[str, jax.Array]]:
+    """One simultaneous gradient step on a batch without K axis, then the Polyak target update.
+    ``precast``: ``_precast(agent)`` carried from the previous step, or None (same result)."""
     grad_fn = jax.grad(compute_losses, argnums=(1, 2, 3), has_aux=True)
     (critic_grads, actor_grads, temperature_grads), metrics = grad_fn(
-        agent, agent.critic.params, agent.actor.params, agent.temperature.params, batch, key
+        agent, agent.critic.params, agent.actor.params, agent.temperature.params, batch, key,
+        precast,
     )
     critic = agent.critic.apply_gradients(grads=critic_grads)
     critic = critic.replace(
@@ -702,14 +755,19 @@ def _scan_steps(agent: SACAgent, xs: Any, num_steps: int, key: jax.Array,
     # K calls with keys split(key, K)[i] replay exactly one call with K stacked batches.
     keys = key[None] if num_steps == 1 else jax.random.split(key, num_steps)
 
-    def body(agent: SACAgent, inputs: tuple[Any, jax.Array]):
+    def body(carry: tuple[SACAgent, Any], inputs: tuple[Any, jax.Array]):
+        agent, precast = carry
         x, step_key = inputs
-        return sac_step(agent, _as_float(make_batch(x)), step_key)
+        agent, metrics = sac_step(agent, _as_float(make_batch(x)), step_key, precast)
+        # The next step's bf16 copies, converted from the parameters just written: XLA fuses
+        # the conversion into the kernels that write them (Adam, Polyak).
+        return (agent, None if precast is None else _precast(agent)), metrics
 
     unroll = _IMPL.scan_unroll
     if unroll is None:
         unroll = 8 if len(agent.observation_shape) == 3 else 1
-    agent, metrics = jax.lax.scan(body, agent, (xs, keys), unroll=max(1, min(unroll, num_steps)))
+    (agent, _), metrics = jax.lax.scan(body, (agent, _precast(agent)), (xs, keys),
+                                       unroll=max(1, min(unroll, num_steps)))
     return agent, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
 

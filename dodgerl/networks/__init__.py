@@ -2,7 +2,13 @@
 
 from dodgerl.networks.augmentations import random_shift
 from dodgerl.networks.distributions import sample_tanh_gaussian, tanh_gaussian_log_prob
-from dodgerl.networks.encoders import NATURE_CNN_OUTPUTS, MLPEncoder, NatureCNN, nature_cnn_min_size
+from dodgerl.networks.encoders import (
+    NATURE_CNN_OUTPUTS,
+    MLPEncoder,
+    NatureCNN,
+    nature_cnn_min_size,
+    precast_params,
+)
 from dodgerl.networks.heads import MLP, CriticEnsemble, TanhGaussianActorHead
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "NatureCNN",
     "TanhGaussianActorHead",
     "nature_cnn_min_size",
+    "precast_params",
     "random_shift",
     "sample_tanh_gaussian",
     "tanh_gaussian_log_prob",

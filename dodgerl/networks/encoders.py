@@ -141,3 +141,24 @@ class NatureCNN(nn.Module):
         if self.output == "layernorm_tanh":
             return jnp.tanh(nn.LayerNorm(name="LayerNorm_0")(x.astype(jnp.float32)))
         return nn.relu(x).astype(jnp.float32)
+
+
+def precast_params(encoder: nn.Module, params: dict) -> dict:
+    """``params`` with every leaf that ``encoder`` converts to a lower compute precision before
+    use already converted (the others unchanged). Applying the encoder to the result computes
+    exactly what it computes from ``params``: its own conversions become no-ops. The SAC update
+    carries these copies between its steps, where the conversion fuses into the optimiser's
+    write of the parameters instead of re-reading them (docs/perf_notes.md, v12).
+
+    NatureCNN converts its convolutions' kernels and biases to ``dtype`` and the dense layer's to
+    ``dense_dtype`` (LayerNorm stays float32); MLPEncoder computes in float32 throughout.
+    """
+    if not isinstance(encoder, NatureCNN):
+        return params
+    dense_dtype = encoder.dtype if encoder.dense_dtype is None else encoder.dense_dtype
+    dtypes = {"Conv_0": encoder.dtype, "Conv_1": encoder.dtype, "Conv_2": encoder.dtype,
+              "Dense_0": dense_dtype}
+    return {
+        name: jax.tree.map(lambda p, d=dtypes.get(name): p if d is None else p.astype(d), layer)
+        for name, layer in params.items()
+    }
