@@ -300,6 +300,15 @@ LEARNING_MODES = {
     "lag256": ["train.overlap=true", "replay.device_mirror=true", "train.update_every=256"],
     "fast64": ["replay.device_mirror=true", *fast_vec_proc(64, 4)],
     "fast32": ["replay.device_mirror=true", *fast_vec_proc(32, 2)],
+    # Level-2 exploration (the shipped config's learning is far from issue 5's target there): the
+    # "fast" loop (1 env, the plain loop's data) with n-step returns and/or two gradient steps
+    # per env step.
+    "fast_nstep3": ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true",
+                    "replay.n_step=3"],
+    "fast_utd2": ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true",
+                  "train.utd=2"],
+    "fast_nstep3_utd2": ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true",
+                         "replay.n_step=3", "train.utd=2"],
 }
 
 
@@ -308,10 +317,14 @@ LEARNING_COLORS = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:gr
 
 
 def learning(out: Path, seeds: list[int], steps: int, level: int = 1, modes: list[str] | None = None,
-             eval_freq: int = 5000, parallel: int | None = None) -> dict:
+             eval_freq: int = 5000, parallel: int | None = None, timeout_s: float | None = None) -> dict:
     """Eval curves of the plain loop and the fast path(s), vector obs, runs in parallel processes
-    (at most ``parallel`` at a time)."""
+    (at most ``parallel`` at a time). Runs still going ``timeout_s`` after the start get SIGTERM
+    (they checkpoint and stop): their curves end where they were."""
+    import signal
     import subprocess
+
+    t_start = time.perf_counter()
 
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONUNBUFFERED="1")
     modes = list(LEARNING_MODES) if modes is None else modes
@@ -332,11 +345,18 @@ def learning(out: Path, seeds: list[int], steps: int, level: int = 1, modes: lis
             log.parent.mkdir(parents=True, exist_ok=True)
             procs.append((mode, seed, results, subprocess.Popen(cmd, stdout=log.open("w"),
                                                                stderr=subprocess.STDOUT, env=env)))
+    while timeout_s is not None and any(p[3].poll() is None for p in procs):
+        if time.perf_counter() - t_start > timeout_s:
+            for p in procs:
+                if p[3].poll() is None:
+                    p[3].send_signal(signal.SIGTERM)
+            break
+        time.sleep(1)
     curves: dict = {}
     for mode, seed, results, proc in procs:
         rc = proc.wait()
         runs = sorted(results.glob("*/*/eval.csv"))
-        if rc != 0 or not runs:
+        if not runs or (rc != 0 and timeout_s is None):
             curves.setdefault(mode, {})[seed] = {"error": f"exit {rc}"}
             continue
         rows = read_csv(runs[-1])
@@ -508,6 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-modes", default=",".join(LEARNING_MODES),
                         help=f"comma-separated, from: {', '.join(LEARNING_MODES)}")
     parser.add_argument("--learning-eval-freq", type=int, default=5000)
+    parser.add_argument("--learning-level", type=int, default=1, choices=(1, 2, 3),
+                        help="level of the learning runs (vector_sac.py's config for it)")
+    parser.add_argument("--learning-timeout-s", type=float, default=None,
+                        help="SIGTERM learning runs still going after this many seconds")
     parser.add_argument("--learning-parallel", type=int, default=None,
                         help="at most this many learning runs at a time (default: all at once)")
     parser.add_argument("--budget-s", type=float, default=None,
@@ -541,9 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     peers: list[dict] = []
     t_start = time.perf_counter()
     if seeds:
-        print(f"== learning: {args.learning_modes}, vector level 1, seeds {seeds}", flush=True)
-        curves = learning(args.out, seeds, args.learning_steps, modes=learning_modes,
-                          eval_freq=args.learning_eval_freq, parallel=args.learning_parallel)
+        print(f"== learning: {args.learning_modes}, vector level {args.learning_level}, seeds {seeds}",
+              flush=True)
+        curves = learning(args.out, seeds, args.learning_steps, level=args.learning_level,
+                          modes=learning_modes, eval_freq=args.learning_eval_freq,
+                          parallel=args.learning_parallel, timeout_s=args.learning_timeout_s)
         for mode, per_seed in curves.items():
             for seed, c in per_seed.items():
                 print(mode, seed, c, flush=True)
