@@ -11,6 +11,7 @@ reported, and the previous checkpoint is used instead.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,27 @@ def complete_checkpoints(directory: str | Path) -> list[Path]:
         return []
     steps = [p for p in directory.iterdir() if _is_complete(p)]
     return sorted(steps, key=lambda p: int(p.name))
+
+
+def set_aside_after(run_dir: str | Path, step: int, destination: str | Path) -> list[Path]:
+    """Move the complete checkpoints of ``run_dir`` (``checkpoints/`` and ``best/``) saved after
+    ``step`` to ``destination/checkpoints/`` and ``destination/best/``; returns their new paths.
+
+    A run resumed from an earlier checkpoint than its last continues from there: what the
+    abandoned continuation saved later is kept, but out of the run's way (else a later resume
+    would take the abandoned checkpoint for the newest, and the resumed run could not save its
+    own at those steps).
+    """
+    run_dir, destination = Path(run_dir), Path(destination)
+    moved = []
+    for sub in (CHECKPOINTS_DIR, BEST_DIR):
+        for path in complete_checkpoints(run_dir / sub):
+            if int(path.name) > step:
+                target = destination / sub / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                moved.append(target)
+    return moved
 
 
 def _is_named_step(path: Path) -> bool:

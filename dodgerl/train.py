@@ -22,6 +22,7 @@ import functools
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import time
@@ -35,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dodgerl.checkpoint import (CheckpointError, RunCheckpoints, complete_checkpoints, read_meta,
-                                resolve_resume, restore_first_good)
+from dodgerl.checkpoint import (BEST_DIR, CheckpointError, RunCheckpoints, complete_checkpoints,
+                                read_meta, resolve_resume, restore_first_good, set_aside_after)
 from dodgerl.config import EnvConfig, RunConfig, config_from_dict, read_yaml, save_config
 
 PROGRESS_FIELDS = (
@@ -573,8 +574,6 @@ def train(
         key = jax.random.PRNGKey(config.seed)
         key, init_key = jax.random.split(key)
         agent = sac.create(init_key, envs.single_observation_space, envs.single_action_space, config.agent)
-        checkpoints = RunCheckpoints(run_dir, tc.keep_checkpoints)
-        cleanup.callback(checkpoints.close)
 
         step = episodes = updates = 0
         best_eval: float | None = None
@@ -590,6 +589,12 @@ def train(
             np_rng.bit_generator.state = meta["np_rng"]
             resumes = meta.get("resumes", 0) + 1
             print(f"resumed from {restored_from} at step {step}", flush=True)
+            if _abandon_after(run_dir, step, meta.get("replay_header")) is not None:
+                if best_eval is not None and not complete_checkpoints(run_dir / BEST_DIR):
+                    best_eval = None  # its best/ was saved after the step: set aside with the rest
+        # After the restore: Orbax lists the steps on disk when it opens them.
+        checkpoints = RunCheckpoints(run_dir, tc.keep_checkpoints)
+        cleanup.callback(checkpoints.close)
 
         single_obs_space = envs.single_observation_space
         frame_shape = single_frames(np.zeros(single_obs_space.shape, single_obs_space.dtype)[None], ec).shape[1:]
@@ -717,8 +722,10 @@ def train(
             finish_eval()  # a checkpoint's best_eval and eval.csv cover every evaluation up to it
             drain()
             t0 = time.perf_counter()
-            replay.commit()  # the buffer is never behind the agent that learned from it
-            checkpoints.save(step, agent, meta_now(), wait=wait)
+            # The buffer is never behind the agent that learned from it; the checkpoint keeps the
+            # header of this commit, so a resume from it can rewind the buffer to it.
+            replay_header = replay.commit()
+            checkpoints.save(step, agent, {**meta_now(), "replay_header": replay_header}, wait=wait)
             timings["checkpoint"] += time.perf_counter() - t0
 
         pending_calls = 0  # vector steps collected since the last update call (after warm-up)
@@ -1010,6 +1017,38 @@ def on_accelerator(setting: bool | str) -> bool:
     if setting == "auto":
         return jax.default_backend() != "cpu"
     return bool(setting)
+
+
+def _abandon_after(run_dir: Path, step: int, replay_header: dict[str, Any] | None) -> Path | None:
+    """A resume from a checkpoint older than what the run saved last (``--resume`` of a named
+    checkpoint, or the newest one could not be restored): the run continues from ``step``, and
+    what the abandoned continuation saved after it moves out of its way, to
+    ``abandoned/<time>_after_<step>/``: its checkpoints and best/ (else a later resume would take
+    them for the newest, and this run could not save its own at those steps), the replay header of
+    its last commit (the buffer is rewound to the checkpoint's commit: what was added after it is
+    no longer sampled and gets overwritten) and a copy of progress.csv and eval.csv as they were
+    (the resumed run drops their rows after ``step``). Returns that directory, or None when
+    nothing was saved after ``step``. Checkpoints from before the replay header was recorded
+    cannot rewind the buffer: it is then reopened as it is."""
+    from dodgerl.replay import rewind_header
+
+    destination = run_dir / "abandoned" / f"{datetime.now():%Y%m%d_%H%M%S}_after_{step}"
+    replay_dir = run_dir / "replay"
+    rewound = False
+    if replay_header is not None and (replay_dir / "header.json").is_file():
+        # First: it checks the header belongs to this buffer and changes nothing if not.
+        rewound = rewind_header(replay_dir, replay_header, keep_as=destination / "replay_header.json")
+    moved = set_aside_after(run_dir, step, destination)
+    if not (rewound or moved):
+        return None
+    for name in ("progress.csv", "eval.csv"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, destination / name)
+    what = [str(p.relative_to(destination)) for p in moved]
+    print(f"resuming from step {step}, before the run's last save: "
+          f"{', '.join(what) or 'no checkpoint'} set aside in {destination}"
+          f"{'; replay buffer rewound to the checkpoint' if rewound else ''}", flush=True)
+    return destination
 
 
 def use_dispatch_thread(setting: bool | str, env_config: EnvConfig) -> bool:

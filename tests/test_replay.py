@@ -356,3 +356,47 @@ def test_background_writeback_writes_only_after_adds_and_declares_nothing(tmp_pa
 def test_writeback_interval_must_be_positive(tmp_path, bad):
     with pytest.raises(ValueError, match="writeback_s"):
         make(tmp_path, writeback_s=bad)
+
+
+@pytest.mark.parametrize("later_steps", [5, 16], ids=["no_wrap", "wraps_over_the_window"])
+def test_rewind_header_brings_the_buffer_back_to_an_earlier_commit(tmp_path, later_steps):
+    """A resume from an older checkpoint rewinds the buffer to that checkpoint's commit: what was
+    added after it is never sampled, and slots the later adds overwrote leave the window."""
+    from dodgerl.replay import ReplayMismatchError, rewind_header
+
+    buf = make(tmp_path, capacity=60, n_envs=3)  # 20 slots per env
+    writer = ScriptedWriter(buf, lengths=lambda e, j: 50)
+    for _ in range(8):
+        writer.step()
+    header = buf.commit()
+    written, length = buf.frames_written.copy(), len(buf)
+    for _ in range(later_steps):
+        writer.step()  # the abandoned continuation
+    later = buf.commit()
+    buf.close()
+    assert later["transitions_added"] > header["transitions_added"]
+    # Not this buffer's header, or one it has not reached: refused, nothing changed.
+    path = tmp_path / "buf" / "header.json"
+    before = path.read_text()
+    with pytest.raises(ReplayMismatchError, match="capacity"):
+        rewind_header(tmp_path / "buf", {**header, "capacity": 61})
+    with pytest.raises(ReplayMismatchError, match="ahead"):
+        rewind_header(tmp_path / "buf", {**later, "transitions_added": 10_000})
+    assert path.read_text() == before
+
+    kept = tmp_path / "aside" / "header.json"
+    assert rewind_header(tmp_path / "buf", header, keep_as=kept)
+    replaced = json.loads(kept.read_text())  # close() committed once more, adding nothing
+    assert (replaced["envs"], replaced["transitions_added"]) == (later["envs"], later["transitions_added"])
+    assert not rewind_header(tmp_path / "buf", header)  # already there
+    buf = make(tmp_path, capacity=60, n_envs=3)
+    np.testing.assert_array_equal(buf.frames_written, written)
+    assert buf.transitions_added == header["transitions_added"]
+    if later_steps == 5:
+        assert len(buf) == length
+    else:
+        assert 0 < len(buf) < length  # the overwritten oldest frames are gone
+    batch = buf.sample(500)
+    for obs, nxt in zip(batch["observations"], batch["next_observations"]):
+        (a, e), (b, f) = decode_frame(obs), decode_frame(nxt)
+        assert e == f and b == a + 1 and b < written[e]

@@ -215,6 +215,7 @@ def test_resume_continues_steps_logs_and_buffer(tmp_path):
     header_after = yaml.safe_load((run_dir / "replay" / "header.json").read_text())
     assert header_after["transitions_added"] > header["transitions_added"] >= 200
     assert only_run_dir(results) == run_dir  # no second run directory
+    assert not (run_dir / "abandoned").exists()  # from the newest checkpoint nothing is set aside
 
 
 def test_resume_from_a_named_checkpoint(tmp_path):
@@ -239,6 +240,20 @@ def test_resume_from_a_named_checkpoint(tmp_path):
     assert (evals[0]["mean_return"], evals[0]["mean_length"]) == (
         evals_before[0]["mean_return"], evals_before[0]["mean_length"])
     assert complete_checkpoints(run_dir / "best")
+    # What the first run saved after step 100 is kept, out of the resumed run's way: its
+    # checkpoint 200 and the logs as they were. Checkpoint 200 is now the resumed run's own.
+    [aside] = list((run_dir / "abandoned").iterdir())
+    assert aside.name.endswith("_after_100")
+    assert [p.name for p in complete_checkpoints(aside / "checkpoints")] == ["200"]
+    assert read_meta(aside / "checkpoints" / "200")["resumes"] == 0
+    assert read_meta(run_dir / "checkpoints" / "200")["resumes"] == 1
+    assert [int(r["step"]) for r in read_csv(aside / "progress.csv")] == list(range(20, 201, 20))
+    # The buffer was rewound to checkpoint 100's commit: 200 transitions added in all, not 300.
+    header = json.loads((run_dir / "replay" / "header.json").read_text())
+    assert header["transitions_added"] == 200
+    assert json.loads((aside / "replay_header.json").read_text())["transitions_added"] == 200
+    saved = read_meta(run_dir / "checkpoints" / "200")["replay_header"]
+    assert saved["transitions_added"] == 200 and saved["envs"] == header["envs"]
 
 
 def test_the_last_checkpoint_comes_after_the_final_evaluation(tmp_path):

@@ -7,10 +7,10 @@ tests' child writers) do not pay for importing JAX.
 
 from typing import Any
 
-from dodgerl.replay.buffer import ReplayBuffer, ReplayMismatchError, required_bytes
+from dodgerl.replay.buffer import ReplayBuffer, ReplayMismatchError, required_bytes, rewind_header
 
 __all__ = ["ReplayBuffer", "ReplayMismatchError", "DeviceSampler", "DeviceMirror", "gather_batch",
-           "required_bytes"]
+           "required_bytes", "rewind_header"]
 
 
 def __getattr__(name: str) -> Any:

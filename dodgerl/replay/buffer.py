@@ -44,6 +44,58 @@ class ReplayMismatchError(ValueError):
     """The buffer on disk was created with a different shape, dtype, capacity, ... than requested."""
 
 
+def rewind_header(directory: str | Path, header: dict[str, Any], keep_as: str | Path | None = None
+                  ) -> bool:
+    """Make the closed buffer in ``directory`` declare ``header`` again: a header an earlier
+    ``commit`` of this buffer returned (a checkpoint keeps it). Returns False, changing nothing,
+    when the buffer declares that state already (later commits that added and sampled nothing,
+    such as the one closing the buffer, count as the same); True once it has been rewound.
+
+    Used when training resumes from a checkpoint older than the buffer's last commit: what was
+    added after that checkpoint belongs to the abandoned continuation. Reopening then treats the
+    slots those adds overwrote like uncommitted writes after a crash (their ``frame_index`` no
+    longer matches: they leave the window), and the frames added after it are ignored and later
+    overwritten. The header being replaced is first copied to ``keep_as`` if given.
+
+    Raises ReplayMismatchError (changing nothing) when ``header`` is not of this buffer: another
+    format, shape or capacity, or a commit it has not reached yet.
+    """
+    directory = Path(directory)
+    path = directory / HEADER_NAME
+    if not path.is_file():
+        raise ReplayMismatchError(f"cannot rewind {directory}: no {HEADER_NAME}")
+    current = json.loads(path.read_text())
+    for field in ("format", "version", "capacity", "n_envs", "slots_per_env", "observation_shape",
+                  "observation_dtype", "action_dim", "files"):
+        if header.get(field) != current.get(field):
+            raise ReplayMismatchError(
+                f"cannot rewind {directory}: the checkpoint's replay header has {field}="
+                f"{header.get(field)!r}, the buffer {current.get(field)!r}; nothing was changed")
+    if header.get("commits", 0) > current.get("commits", 0) or (
+            header.get("transitions_added", 0) > current.get("transitions_added", 0)):
+        raise ReplayMismatchError(
+            f"cannot rewind {directory}: the checkpoint's replay header (commit "
+            f"{header.get('commits')}, {header.get('transitions_added')} transitions added) is "
+            f"ahead of the buffer's (commit {current.get('commits')}, "
+            f"{current.get('transitions_added')}); nothing was changed")
+    def state(h: dict[str, Any]) -> dict[str, Any]:  # a commit that added nothing changes nothing
+        return {k: v for k, v in h.items() if k != "commits"}
+
+    if state(header) == state(current):
+        return False
+    if keep_as is not None:
+        Path(keep_as).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, keep_as)
+    tmp = directory / (HEADER_NAME + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(header, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(directory)
+    return True
+
+
 _PWRITE_MIN_FRAME_BYTES = 4096
 """Frames at least this large are written with ``os.pwrite`` (see ``ReplayBuffer.__init__``)."""
 
@@ -397,8 +449,10 @@ class ReplayBuffer:
             "rng_state": self.rng.bit_generator.state,
         }
 
-    def commit(self) -> None:
-        """Flush the data, then atomically replace header.json: what it declares survives a crash."""
+    def commit(self) -> dict[str, Any]:
+        """Flush the data, then atomically replace header.json: what it declares survives a crash.
+        Returns the header written (a checkpoint keeps it, so that a resume from that checkpoint
+        can bring the buffer back to this state: :func:`rewind_header`)."""
         with self._lock:
             self._commits += 1
             header = self._header()  # a consistent snapshot of the write state and the rng
@@ -420,6 +474,7 @@ class ReplayBuffer:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(self.directory)
+        return header
 
     def close(self, commit: bool = True) -> None:
         """Commit and release the files. Idempotent. ``commit=False`` releases them without a
