@@ -31,7 +31,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         help="runs go to RESULTS_DIR/<experiment>/<YYYYmmdd_HHMMSS>/")
     parser.add_argument("--resume", type=Path, default=None,
                         help="RUN_DIR (newest complete checkpoint) or RUN_DIR/checkpoints/<step>; "
-                        "the run's own config.yaml is used")
+                        "the run's own config.yaml is used; from an earlier checkpoint, what was "
+                        "saved after it moves to RUN_DIR/abandoned/ and the replay is rewound to it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. agent.batch_size=128 (repeatable)")
     return parser
