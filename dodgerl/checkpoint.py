@@ -77,9 +77,13 @@ class RunCheckpoints:
         return self.latest_dir / str(step)
 
     def save_best(self, step: int, agent: Any, meta: dict[str, Any]) -> Path:
-        if step not in self._best.all_steps():
-            self._best.wait_until_finished()
-            self._best.save(step, args=_save_args(agent, meta), force=True)
+        """Save ``agent`` as the best policy (one is kept). A best/ of the same step, saved before
+        a resume by an evaluation that scored less (the resumed run evaluates that step again),
+        is replaced."""
+        self._best.wait_until_finished()
+        if step in self._best.all_steps():
+            self._best.delete(step)
+        self._best.save(step, args=_save_args(agent, meta), force=True)
         return self.best_dir / str(step)
 
     def close(self) -> None:
@@ -108,23 +112,23 @@ def complete_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def set_aside_after(run_dir: str | Path, step: int, destination: str | Path) -> list[Path]:
-    """Move the complete checkpoints of ``run_dir`` (``checkpoints/`` and ``best/``) saved after
-    ``step`` to ``destination/checkpoints/`` and ``destination/best/``; returns their new paths.
+    """Move the complete latest checkpoints of ``run_dir`` (``checkpoints/<n>``) saved after
+    ``step`` to ``destination/checkpoints/<n>``; returns their new paths.
 
     A run resumed from an earlier checkpoint than its last continues from there: what the
     abandoned continuation saved later is kept, but out of the run's way (else a later resume
     would take the abandoned checkpoint for the newest, and the resumed run could not save its
-    own at those steps).
+    own at those steps). ``best/`` is left in place: it holds the best policy found in the run
+    directory, and the resumed run replaces it only with a better one.
     """
     run_dir, destination = Path(run_dir), Path(destination)
     moved = []
-    for sub in (CHECKPOINTS_DIR, BEST_DIR):
-        for path in complete_checkpoints(run_dir / sub):
-            if int(path.name) > step:
-                target = destination / sub / path.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, target)
-                moved.append(target)
+    for path in complete_checkpoints(run_dir / CHECKPOINTS_DIR):
+        if int(path.name) > step:
+            target = destination / CHECKPOINTS_DIR / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            moved.append(target)
     return moved
 
 

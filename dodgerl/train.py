@@ -589,9 +589,18 @@ def train(
             np_rng.bit_generator.state = meta["np_rng"]
             resumes = meta.get("resumes", 0) + 1
             print(f"resumed from {restored_from} at step {step}", flush=True)
-            if _abandon_after(run_dir, step, meta.get("replay_header")) is not None:
-                if best_eval is not None and not complete_checkpoints(run_dir / BEST_DIR):
-                    best_eval = None  # its best/ was saved after the step: set aside with the rest
+            _abandon_after(run_dir, step, meta.get("replay_header"), restored_from)
+            # best/ may hold a policy evaluated after this checkpoint (the evaluation of its step,
+            # re-run below; a later one before a kill; one of an abandoned continuation): it
+            # stays the run's best, and only a better evaluation replaces it.
+            kept_best = complete_checkpoints(run_dir / BEST_DIR)
+            if kept_best:
+                try:
+                    saved_best = read_meta(kept_best[-1]).get("best_eval")
+                except CheckpointError:
+                    saved_best = None
+                if saved_best is not None and (best_eval is None or saved_best > best_eval):
+                    best_eval = saved_best
         # After the restore: Orbax lists the steps on disk when it opens them.
         checkpoints = RunCheckpoints(run_dir, tc.keep_checkpoints)
         cleanup.callback(checkpoints.close)
@@ -633,18 +642,6 @@ def train(
         if candidates and tc.eval_freq and meta.get("next_eval") is not None:
             next_eval = meta["next_eval"]
             eval_due_at_resume = step >= next_eval
-        if eval_due_at_resume:
-            # That evaluation may have finished, and saved best/, after the checkpoint and before
-            # the stop; run again it could score otherwise (other kernels in a new process):
-            # best_eval then counts the best/ it saved, so best/ never goes to a worse policy.
-            kept_best = [p for p in complete_checkpoints(run_dir / "best") if int(p.name) <= step]
-            if kept_best:
-                try:
-                    saved_best = read_meta(kept_best[-1]).get("best_eval")
-                except CheckpointError:
-                    saved_best = None
-                if saved_best is not None and (best_eval is None or saved_best > best_eval):
-                    best_eval = saved_best
         progress_log = cleanup.enter_context(
             contextlib.closing(CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)))
         # A row of the evaluation due at the resumed step (written after its checkpoint, before
@@ -1019,35 +1016,52 @@ def on_accelerator(setting: bool | str) -> bool:
     return bool(setting)
 
 
-def _abandon_after(run_dir: Path, step: int, replay_header: dict[str, Any] | None) -> Path | None:
+def _abandon_after(run_dir: Path, step: int, replay_header: dict[str, Any] | None,
+                   restored_from: Path) -> Path | None:
     """A resume from a checkpoint older than what the run saved last (``--resume`` of a named
-    checkpoint, or the newest one could not be restored): the run continues from ``step``, and
-    what the abandoned continuation saved after it moves out of its way, to
-    ``abandoned/<time>_after_<step>/``: its checkpoints and best/ (else a later resume would take
-    them for the newest, and this run could not save its own at those steps), the replay header of
-    its last commit (the buffer is rewound to the checkpoint's commit: what was added after it is
-    no longer sampled and gets overwritten) and a copy of progress.csv and eval.csv as they were
-    (the resumed run drops their rows after ``step``). Returns that directory, or None when
-    nothing was saved after ``step``. Checkpoints from before the replay header was recorded
-    cannot rewind the buffer: it is then reopened as it is."""
-    from dodgerl.replay import rewind_header
+    checkpoint; the newest one could not be restored; a kill -9 while the newest was being
+    written): the run continues from ``step``, and what the abandoned continuation saved after it
+    moves out of its way, to ``abandoned/<time>_after_<step>/``: its checkpoints (else a later
+    resume would take them for the newest, and this run could not save its own at those steps),
+    the replay header of its last commit (the buffer is rewound to the checkpoint's commit: what
+    was added after it is no longer sampled and gets overwritten) and a copy of progress.csv and
+    eval.csv as they were (the resumed run drops their rows after ``step``). best/ stays. Returns
+    that directory, or None when nothing was saved after ``step``.
 
-    destination = run_dir / "abandoned" / f"{datetime.now():%Y%m%d_%H%M%S}_after_{step}"
+    A checkpoint without the replay header (best/ checkpoints; checkpoints saved before it was
+    recorded) cannot rewind the buffer: it is reopened as it is, and a named resume says so."""
+    from dodgerl.replay import rewind_check, rewind_header
+
     replay_dir = run_dir / "replay"
-    rewound = False
-    if replay_header is not None and (replay_dir / "header.json").is_file():
-        # First: it checks the header belongs to this buffer and changes nothing if not.
-        rewound = rewind_header(replay_dir, replay_header, keep_as=destination / "replay_header.json")
+    have_buffer = (replay_dir / "header.json").is_file()
+    # Read only first: a header of another buffer raises before anything moves. Then the
+    # checkpoints, then the buffer: a crash in between leaves what a plain resume repairs.
+    dropped = rewind_check(replay_dir, replay_header) if replay_header and have_buffer else 0
+    name = f"{datetime.now():%Y%m%d_%H%M%S}_after_{step}"
+    destination, n = run_dir / "abandoned" / name, 1
+    while destination.exists():  # two resumes within one second
+        n += 1
+        destination = run_dir / "abandoned" / f"{name}_{n}"
     moved = set_aside_after(run_dir, step, destination)
-    if not (rewound or moved):
+    if replay_header and have_buffer and dropped >= 0:
+        # Dropped > 0: the rewind; 0: the sampling RNG's state set back to the checkpoint's.
+        rewind_header(replay_dir, replay_header, keep_as=destination / "replay_header.json")
+    elif replay_header and have_buffer:
+        print(f"warning: the replay buffer in {replay_dir} holds less than checkpoint {step} saw "
+              "(was it recreated?): reopened as it is", flush=True)
+    elif have_buffer and (moved or restored_from.parent.name == BEST_DIR):
+        print(f"warning: {restored_from} does not record the replay buffer's state: the buffer "
+              "is reopened as it is, with what was added after that step", flush=True)
+    if not (dropped > 0 or moved):
         return None
+    destination.mkdir(parents=True, exist_ok=True)
     for name in ("progress.csv", "eval.csv"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, destination / name)
-    what = [str(p.relative_to(destination)) for p in moved]
-    print(f"resuming from step {step}, before the run's last save: "
-          f"{', '.join(what) or 'no checkpoint'} set aside in {destination}"
-          f"{'; replay buffer rewound to the checkpoint' if rewound else ''}", flush=True)
+    what = ", ".join(str(p.relative_to(destination)) for p in moved) or "no checkpoint"
+    rewound = f"; replay buffer rewound to it ({dropped} transitions dropped)" if dropped > 0 else ""
+    print(f"resuming from step {step}, before the run's last save: {what} set aside in "
+          f"{destination}{rewound}", flush=True)
     return destination
 
 

@@ -362,7 +362,7 @@ def test_writeback_interval_must_be_positive(tmp_path, bad):
 def test_rewind_header_brings_the_buffer_back_to_an_earlier_commit(tmp_path, later_steps):
     """A resume from an older checkpoint rewinds the buffer to that checkpoint's commit: what was
     added after it is never sampled, and slots the later adds overwrote leave the window."""
-    from dodgerl.replay import ReplayMismatchError, rewind_header
+    from dodgerl.replay import ReplayMismatchError, rewind_check, rewind_header
 
     buf = make(tmp_path, capacity=60, n_envs=3)  # 20 slots per env
     writer = ScriptedWriter(buf, lengths=lambda e, j: 50)
@@ -380,15 +380,18 @@ def test_rewind_header_brings_the_buffer_back_to_an_earlier_commit(tmp_path, lat
     before = path.read_text()
     with pytest.raises(ReplayMismatchError, match="capacity"):
         rewind_header(tmp_path / "buf", {**header, "capacity": 61})
-    with pytest.raises(ReplayMismatchError, match="ahead"):
-        rewind_header(tmp_path / "buf", {**later, "transitions_added": 10_000})
+    # A buffer behind the header (recreated since?) is left as it is.
+    assert rewind_header(tmp_path / "buf", {**later, "transitions_added": 10_000}) < 0
     assert path.read_text() == before
 
     kept = tmp_path / "aside" / "header.json"
-    assert rewind_header(tmp_path / "buf", header, keep_as=kept)
+    dropped = 3 * later_steps
+    assert rewind_check(tmp_path / "buf", header) == dropped
+    assert path.read_text() == before  # the check reads only
+    assert rewind_header(tmp_path / "buf", header, keep_as=kept) == dropped
     replaced = json.loads(kept.read_text())  # close() committed once more, adding nothing
     assert (replaced["envs"], replaced["transitions_added"]) == (later["envs"], later["transitions_added"])
-    assert not rewind_header(tmp_path / "buf", header)  # already there
+    assert rewind_header(tmp_path / "buf", header) == 0  # already there
     buf = make(tmp_path, capacity=60, n_envs=3)
     np.testing.assert_array_equal(buf.frames_written, written)
     assert buf.transitions_added == header["transitions_added"]
@@ -400,3 +403,26 @@ def test_rewind_header_brings_the_buffer_back_to_an_earlier_commit(tmp_path, lat
     for obs, nxt in zip(batch["observations"], batch["next_observations"]):
         (a, e), (b, f) = decode_frame(obs), decode_frame(nxt)
         assert e == f and b == a + 1 and b < written[e]
+
+
+def test_rewind_with_nothing_added_only_sets_the_sampling_rng_back(tmp_path):
+    """Batches drawn after a commit (sampler threads, before they stop) move the RNG on, and the
+    closing commit records it: that is not an abandoned continuation. The rewind drops nothing
+    and sets the RNG back to the checkpoint's, so sampling continues as from the checkpoint."""
+    from dodgerl.replay import rewind_check, rewind_header
+
+    buf = make(tmp_path, capacity=60, n_envs=3, seed=5)
+    writer = ScriptedWriter(buf, lengths=lambda e, j: 4)
+    for _ in range(10):
+        writer.step()
+    header = buf.commit()
+    expected = buf.sample(16)
+    buf.sample(16)
+    buf.close()  # commits the moved RNG
+    assert rewind_check(tmp_path / "buf", header) == 0
+    assert rewind_header(tmp_path / "buf", header, keep_as=tmp_path / "kept.json") == 0
+    assert not (tmp_path / "kept.json").exists()
+    reopened = make(tmp_path, capacity=60, n_envs=3, seed=5)
+    got = reopened.sample(16)
+    for key in expected:
+        np.testing.assert_array_equal(expected[key], got[key])

@@ -256,6 +256,32 @@ def test_resume_from_a_named_checkpoint(tmp_path):
     assert saved["transitions_added"] == 200 and saved["envs"] == header["envs"]
 
 
+def test_resume_keeps_the_best_saved_after_its_checkpoint_and_rewinds_the_buffer(tmp_path):
+    """As after a kill -9 once evaluations after the newest checkpoint had saved best/ and the
+    buffer had been committed further: the resume keeps best/ (and counts it, so only a better
+    policy replaces it), sets aside no checkpoint, and rewinds the buffer to the checkpoint."""
+    config = write_config(tmp_path, tiny_raw("vector", total=200, eval_freq=50, keep_checkpoints=3))
+    results = tmp_path / "r"
+    assert cli_main("vector", ["--config", str(config), "--results-dir", str(results)]) == 0
+    run_dir = only_run_dir(results)
+    shutil.rmtree(run_dir / "checkpoints" / "200")  # newest left: 100; the buffer is at 200
+    [best_before] = complete_checkpoints(run_dir / "best")
+    saved_best = read_meta(best_before)["best_eval"]
+    assert saved_best == max(float(r["mean_return"]) for r in read_csv(run_dir / "eval.csv"))
+    assert cli_main("vector", ["--resume", str(run_dir), "--total-timesteps", "200"]) == 0
+    [aside] = list((run_dir / "abandoned").iterdir())
+    assert not (aside / "checkpoints").exists()
+    assert json.loads((aside / "replay_header.json").read_text())["transitions_added"] == 200
+    header = json.loads((run_dir / "replay" / "header.json").read_text())
+    assert header["transitions_added"] == 200  # rewound to 100, then 100 more
+    final = read_meta(run_dir / "checkpoints" / "200")
+    assert final["resumes"] == 1 and final["best_eval"] >= saved_best
+    [best_after] = complete_checkpoints(run_dir / "best")
+    assert read_meta(best_after)["best_eval"] == final["best_eval"]
+    if final["best_eval"] == saved_best:
+        assert best_after.name == best_before.name  # not replaced by a policy no better
+
+
 def test_the_last_checkpoint_comes_after_the_final_evaluation(tmp_path):
     """A run ending on a checkpoint step that is not an evaluation step: its last checkpoint is
     saved after the final evaluation and counts it in best_eval (the periodic one is not kept

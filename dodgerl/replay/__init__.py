@@ -7,10 +7,16 @@ tests' child writers) do not pay for importing JAX.
 
 from typing import Any
 
-from dodgerl.replay.buffer import ReplayBuffer, ReplayMismatchError, required_bytes, rewind_header
+from dodgerl.replay.buffer import (
+    ReplayBuffer,
+    ReplayMismatchError,
+    required_bytes,
+    rewind_check,
+    rewind_header,
+)
 
 __all__ = ["ReplayBuffer", "ReplayMismatchError", "DeviceSampler", "DeviceMirror", "gather_batch",
-           "required_bytes", "rewind_header"]
+           "required_bytes", "rewind_check", "rewind_header"]
 
 
 def __getattr__(name: str) -> Any:

@@ -44,23 +44,9 @@ class ReplayMismatchError(ValueError):
     """The buffer on disk was created with a different shape, dtype, capacity, ... than requested."""
 
 
-def rewind_header(directory: str | Path, header: dict[str, Any], keep_as: str | Path | None = None
-                  ) -> bool:
-    """Make the closed buffer in ``directory`` declare ``header`` again: a header an earlier
-    ``commit`` of this buffer returned (a checkpoint keeps it). Returns False, changing nothing,
-    when the buffer declares that state already (later commits that added and sampled nothing,
-    such as the one closing the buffer, count as the same); True once it has been rewound.
-
-    Used when training resumes from a checkpoint older than the buffer's last commit: what was
-    added after that checkpoint belongs to the abandoned continuation. Reopening then treats the
-    slots those adds overwrote like uncommitted writes after a crash (their ``frame_index`` no
-    longer matches: they leave the window), and the frames added after it are ignored and later
-    overwritten. The header being replaced is first copied to ``keep_as`` if given.
-
-    Raises ReplayMismatchError (changing nothing) when ``header`` is not of this buffer: another
-    format, shape or capacity, or a commit it has not reached yet.
-    """
-    directory = Path(directory)
+def _rewind_plan(directory: Path, header: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """(the buffer's current header, transitions a rewind to ``header`` drops: < 0 when the
+    buffer is behind ``header``); raises ReplayMismatchError if ``header`` is not of this buffer."""
     path = directory / HEADER_NAME
     if not path.is_file():
         raise ReplayMismatchError(f"cannot rewind {directory}: no {HEADER_NAME}")
@@ -71,29 +57,58 @@ def rewind_header(directory: str | Path, header: dict[str, Any], keep_as: str | 
             raise ReplayMismatchError(
                 f"cannot rewind {directory}: the checkpoint's replay header has {field}="
                 f"{header.get(field)!r}, the buffer {current.get(field)!r}; nothing was changed")
-    if header.get("commits", 0) > current.get("commits", 0) or (
-            header.get("transitions_added", 0) > current.get("transitions_added", 0)):
-        raise ReplayMismatchError(
-            f"cannot rewind {directory}: the checkpoint's replay header (commit "
-            f"{header.get('commits')}, {header.get('transitions_added')} transitions added) is "
-            f"ahead of the buffer's (commit {current.get('commits')}, "
-            f"{current.get('transitions_added')}); nothing was changed")
-    def state(h: dict[str, Any]) -> dict[str, Any]:  # a commit that added nothing changes nothing
-        return {k: v for k, v in h.items() if k != "commits"}
+    dropped = int(current.get("transitions_added", 0)) - int(header.get("transitions_added", 0))
+    if header.get("commits", 0) > current.get("commits", 0):
+        dropped = min(dropped, -1)
+    return current, dropped
 
-    if state(header) == state(current):
-        return False
-    if keep_as is not None:
+
+def rewind_check(directory: str | Path, header: dict[str, Any]) -> int:
+    """How many transitions :func:`rewind_header` would drop (read only): 0 when the buffer
+    declares ``header``'s data already, < 0 when it is behind ``header`` (recreated since?).
+    Raises ReplayMismatchError when ``header`` is not of this buffer (another format, shape or
+    capacity)."""
+    return _rewind_plan(Path(directory), header)[1]
+
+
+def rewind_header(directory: str | Path, header: dict[str, Any], keep_as: str | Path | None = None
+                  ) -> int:
+    """Make the closed buffer in ``directory`` declare ``header`` again: a header an earlier
+    ``commit`` of this buffer returned (a checkpoint keeps it). Returns the number of transitions
+    dropped (as :func:`rewind_check`).
+
+    Used when training resumes from a checkpoint older than the buffer's last commit: what was
+    added after that checkpoint belongs to the abandoned continuation. Reopening then treats the
+    slots those adds overwrote like uncommitted writes after a crash (their ``frame_index`` no
+    longer matches: they leave the window), and the frames added after it are ignored and later
+    overwritten. When something is dropped, the header being replaced is first copied to
+    ``keep_as`` if given. When nothing is dropped, only the sampling RNG's state is set back to
+    ``header``'s (batches drawn after that commit, e.g. by sampler threads before they stopped,
+    moved it on). A buffer behind ``header`` is left as it is.
+
+    Raises ReplayMismatchError (changing nothing) when ``header`` is not of this buffer.
+    """
+    directory = Path(directory)
+    current, dropped = _rewind_plan(directory, header)
+    if dropped < 0:
+        return dropped
+    if dropped == 0:
+        # The same data; a commit that added nothing (e.g. the one closing the buffer) counts
+        # as the same state.
+        header = {**current, "rng_state": header["rng_state"]}
+        if header == current:
+            return 0
+    elif keep_as is not None:
         Path(keep_as).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, keep_as)
+        shutil.copyfile(directory / HEADER_NAME, keep_as)
     tmp = directory / (HEADER_NAME + ".tmp")
     with open(tmp, "w") as f:
         json.dump(header, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(tmp, directory / HEADER_NAME)
     _fsync_dir(directory)
-    return True
+    return dropped
 
 
 _PWRITE_MIN_FRAME_BYTES = 4096
