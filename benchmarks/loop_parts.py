@@ -131,6 +131,28 @@ def main(argv: list[str] | None = None) -> int:
             jax.block_until_ready(state["metrics"])
             return held
 
+        def add_alone() -> float:
+            # replay.add alone (the frames written to the replay file); the mirror then syncs
+            # untimed so that the next part starts from the same state
+            state["i"] += 1
+            t0 = time.perf_counter()
+            add(state["i"])
+            held = time.perf_counter() - t0
+            mirror.sync()
+            jax.block_until_ready(mirror.frames)
+            return held
+
+        def take_alone() -> float:
+            # mirror.take alone: the new frames read back from the replay for the upload
+            state["i"] += 1
+            add(state["i"])
+            t0 = time.perf_counter()
+            chunks = mirror.take()
+            held = time.perf_counter() - t0
+            mirror.upload(chunks)
+            jax.block_until_ready(mirror.frames)
+            return held
+
         def sample_block() -> None:
             jax.block_until_ready(sample())
 
@@ -158,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             "update alone (update_from, K = utd x n_envs)": update_alone,
             "update dispatch (host held by the call, device idle before)": update_dispatch,
             "insert (replay.add + mirror.sync)": insert_block,
+            "  of which replay.add (host)": add_alone,
+            "  of which mirror.take (host read-back of the new frames)": take_alone,
             "sample (host draw + upload)": sample_block,
             "act (n_envs obs, actions fetched)": act,
             "serial iteration (insert, act, sample, update; each waited for)": iteration_serial,

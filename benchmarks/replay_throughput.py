@@ -10,7 +10,13 @@
     batches to ``jax.devices()[0]`` for K=1 and K=8, i.e. the update rate the sampler keeps fed;
 (d) the training loop's insert: ``add`` of one step of 16 envs' 256x256 frames into a fresh
     preallocated buffer, frames written with ``os.pwrite`` (the default) against through the
-    memory mapping (the peer, same run, alternating rounds), ms per add.
+    memory mapping (the peer, same run, alternating rounds), ms per add;
+(e) ``--only-sustained``: the same add, sustained: ``--sustained-adds`` adds paced by
+    ``--sustained-pause-ms`` (the rest of a loop iteration), with the background writeback
+    (``writeback_s=2``, the training loop's setting) and without, ms per add in buckets of 150
+    adds, beside the disk's own sequential write rate (1 MiB blocks, fdatasync) measured in the
+    same run. At 256x256 the loop writes 196,608 B per env step: 1,000 env steps/s is ~197 MB/s
+    of frames, which the disk has to absorb once the page cache's dirty limits are reached.
 Everything is written under --dir and deleted afterwards.
 """
 
@@ -159,6 +165,52 @@ def bench_insert(root: Path, adds: int, rounds: int = 3, n_envs: int = 16) -> di
             "ms_per_add_mapping": statistics.median(out["mapping"]), "all": out}
 
 
+def disk_write_mb_s(root: Path, mib: int = 2048) -> float:
+    """Sequential write rate of the disk under ``root``: ``mib`` MiB in 1 MiB blocks, then
+    fdatasync (the page cache does not flatter it)."""
+    path = root / "seq_write.bin"
+    block = os.urandom(1 << 20)
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for _ in range(mib):
+            os.write(fd, block)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - t0
+    path.unlink()
+    return mib * (1 << 20) / seconds / 1e6
+
+
+def bench_sustained(root: Path, adds: int, pause_ms: float, writeback_s: float | None,
+                    n_envs: int = 16, bucket: int = 150) -> dict:
+    """ms per add of n_envs 256x256 frames, sustained over ``adds`` adds paced by ``pause_ms``."""
+    rng = np.random.default_rng(3)
+    pool = [rng.integers(0, 256, size=(n_envs, 256, 256, 3), dtype=np.uint8) for _ in range(4)]
+    actions = np.zeros((n_envs, 2), np.float32)
+    rewards = np.ones(n_envs, np.float32)
+    no = np.zeros(n_envs, bool)
+    directory = root / f"sustained_{writeback_s}"
+    buf = ReplayBuffer(directory, capacity=(adds + 2) * n_envs, observation_shape=(256, 256, 3),
+                       action_dim=2, n_envs=n_envs, writeback_s=writeback_s)
+    times = []
+    t_start = time.perf_counter()
+    for i in range(adds):
+        t0 = time.perf_counter()
+        buf.add(pool[i % 4], actions, rewards, pool[(i + 1) % 4], no, no)
+        times.append((time.perf_counter() - t0) * 1e3)
+        time.sleep(pause_ms / 1e3)
+    elapsed = time.perf_counter() - t_start
+    buf.close(commit=False)
+    shutil.rmtree(directory)
+    buckets = [(lo, statistics.median(times[lo:lo + bucket]),
+                float(np.percentile(times[lo:lo + bucket], 90))) for lo in range(0, adds, bucket)]
+    return {"writeback_s": writeback_s, "adds": adds, "pause_ms": pause_ms,
+            "offered_mb_s": adds * n_envs * FRAME_256 / elapsed / 1e6,
+            "median_ms": statistics.median(times), "buckets": buckets}
+
+
 def rate(fn, seconds: float, min_calls: int = 5) -> float:
     fn()  # warm-up (compiles nothing, but faults pages and spins up threads)
     calls, t0 = 0, time.perf_counter()
@@ -203,6 +255,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
     parser.add_argument("--insert-adds", type=int, default=300, help="adds of 16 frames per round in (d)")
     parser.add_argument("--only-insert", action="store_true", help="run (d) only")
+    parser.add_argument("--only-sustained", action="store_true", help="run (e) only")
+    parser.add_argument("--sustained-adds", type=int, default=2400, help="adds of 16 frames in (e)")
+    parser.add_argument("--sustained-pause-ms", type=float, default=10.0,
+                        help="pause after each add in (e): the rest of a loop iteration")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--workers", type=str, default="1",
                         help="comma-separated DeviceSampler worker counts for extra K=1 rows")
@@ -220,6 +276,27 @@ def main() -> None:
     if args.quick:
         args.insert_adds = 20
     try:
+        if args.only_sustained:
+            mem = {k: open(f"/proc/sys/vm/{k}").read().strip() for k in
+                   ("dirty_ratio", "dirty_background_ratio", "dirty_bytes", "dirty_background_bytes")
+                   if os.path.exists(f"/proc/sys/vm/{k}")}
+            total = next((line.split()[1] for line in open("/proc/meminfo")
+                          if line.startswith("MemTotal")), "?") if os.path.exists("/proc/meminfo") else "?"
+            results["vm"] = {**mem, "mem_total_kb": total}
+            results["disk_seq_write_mb_s"] = disk_write_mb_s(root)
+            results["sustained"] = [bench_sustained(root, args.sustained_adds, args.sustained_pause_ms, wb)
+                                    for wb in (2.0, None)]
+            print(f"disk: sequential write {results['disk_seq_write_mb_s']:.0f} MB/s; vm {results['vm']}")
+            for r in results["sustained"]:
+                print(f"\nwriteback_s={r['writeback_s']}: {r['adds']} adds of 16 256x256 frames, "
+                      f"{r['pause_ms']:g} ms apart, {r['offered_mb_s']:.0f} MB/s of frames offered, "
+                      f"median {r['median_ms']:.2f} ms per add")
+                print("| adds | median ms | p90 ms |\n| --- | --- | --- |")
+                for lo, med, p90 in r["buckets"]:
+                    print(f"| {lo}-{lo + 150} | {med:.2f} | {p90:.2f} |")
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+            return
         results["insert"] = bench_insert(root, args.insert_adds)
         if args.only_insert:
             i = results["insert"]
