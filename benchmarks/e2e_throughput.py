@@ -95,6 +95,11 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                                        "train.eval_on_device=true", "train.eval_async_envs=true"],
                            "as img256_bf16, evaluations of a device copy in a background thread, episodes "
                            "in subprocesses"),
+    "img256_bf16_evalbg_nowb": ("sac_topdown_cnn_easy.yaml",
+                                FAST_IMG + ["agent.bf16_encoder=true", "train.eval_in_background=true",
+                                            "train.eval_on_device=true", "train.eval_async_envs=true",
+                                            "replay.writeback_s=0"],
+                                "as img256_bf16_evalbg, without the replay's background writeback"),
     "img256_utd2": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.utd=2"],
                     "as img256_bf16, UTD 2"),
     "img84": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84"],

@@ -16,6 +16,7 @@ a value of the wrong type or an invalid value raises :class:`ConfigError` naming
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -95,6 +96,10 @@ class ReplayConfig:
     """n-step returns: each sampled transition sums up to ``n_step`` discounted rewards of its
     episode and bootstraps from the observation that many steps later (``ReplayBuffer``'s
     ``n_step``; the discount is ``agent.gamma``). 1 = plain one-step SAC."""
+    writeback_s: float = 2.0
+    """Seconds between background writebacks of the buffer files' dirty pages (``fsync`` in a
+    thread), so that a checkpoint's commit finds little left to write (docs/perf_notes.md v11);
+    0 = off: the kernel writes them back on its own schedule and the commit writes the rest."""
 
     def validate(self) -> None:
         _check(self.device_mirror in (True, False, "auto"), "replay.device_mirror",
@@ -104,6 +109,8 @@ class ReplayConfig:
         _check(self.sample_workers >= 1, "replay.sample_workers",
                f"must be >= 1, got {self.sample_workers}")
         _check(self.n_step >= 1, "replay.n_step", f"must be >= 1, got {self.n_step}")
+        _check(math.isfinite(self.writeback_s) and self.writeback_s >= 0, "replay.writeback_s",
+               f"must be a finite number >= 0 (0: off), got {self.writeback_s}")
 
 
 @dataclasses.dataclass(frozen=True)

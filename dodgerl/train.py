@@ -618,6 +618,7 @@ def train(
             seed=config.seed,
             n_step=config.replay.n_step,
             gamma=config.agent.gamma,
+            writeback_s=config.replay.writeback_s or None,
         )
         # On an exception the buffer is released uncommitted, so that it declares what the last
         # checkpoint saw, as after a kill -9 (save_checkpoint commits it on every clean path).

@@ -402,6 +402,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, to_group, thread
         ("train.n_envs=two", "train.n_envs: expected an integer"),
         ("train.n_envs=0", "train.n_envs: must be >= 1"),
         ("replay.n_step=0", "replay.n_step: must be >= 1"),
+        ("replay.writeback_s=-1", "replay.writeback_s: must be a finite number >= 0"),
         ("env.image_size=32", "env.image_size: must be in 64..256"),
         ("env.obs_mode=lidar", "env.obs_mode"),
         ("agent.actor_lr=-1", "actor_lr"),
