@@ -151,8 +151,11 @@ def test_loop_parts_times_every_part_of_an_iteration(tmp_path):
     result = json.loads(out.read_text())
     assert result["n_envs"] == 2 and result["k"] == 2
     parts = result["ms_per_iteration"]
-    assert len(parts) == 8 and all(ms > 0 for ms in parts.values())
+    assert len(parts) == 10 and all(ms > 0 for ms in parts.values())
     assert any(k.startswith("update dispatch") for k in parts)
+    # insert's two host halves, each timed apart
+    assert any("replay.add" in k and "of which" in k for k in parts)
+    assert any("mirror.take" in k and "of which" in k for k in parts)
     # an iteration that waits for each part costs more than any one of its parts
     serial = next(v for k, v in parts.items() if k.startswith("serial"))
     assert serial > max(v for k, v in parts.items() if k.startswith(("insert", "sample", "act")))
