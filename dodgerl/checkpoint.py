@@ -86,6 +86,13 @@ class RunCheckpoints:
         self._best.save(step, args=_save_args(agent, meta), force=True)
         return self.best_dir / str(step)
 
+    def check_for_errors(self) -> None:
+        """Raise the error of a background save that has failed, if any, without waiting for a
+        save in progress (the training loop calls it at every progress row, so a failing disk
+        stops the run within ``log_freq`` env steps, not at the next checkpoint)."""
+        self._latest.check_for_errors()
+        self._best.check_for_errors()
+
     def close(self) -> None:
         try:
             self._latest.close()  # re-raises a failed background save

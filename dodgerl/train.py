@@ -969,6 +969,7 @@ def train(
                         **{k: float(metrics[k]) for k in _METRIC_FIELDS if k in metrics},
                     }
                     progress_log.write(row)
+                    checkpoints.check_for_errors()  # a failed background save stops the run now
                     recent_returns.clear()
                     recent_lengths.clear()
                     if pending_eval and pending_eval[0].finished():

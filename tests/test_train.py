@@ -547,3 +547,22 @@ def test_an_exception_mid_run_leaves_no_process_and_keeps_the_checkpoints(tmp_pa
     # The replay declares what the checkpoint saw (100 transitions), not the 160 added after it.
     header = json.loads((run_dir / "replay" / "header.json").read_text())
     assert header["transitions_added"] == 100
+
+
+def test_a_failed_background_save_stops_the_run_at_the_next_progress_row(tmp_path, monkeypatch):
+    """Periodic checkpoints are written in Orbax's background thread; if one fails (a full disk),
+    the loop raises at its next progress row instead of training on until the next checkpoint."""
+    from dodgerl.checkpoint import RunCheckpoints
+
+    def failing(self):
+        if self._latest.all_steps():  # after the first periodic checkpoint
+            raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(RunCheckpoints, "check_for_errors", failing)
+    config = write_config(tmp_path, tiny_raw("vector", total=400, eval_freq=0, checkpoint_freq=100,
+                                             log_freq=20))
+    results = tmp_path / "r"
+    with pytest.raises(OSError, match="injected"):
+        cli_main("vector", ["--config", str(config), "--results-dir", str(results)])
+    steps = [int(r["step"]) for r in read_csv(only_run_dir(results) / "progress.csv")]
+    assert steps and steps[-1] <= 120  # the row at or right after the checkpoint of step 100
