@@ -1057,9 +1057,9 @@ def _abandon_after(run_dir: Path, step: int, replay_header: dict[str, Any] | Non
     if not (dropped > 0 or moved):
         return None
     destination.mkdir(parents=True, exist_ok=True)
-    for name in ("progress.csv", "eval.csv"):
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, destination / name)
+    for log_name in ("progress.csv", "eval.csv"):
+        if (run_dir / log_name).is_file():
+            shutil.copy2(run_dir / log_name, destination / log_name)
     what = ", ".join(str(p.relative_to(destination)) for p in moved) or "no checkpoint"
     rewound = f"; replay buffer rewound to it ({dropped} transitions dropped)" if dropped > 0 else ""
     print(f"resuming from step {step}, before the run's last save: {what} set aside in "
