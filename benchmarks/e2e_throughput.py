@@ -292,10 +292,13 @@ def sb3_table(peers: list[dict], by_name: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+# 1 env with the plain loop's data: overlap, an update call every 8 env steps, the device mirror.
+FAST_1ENV = ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true"]
+
 LEARNING_MODES = {
     # Same config (sac_vector_easy.yaml, n_envs 1), same seeds; only the loop's fast-path switches differ.
     "plain": ["train.overlap=false", "train.update_every=1", "replay.device_mirror=false"],
-    "fast": ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true"],
+    "fast": FAST_1ENV,
     # The fastest vector setting (case vector_256envs_evalproc): 256 envs, still UTD 1, so 256
     # gradient steps per call and every env only ~400 steps into its episodes after 100K steps.
     "fast256": ["replay.device_mirror=true", *fast_vec_proc(256, 16)],
@@ -308,12 +311,9 @@ LEARNING_MODES = {
     # Level-2 exploration (the shipped config's learning is far from issue 5's target there): the
     # "fast" loop (1 env, the plain loop's data) with n-step returns and/or two gradient steps
     # per env step.
-    "fast_nstep3": ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true",
-                    "replay.n_step=3"],
-    "fast_utd2": ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true",
-                  "train.utd=2"],
-    "fast_nstep3_utd2": ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true",
-                         "replay.n_step=3", "train.utd=2"],
+    "fast_nstep3": [*FAST_1ENV, "replay.n_step=3"],
+    "fast_utd2": [*FAST_1ENV, "train.utd=2"],
+    "fast_nstep3_utd2": [*FAST_1ENV, "replay.n_step=3", "train.utd=2"],
 }
 
 

@@ -1019,7 +1019,7 @@ def on_accelerator(setting: bool | str) -> bool:
 
 
 def _abandon_after(run_dir: Path, step: int, replay_header: dict[str, Any] | None,
-                   restored_from: Path) -> Path | None:
+                   restored_from: Path) -> None:
     """A resume from a checkpoint older than what the run saved last (``--resume`` of a named
     checkpoint; the newest one could not be restored; a kill -9 while the newest was being
     written): the run continues from ``step``, and what the abandoned continuation saved after it
@@ -1027,35 +1027,36 @@ def _abandon_after(run_dir: Path, step: int, replay_header: dict[str, Any] | Non
     resume would take them for the newest, and this run could not save its own at those steps),
     the replay header of its last commit (the buffer is rewound to the checkpoint's commit: what
     was added after it is no longer sampled and gets overwritten) and a copy of progress.csv and
-    eval.csv as they were (the resumed run drops their rows after ``step``). best/ stays. Returns
-    that directory, or None when nothing was saved after ``step``.
+    eval.csv as they were (the resumed run drops their rows after ``step``). best/ stays. Nothing
+    happens when nothing was saved after ``step``.
 
     A checkpoint without the replay header (best/ checkpoints; checkpoints saved before it was
     recorded) cannot rewind the buffer: it is reopened as it is, and a named resume says so."""
     from dodgerl.replay import rewind_check, rewind_header
 
     replay_dir = run_dir / "replay"
-    have_buffer = (replay_dir / "header.json").is_file()
     # Read only first: a header of another buffer raises before anything moves. Then the
     # checkpoints, then the buffer: a crash in between leaves what a plain resume repairs.
-    dropped = rewind_check(replay_dir, replay_header) if replay_header and have_buffer else 0
+    have_buffer = (replay_dir / "header.json").is_file()
+    can_rewind = bool(replay_header) and have_buffer
+    dropped = rewind_check(replay_dir, replay_header) if can_rewind else 0
     name = f"{datetime.now():%Y%m%d_%H%M%S}_after_{step}"
     destination, n = run_dir / "abandoned" / name, 1
     while destination.exists():  # two resumes within one second
         n += 1
         destination = run_dir / "abandoned" / f"{name}_{n}"
     moved = set_aside_after(run_dir, step, destination)
-    if replay_header and have_buffer and dropped >= 0:
+    if can_rewind and dropped >= 0:
         # Dropped > 0: the rewind; 0: the sampling RNG's state set back to the checkpoint's.
         rewind_header(replay_dir, replay_header, keep_as=destination / "replay_header.json")
-    elif replay_header and have_buffer:
+    elif can_rewind:
         print(f"warning: the replay buffer in {replay_dir} holds less than checkpoint {step} saw "
               "(was it recreated?): reopened as it is", flush=True)
     elif have_buffer and (moved or restored_from.parent.name == BEST_DIR):
         print(f"warning: {restored_from} does not record the replay buffer's state: the buffer "
               "is reopened as it is, with what was added after that step", flush=True)
     if not (dropped > 0 or moved):
-        return None
+        return
     destination.mkdir(parents=True, exist_ok=True)
     for log_name in ("progress.csv", "eval.csv"):
         if (run_dir / log_name).is_file():
@@ -1064,7 +1065,6 @@ def _abandon_after(run_dir: Path, step: int, replay_header: dict[str, Any] | Non
     rewound = f"; replay buffer rewound to it ({dropped} transitions dropped)" if dropped > 0 else ""
     print(f"resuming from step {step}, before the run's last save: {what} set aside in "
           f"{destination}{rewound}", flush=True)
-    return destination
 
 
 def use_dispatch_thread(setting: bool | str, env_config: EnvConfig) -> bool:

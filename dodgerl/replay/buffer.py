@@ -101,14 +101,25 @@ def rewind_header(directory: str | Path, header: dict[str, Any], keep_as: str | 
     elif keep_as is not None:
         Path(keep_as).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(directory / HEADER_NAME, keep_as)
-    tmp = directory / (HEADER_NAME + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(header, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / HEADER_NAME)
+    _replace_header(directory, header)
     _fsync_dir(directory)
     return dropped
+
+
+def _replace_header(directory: Path, header: dict[str, Any]) -> None:
+    """Atomically replace ``directory/header.json`` with ``header``: written to a temporary file
+    and fsynced, then renamed over it (the caller fsyncs the directory). On a failure before the
+    rename the temporary file is removed and header.json is unchanged."""
+    tmp = directory / (HEADER_NAME + ".tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(header, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / HEADER_NAME)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 _PWRITE_MIN_FRAME_BYTES = 4096
@@ -475,18 +486,11 @@ class ReplayBuffer:
             arr.flush()  # msync: data reaches the disk before the header that declares it
         if self._obs_fd is not None:
             os.fsync(self._obs_fd)  # the frames written with pwrite (msync of the range has them too)
-        path = self.directory / HEADER_NAME
-        tmp = self.directory / (HEADER_NAME + ".tmp")
         try:
-            with open(tmp, "w") as f:
-                json.dump(header, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            _replace_header(self.directory, header)
         except BaseException:
             with self._lock:
                 self._commits -= 1
-            tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(self.directory)
         return header
