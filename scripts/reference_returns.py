@@ -1,4 +1,4 @@
-"""Reference returns: random and heuristic policies, mean/std of return and episode length per level.
+"""Reference returns: random, heuristic and lookahead policies, mean/std of return and episode length per level.
 
     python scripts/reference_returns.py [--episodes 100] [--action-space-type basic] [--json out.json]
 
@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from dodgerl.envs.dodge_env import DodgeEnv  # noqa: E402
 from dodgerl.envs.levels import LEVELS  # noqa: E402
-from dodgerl.envs.policies import HeuristicPolicy, RandomPolicy, run_episode  # noqa: E402
+from dodgerl.envs.policies import HeuristicPolicy, LookaheadPolicy, RandomPolicy, run_episode  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,10 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for level in sorted(LEVELS):
         env = DodgeEnv(level=level, action_space_type=args.action_space_type, max_episode_steps=args.max_episode_steps)
-        for name in ("random", "heuristic"):
+        names = ("random", "heuristic") + (("lookahead",) if args.action_space_type == "basic" else ())
+        for name in names:
             results = []
             for i in range(args.episodes):
-                policy = RandomPolicy(env, seed=i) if name == "random" else HeuristicPolicy(env)
+                if name == "random":
+                    policy = RandomPolicy(env, seed=i)
+                else:
+                    policy = HeuristicPolicy(env) if name == "heuristic" else LookaheadPolicy(env)
                 results.append(run_episode(env, policy, seed=i))
             r = np.array(results, dtype=np.float64)
             rows.append({

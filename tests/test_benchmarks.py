@@ -253,3 +253,19 @@ def test_update_benchmark_times_the_peer_beside_ours(tmp_path, capsys):
     assert rows[1]["peer"]["grad_steps_per_s"] > 0
     table = capsys.readouterr().out
     assert "ours / peer" in table and "x |" in table
+
+
+def test_encoder_probe_records_the_planners_actions_and_its_fit_learns_them():
+    from benchmarks import encoder_probe
+    from dodgerl.envs.policies import LOOKAHEAD_MOVES
+
+    observations, actions, episodes = encoder_probe.collect(level=2, transitions=400, noise=0.3)
+    assert observations.shape == (400, 65) and actions.shape == (400, 2) and episodes >= 1
+    # every recorded label is one of the planner's moves (the noise goes into what is played only)
+    assert all(any(np.array_equal(a, m) for m in LOOKAHEAD_MOVES) for a in actions)
+    policy = encoder_probe.ClonedPolicy(encoder_probe.make_encoder("set", (16,)), net_arch=(32,))
+    _, loss_short = encoder_probe.fit(policy, observations, actions, steps=10, batch_size=64)
+    _, loss_long = encoder_probe.fit(policy, observations, actions, steps=1500, batch_size=64)
+    assert loss_long < 0.5 * loss_short
+    with pytest.raises(ValueError, match="unknown encoder"):
+        encoder_probe.make_encoder("cnn", (16,))

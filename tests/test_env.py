@@ -14,7 +14,15 @@ import dodgerl  # noqa: F401  (registers dodgerl/Dodge-v0)
 from dodgerl.envs.arena import ARENA_HALF, PLAYER_RADIUS
 from dodgerl.envs.dodge_env import DIST_SCALE, NUM_NEAREST, DodgeEnv
 from dodgerl.envs.levels import LEVELS, LevelSpec
-from dodgerl.envs.policies import HeuristicPolicy, RandomPolicy, random_action, run_episode
+from dodgerl.envs.policies import (
+    LOOKAHEAD_MOVES,
+    HeuristicPolicy,
+    LookaheadPolicy,
+    RandomPolicy,
+    lookahead_action,
+    random_action,
+    run_episode,
+)
 from dodgerl.envs.rasterizer import (
     BACKGROUND_COLOR,
     PLAYER_COLOR,
@@ -300,6 +308,32 @@ def test_random_policy_dies_fast_on_level_1_and_the_heuristic_survives_longer():
     heuristic_lengths = [run_episode(env, HeuristicPolicy(env), seed=seed)[1] for seed in range(5)]
     assert np.mean(random_lengths) < 100
     assert np.mean(heuristic_lengths) > 5 * np.mean(random_lengths)
+
+
+def _one_projectile_state(player, projectile, velocity):
+    return {"player_pos": np.array(player, float), "player_vel": np.zeros(2),
+            "projectile_pos": np.array([projectile], float), "projectile_vel": np.array([velocity], float),
+            "player_radius": 0.5, "projectile_radius": 0.3, "dash_cooldown": 0, "steps": 0}
+
+
+def test_lookahead_steps_off_the_line_of_an_incoming_projectile():
+    # A projectile 4 m east flying west at 16 m/s hits a player that stays or moves along x
+    # within the horizon; the planner must leave the line (a north or south move at full speed).
+    action = lookahead_action(_one_projectile_state((0.0, 0.0), (4.0, 0.0), (-16.0, 0.0)))
+    assert abs(action[1]) > 0.9 and abs(action[0]) < 0.45, action
+    # no projectile: every move is safe, and the pull toward the centre wins
+    idle = lookahead_action({**_one_projectile_state((6.0, 0.0), (0.0, 0.0), (0.0, 0.0)),
+                             "projectile_pos": np.zeros((0, 2)), "projectile_vel": np.zeros((0, 2))})
+    np.testing.assert_allclose(idle, [-1.0, 0.0], atol=1e-6)  # full speed west, toward the centre
+    assert any(np.array_equal(action, m) for m in LOOKAHEAD_MOVES)
+
+
+def test_lookahead_survives_level_2_where_the_heuristic_does_not_always():
+    env = DodgeEnv(level=2, max_episode_steps=400)
+    lengths = [run_episode(env, LookaheadPolicy(env), seed=seed)[1] for seed in range(4)]
+    assert lengths == [400] * 4
+    with pytest.raises(ValueError, match="basic"):
+        LookaheadPolicy(DodgeEnv(level=2, action_space_type="dash"))
 
 
 def test_a_reused_env_replays_a_seed_exactly_like_a_fresh_one():

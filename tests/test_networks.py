@@ -1,10 +1,10 @@
-"""Networks: NatureCNN shapes, uint8 scaling and bf16 compute; random-shift augmentation."""
+"""Networks: NatureCNN shapes, uint8 scaling and bf16 compute; random-shift augmentation; the set encoder."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dodgerl.networks import CriticEnsemble, MLPEncoder, NatureCNN, random_shift
+from dodgerl.networks import CriticEnsemble, MLPEncoder, NatureCNN, SetEncoder, random_shift
 
 
 def test_nature_cnn_feature_shape_and_float32_params_under_bf16():
@@ -148,3 +148,54 @@ def test_critic_layer_norm_q_values_match_a_hand_computation():
     # Without layer_norm the same module has no LayerNorm parameters at all.
     plain = CriticEnsemble((8, 6), n_critics=3).init(jax.random.key(0), features, actions)
     assert "LayerNorm" not in str(jax.tree_util.tree_structure(plain))
+
+
+def _set_observation(rng, n_present, n_slots=4, global_dims=3, item_dims=4):
+    """A vector laid out as SetEncoder reads it: global features, then item rows whose last
+    feature is the presence flag (absent rows all zero)."""
+    glob = rng.normal(size=global_dims).astype(np.float32)
+    items = np.zeros((n_slots, item_dims), np.float32)
+    items[:n_present, :-1] = rng.normal(size=(n_present, item_dims - 1))
+    items[:n_present, -1] = 1.0
+    return glob, items
+
+
+def test_set_encoder_is_invariant_to_item_order_and_ignores_absent_rows():
+    rng = np.random.default_rng(0)
+    enc = SetEncoder(global_dims=3, item_dims=4, features=(8, 5))
+    glob, items = _set_observation(rng, n_present=3)
+    obs = np.concatenate([glob, items.ravel()])
+    params = enc.init(jax.random.key(0), obs[None])
+    features = np.asarray(enc.apply(params, obs[None]))[0]
+    assert features.shape == (3 + 2 * 5,)
+    np.testing.assert_array_equal(features[:3], glob)  # the global features pass through
+
+    # the same items in another order (the absent row moved too): the same features
+    shuffled = np.concatenate([glob, items[[2, 3, 0, 1]].ravel()])
+    np.testing.assert_allclose(np.asarray(enc.apply(params, shuffled[None]))[0], features, rtol=1e-6)
+
+    # an absent row with non-zero junk in it (flag 0) contributes nothing
+    junk = items.copy()
+    junk[3, :-1] = 5.0
+    np.testing.assert_array_equal(
+        np.asarray(enc.apply(params, np.concatenate([glob, junk.ravel()])[None]))[0], features)
+
+    # while a changed present item does change the features
+    moved = items.copy()
+    moved[0, 0] += 1.0
+    assert not np.allclose(np.asarray(enc.apply(params, np.concatenate([glob, moved.ravel()])[None]))[0],
+                           features)
+
+
+def test_set_encoder_pools_by_sum_and_max_of_a_shared_item_mlp():
+    rng = np.random.default_rng(1)
+    enc = SetEncoder(global_dims=2, item_dims=3, features=(4,))
+    glob, items = _set_observation(rng, n_present=2, n_slots=3, global_dims=2, item_dims=3)
+    obs = np.concatenate([glob, items.ravel()])
+    params = enc.init(jax.random.key(1), obs[None])
+    w, b = (np.asarray(params["params"]["Dense_0"][k]) for k in ("kernel", "bias"))
+    h = np.maximum(np.concatenate([items, np.tile(glob, (3, 1))], axis=1) @ w + b, 0.0)
+    h = h * items[:, -1:]
+    expected = np.concatenate([glob, h.sum(0), h.max(0)])
+    np.testing.assert_allclose(np.asarray(enc.apply(params, obs[None]))[0], expected, rtol=1e-5,
+                               atol=1e-6)

@@ -15,6 +15,7 @@ from dodgerl.networks import tanh_gaussian_log_prob
 ACTION_SPACE = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
 VECTOR_SPACE = gymnasium.spaces.Box(-np.inf, np.inf, (6,), np.float32)
 IMAGE_SPACE = gymnasium.spaces.Box(0, 255, (40, 40, 6), np.uint8)  # two stacked RGB frames
+SET_SPACE = gymnasium.spaces.Box(-np.inf, np.inf, (5 + 3 * 6,), np.float32)  # dodge layout, 3 items
 TINY = dict(net_arch=(16, 16), encoder_features=16, batch_size=8)
 
 
@@ -207,9 +208,21 @@ def _nonzero(tree):
     return any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("space", [VECTOR_SPACE, IMAGE_SPACE], ids=["vector", "image"])
+def _encoder_config(space, **kw):
+    """TINY with a parameterised encoder: NatureCNN for images, an (8,) MLP for VECTOR_SPACE,
+    the set encoder for SET_SPACE."""
+    if space is SET_SPACE:
+        return sac.SACConfig(**TINY, vector_encoder="set", set_encoder_arch=(8,), **kw)
+    return sac.SACConfig(**TINY, vector_encoder_arch=(8,), **kw)
+
+
+ENCODER_SPACES = pytest.mark.parametrize("space", [VECTOR_SPACE, SET_SPACE, IMAGE_SPACE],
+                                         ids=["vector", "set", "image"])
+
+
+@ENCODER_SPACES
 def test_critic_sharing_encoder_trained_by_critic_loss_only(space):
-    cfg = sac.SACConfig(**TINY, vector_encoder_arch=(8,), encoder_sharing="critic")
+    cfg = _encoder_config(space, encoder_sharing="critic")
     agent = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)
     assert set(agent.actor.params) == {"head"}  # the actor owns no encoder
     batch = first_k(random_batch(space, 1, 8), 0)
@@ -244,9 +257,9 @@ def test_layernorm_tanh_trunk_is_part_of_the_critic_encoder_and_trained_by_criti
     assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
 
 
-@pytest.mark.parametrize("space", [VECTOR_SPACE, IMAGE_SPACE], ids=["vector", "image"])
+@ENCODER_SPACES
 def test_separate_encoders_each_trained_by_own_loss(space):
-    cfg = sac.SACConfig(**TINY, vector_encoder_arch=(8,), encoder_sharing="separate")
+    cfg = _encoder_config(space, encoder_sharing="separate")
     agent = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)
     batch = jax.tree.map(lambda x: x[0], random_batch(space, 1, 8))
     critic_g, actor_g = _loss_grads(agent, batch, "actor_loss")
@@ -358,6 +371,11 @@ def test_agent_is_one_pytree_that_orbax_round_trips(tmp_path):
         ({"augmentation": "yes"}, "augmentation"),
         ({"encoder_output": "gelu"}, "encoder_output"),
         ({"critic_layer_norm": 1}, "critic_layer_norm"),
+        ({"vector_encoder": "deepsets"}, "vector_encoder"),
+        ({"set_layout": [5]}, "set_layout"),
+        ({"set_layout": [5, 1]}, "set_layout"),
+        ({"set_encoder_arch": []}, "set_encoder_arch"),
+        ({"vector_encoder": "set", "vector_encoder_arch": [64]}, "vector_encoder_arch"),
     ],
 )
 def test_from_dict_rejects_bad_config_naming_the_key(bad, name):
@@ -385,6 +403,13 @@ def test_from_dict_accepts_yaml_lists():
 def test_create_rejects_observation_space_it_cannot_encode(observation_space, message):
     with pytest.raises(ValueError, match=message):
         sac.create(jax.random.key(0), observation_space, ACTION_SPACE, sac.SACConfig(**TINY))
+
+
+def test_create_rejects_a_set_layout_the_observation_does_not_have():
+    cfg = sac.SACConfig(**TINY, vector_encoder="set", set_layout=(5, 6))
+    with pytest.raises(ValueError, match=r"set_layout=\[5, 6\]: a 6-dim observation"):
+        sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE, cfg)
+    sac.create(jax.random.key(0), SET_SPACE, ACTION_SPACE, cfg)  # 5 + 3 items of 6: fine
 
 
 @pytest.mark.parametrize(

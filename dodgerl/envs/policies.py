@@ -1,7 +1,8 @@
-"""Reference policies for the dodge arena: a uniform random policy and a scripted dodger that reads the true state.
+"""Reference policies for the dodge arena: a uniform random policy, a scripted dodger and a
+lookahead planner, the last two reading the true state.
 
 They give the reference returns in ``docs/env.md`` and the sanity checks in
-the tests; neither learns.
+the tests; none learns.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from dodgerl.envs.arena import ARENA_HALF
+from dodgerl.envs.arena import ARENA_HALF, CONTROL_DT, PLAYER_RADIUS, PLAYER_SPEED
 
 HORIZON_S = 1.2
 """Projectiles whose closest approach is further ahead than this are ignored."""
@@ -68,6 +69,57 @@ def heuristic_action(state: dict[str, Any], dash: bool = False) -> np.ndarray:
     return np.array([move[0], move[1], trigger], dtype=np.float32)
 
 
+LOOKAHEAD_STEPS = 10
+"""Control steps (1/3 s) the lookahead planner simulates each candidate move for."""
+CLEARANCE_CAP = 1.5
+"""Metres of clearance beyond which the planner counts a move as safe, whatever the margin."""
+_ANGLES = np.linspace(0.0, 2.0 * np.pi, 16, endpoint=False)
+_UNIT = np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], axis=1)
+LOOKAHEAD_MOVES = np.concatenate([_UNIT, 0.5 * _UNIT, np.zeros((1, 2))]).astype(np.float32)
+"""The planner's 33 candidate actions: 16 directions at full and at half speed, and standing still."""
+
+
+def lookahead_action(state: dict[str, Any], steps: int = LOOKAHEAD_STEPS) -> np.ndarray:
+    """The candidate move (``LOOKAHEAD_MOVES``) that keeps the player farthest from every live
+    projectile over the next ``steps`` control steps, held constant.
+
+    Each projectile is extrapolated in a straight line (as it flies) and the player at the
+    move's velocity, clamped to the arena; a move's score is its smallest gap between the
+    player's and any projectile's edges over the horizon, capped at ``CLEARANCE_CAP``, minus a
+    small pull toward the centre (0.02 per metre from it at the horizon's end), so that among
+    safe moves the player drifts away from the walls. Projectiles not yet spawned are unknown
+    to it. A reference of what a policy reading only the current state can reach (the state
+    holds everything the 65-dim observation does, for every projectile); returns a (2,) action.
+    """
+    pos = state["player_pos"]
+    t = np.arange(1, steps + 1) * CONTROL_DT
+    limit = ARENA_HALF - PLAYER_RADIUS
+    path = np.clip(pos + LOOKAHEAD_MOVES[:, None, :] * PLAYER_SPEED * t[None, :, None], -limit, limit)
+    score = np.zeros(len(LOOKAHEAD_MOVES))
+    if state["projectile_pos"].shape[0]:
+        flight = state["projectile_pos"][None] + state["projectile_vel"][None] * t[:, None, None]
+        gap = np.linalg.norm(path[:, :, None, :] - flight[None], axis=-1)
+        gap -= state["player_radius"] + state["projectile_radius"]
+        score = np.minimum(gap.min(axis=(1, 2)), CLEARANCE_CAP)
+    score -= 0.02 * np.linalg.norm(path[:, -1, :], axis=-1)
+    return LOOKAHEAD_MOVES[int(np.argmax(score))].copy()
+
+
+class LookaheadPolicy:
+    """``LookaheadPolicy(env)(obs) -> action``: :func:`lookahead_action` on ``env.unwrapped.state()``
+    (``basic`` actions only). Ignores the observation, like :class:`HeuristicPolicy`."""
+
+    def __init__(self, env: gymnasium.Env, steps: int = LOOKAHEAD_STEPS) -> None:
+        self.env = env.unwrapped
+        if self.env.action_space.shape != (2,):
+            raise ValueError(f"LookaheadPolicy plans 'basic' (2-dim) actions; the env's action space "
+                             f"is {self.env.action_space}")
+        self.steps = steps
+
+    def __call__(self, observation: Any = None) -> np.ndarray:
+        return lookahead_action(self.env.state(), self.steps)
+
+
 class HeuristicPolicy:
     """``HeuristicPolicy(env)(obs) -> action``: :func:`heuristic_action` on ``env.unwrapped.state()``.
 
@@ -105,4 +157,5 @@ def run_episode(env: gymnasium.Env, policy: Any, seed: int | None = None) -> tup
             return total, length
 
 
-__all__ = ["HeuristicPolicy", "RandomPolicy", "heuristic_action", "random_action", "run_episode"]
+__all__ = ["HeuristicPolicy", "LookaheadPolicy", "RandomPolicy", "heuristic_action", "lookahead_action",
+           "random_action", "run_episode"]

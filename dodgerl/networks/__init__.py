@@ -6,6 +6,7 @@ from dodgerl.networks.encoders import (
     NATURE_CNN_OUTPUTS,
     MLPEncoder,
     NatureCNN,
+    SetEncoder,
     nature_cnn_min_size,
     precast_params,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "CriticEnsemble",
     "MLPEncoder",
     "NatureCNN",
+    "SetEncoder",
     "TanhGaussianActorHead",
     "nature_cnn_min_size",
     "precast_params",

@@ -1,4 +1,4 @@
-"""Observation encoders: an MLP for state vectors and the Nature-DQN CNN for uint8 images."""
+"""Observation encoders: an MLP or a set encoder for state vectors, the Nature-DQN CNN for uint8 images."""
 
 from collections.abc import Sequence
 
@@ -18,6 +18,41 @@ class MLPEncoder(nn.Module):
         for width in self.features:
             x = nn.relu(nn.Dense(width)(x))
         return x
+
+
+class SetEncoder(nn.Module):
+    """Permutation-invariant encoder (Deep Sets, Zaheer et al. 2017) for a state vector laid out
+    as ``global_dims`` global features followed by equal items of ``item_dims`` features each, the
+    last feature of an item its presence flag (1 present, 0 an all-zero padding row).
+
+    Every item, concatenated with the global features, goes through one shared ReLU MLP
+    (``features``); the outputs of present items are pooled by sum and by max, and the encoder
+    returns ``[global, sum, max]`` (``global_dims + 2 * features[-1]`` features). Each item is read
+    by the same weights whatever its slot, so what is learnt about a projectile in slot 0 holds
+    in slot 7, and re-sorting the items changes nothing.
+
+    The dodge env's vector observation is this layout with ``global_dims=5, item_dims=6`` (player
+    state, then the 10 nearest projectiles). A behaviour-cloning probe on level 2 (100K states of
+    a lookahead planner, same data, same steps) reached a mean return of 763-865 with this encoder
+    against 114 with the plain MLP (docs/agent.md).
+    """
+
+    global_dims: int
+    item_dims: int
+    features: Sequence[int] = (64, 64)
+
+    @nn.compact
+    def __call__(self, observations: jnp.ndarray) -> jnp.ndarray:
+        x = observations.astype(jnp.float32)
+        g, m = self.global_dims, self.item_dims
+        glob = x[..., :g]
+        items = x[..., g:].reshape(*x.shape[:-1], (x.shape[-1] - g) // m, m)
+        present = items[..., -1:]
+        h = jnp.concatenate([items, jnp.broadcast_to(glob[..., None, :], (*items.shape[:-1], g))], -1)
+        for width in self.features:
+            h = nn.relu(nn.Dense(width)(h))
+        h = h * present  # ReLU outputs are >= 0, so absent items (0) never win the max
+        return jnp.concatenate([glob, h.sum(axis=-2), h.max(axis=-2)], axis=-1)
 
 
 NATURE_CNN_OUTPUTS = ("relu", "layernorm_tanh")
