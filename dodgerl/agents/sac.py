@@ -158,8 +158,9 @@ class SACConfig:
     the raw state, as in plain SAC from state (then sharing has nothing to share)."""
     vector_encoder: str = "mlp"
     """Encoder of vector observations: 'mlp' (``vector_encoder_arch``) or 'set' (``SetEncoder``:
-    one shared MLP over each item of ``set_layout``, sum- and max-pooled; learns the dodge arena
-    from state far faster, benchmarks/reports/train_vector_level2_cpu)."""
+    one shared MLP over each item of ``set_layout``, sum- and max-pooled). It represents a good
+    policy of the dodge arena's state far better than the MLP (behaviour cloning, docs/agent.md);
+    in SAC on level 2 it has led for one seed of two so far, so the shipped configs keep 'mlp'."""
     set_layout: tuple[int, ...] = (5, 6)
     """With ``vector_encoder: set``: (global features, features per item); the last feature of an
     item is its presence flag. (5, 6) is the dodge env's vector observation."""

@@ -32,9 +32,9 @@ class SetEncoder(nn.Module):
     in slot 7, and re-sorting the items changes nothing.
 
     The dodge env's vector observation is this layout with ``global_dims=5, item_dims=6`` (player
-    state, then the 10 nearest projectiles). A behaviour-cloning probe on level 2 (100K states of
-    a lookahead planner, same data, same steps) reached a mean return of 763-865 with this encoder
-    against 114 with the plain MLP (docs/agent.md).
+    state, then the 10 nearest projectiles). Behaviour cloning of a lookahead planner on level 2
+    (``benchmarks/encoder_probe.py``: 100K states, same data and steps) reaches a mean return of
+    822 with this encoder against 158 with the identity encoder and the same MLP head.
     """
 
     global_dims: int
