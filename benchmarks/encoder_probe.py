@@ -36,6 +36,7 @@ import optax  # noqa: E402
 
 from dodgerl.envs.dodge_env import DodgeEnv  # noqa: E402
 from dodgerl.envs.policies import LookaheadPolicy, run_episode  # noqa: E402
+from dodgerl.agents.sac import SACConfig  # noqa: E402
 from dodgerl.networks import MLP, MLPEncoder, SetEncoder  # noqa: E402
 
 EVAL_SEED = 1_000_000
@@ -56,7 +57,7 @@ def make_encoder(name: str, set_arch: tuple[int, ...]) -> nn.Module:
     if name == "mlp":
         return MLPEncoder()  # the identity: the shipped vector config's encoder
     if name == "set":
-        return SetEncoder(5, 6, features=set_arch)
+        return SetEncoder(*SACConfig().set_layout, features=set_arch)  # the dodge obs layout
     raise ValueError(f"unknown encoder {name!r}: expected mlp or set")
 
 
@@ -106,22 +107,19 @@ def fit(policy: ClonedPolicy, observations: np.ndarray, actions: np.ndarray, ste
     return params, float(tail.mean())
 
 
+def play(level: int, make_policy, episodes: int) -> np.ndarray:
+    """(return, length) of ``make_policy(env)`` on seeds EVAL_SEED + i (deterministic policies)."""
+    env = DodgeEnv(level=level, obs_mode="vector")
+    policy = make_policy(env)
+    results = [run_episode(env, policy, seed=EVAL_SEED + i) for i in range(episodes)]
+    env.close()
+    return np.asarray(results, np.float64)
+
+
 def evaluate(policy: ClonedPolicy, params: dict, level: int, episodes: int) -> np.ndarray:
-    """(return, length) of deterministic episodes on seeds EVAL_SEED + i."""
-    env = DodgeEnv(level=level, obs_mode="vector")
+    """The fitted policy's (return, length) per episode, as ``play``."""
     act = jax.jit(lambda obs: policy.apply(params, obs[None])[0])
-    results = [run_episode(env, lambda obs: np.asarray(act(obs)), seed=EVAL_SEED + i) for i in range(episodes)]
-    env.close()
-    return np.asarray(results, np.float64)
-
-
-def evaluate_planner(level: int, episodes: int) -> np.ndarray:
-    env = DodgeEnv(level=level, obs_mode="vector")
-    planner = LookaheadPolicy(env)
-    results = [run_episode(env, planner, seed=EVAL_SEED + i) for i in range(episodes)]
-    env.close()
-    return np.asarray(results, np.float64)
-
+    return play(level, lambda env: lambda obs: np.asarray(act(obs)), episodes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     observations, actions, n_episodes = collect(args.level, args.transitions, args.noise)
     collect_s = time.perf_counter() - start
-    planner = evaluate_planner(args.level, args.episodes)
+    planner = play(args.level, LookaheadPolicy, args.episodes)
     rows = []
     for name in names:
         policy = ClonedPolicy(make_encoder(name, set_arch))

@@ -34,15 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for level in sorted(LEVELS):
         env = DodgeEnv(level=level, action_space_type=args.action_space_type, max_episode_steps=args.max_episode_steps)
-        names = ("random", "heuristic") + (("lookahead",) if args.action_space_type == "basic" else ())
-        for name in names:
-            results = []
-            for i in range(args.episodes):
-                if name == "random":
-                    policy = RandomPolicy(env, seed=i)
-                else:
-                    policy = HeuristicPolicy(env) if name == "heuristic" else LookaheadPolicy(env)
-                results.append(run_episode(env, policy, seed=i))
+        policies = {"random": lambda i: RandomPolicy(env, seed=i), "heuristic": lambda i: HeuristicPolicy(env)}
+        if args.action_space_type == "basic":  # LookaheadPolicy plans 2-dim actions only
+            policies["lookahead"] = lambda i: LookaheadPolicy(env)
+        for name, make_policy in policies.items():
+            results = [run_episode(env, make_policy(i), seed=i) for i in range(args.episodes)]
             r = np.array(results, dtype=np.float64)
             rows.append({
                 "level": level, "policy": name, "episodes": args.episodes,
