@@ -3,8 +3,17 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from dodgerl.networks import CriticEnsemble, MLPEncoder, NatureCNN, SetEncoder, random_shift
+from dodgerl.networks import (
+    CriticEnsemble,
+    MLPEncoder,
+    NatureCNN,
+    SetEncoder,
+    apply_planar_symmetries,
+    random_planar_symmetries,
+    random_shift,
+)
 
 
 def test_nature_cnn_feature_shape_and_float32_params_under_bf16():
@@ -199,3 +208,35 @@ def test_set_encoder_pools_by_sum_and_max_of_a_shared_item_mlp():
     expected = np.concatenate([glob, h.sum(0), h.max(0)])
     np.testing.assert_allclose(np.asarray(enc.apply(params, obs[None]))[0], expected, rtol=1e-5,
                                atol=1e-6)
+
+
+def test_planar_symmetries_draw_each_element_of_the_group_uniformly():
+    n = 8192
+    for group, size in (("none", 1), ("flip_x", 2), ("d4", 8)):
+        swap, signs = random_planar_symmetries(jax.random.key(1), n, group)
+        elements = [(bool(s), tuple(g)) for s, g in zip(np.asarray(swap), np.asarray(signs).tolist())]
+        counts = {e: elements.count(e) for e in set(elements)}
+        assert len(counts) == size, group
+        assert all(abs(c / n - 1 / size) < 0.03 for c in counts.values()), counts
+        if group == "flip_x":  # x -> -x only: never a swap, y never flipped
+            assert not np.asarray(swap).any() and (np.asarray(signs)[:, 1] == 1).all()
+    with pytest.raises(ValueError, match="c4"):
+        random_planar_symmetries(jax.random.key(1), 4, "c4")
+
+
+def test_apply_planar_symmetries_is_the_signed_permutation_matrix_on_each_pair():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 7)).astype(np.float32)
+    swap, signs = random_planar_symmetries(jax.random.key(2), 8, "d4")
+    out = np.asarray(apply_planar_symmetries(jnp.asarray(x), (0, 3), swap, signs))
+    for row in range(8):
+        m = np.diag(np.asarray(signs[row])) @ (np.array([[0, 1], [1, 0]]) if swap[row] else np.eye(2))
+        for i in (0, 3):
+            np.testing.assert_allclose(out[row, i:i + 2], m @ x[row, i:i + 2], rtol=1e-6)
+        np.testing.assert_array_equal(out[row, [2, 5, 6]], x[row, [2, 5, 6]])  # not planar: kept
+    # Rotating by 90 degrees four times is the identity; (x, y) -> (-y, x) is swap then flip x.
+    quarter = (jnp.ones(8, bool), jnp.tile(jnp.array([[-1.0, 1.0]]), (8, 1)))
+    y = jnp.asarray(x)
+    for _ in range(4):
+        y = apply_planar_symmetries(y, (0, 3), *quarter)
+    np.testing.assert_allclose(np.asarray(y), x, rtol=1e-6)

@@ -376,6 +376,10 @@ def test_agent_is_one_pytree_that_orbax_round_trips(tmp_path):
         ({"set_layout": [5, 1]}, "set_layout"),
         ({"set_encoder_arch": []}, "set_encoder_arch"),
         ({"vector_encoder": "set", "vector_encoder_arch": [64]}, "vector_encoder_arch"),
+        ({"symmetry": "c4"}, "symmetry"),
+        ({"symmetry_obs_xy": [0, 1]}, "symmetry_obs_xy"),
+        ({"symmetry_action_xy": [-1]}, "symmetry_action_xy"),
+        ({"symmetry_action_xy": 0}, "symmetry_action_xy"),
     ],
 )
 def test_from_dict_rejects_bad_config_naming_the_key(bad, name):
@@ -388,6 +392,19 @@ def test_from_dict_accepts_yaml_lists():
     assert cfg.net_arch == (64, 64) and cfg.gamma == 0.98
     assert sac.SACConfig.from_dict(cfg.to_dict()) == cfg
     hash(cfg)  # static data of the jitted update
+
+
+def test_create_rejects_symmetry_it_cannot_apply():
+    with pytest.raises(ValueError, match="symmetry='d4': for vector observations only"):
+        sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, sac.SACConfig(**TINY, symmetry="d4"))
+    # The default pairs are the 65-dim dodge observation's: a 6-dim one does not have them.
+    with pytest.raises(ValueError, match="symmetry_obs_xy=.*the observation has 6"):
+        sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE, sac.SACConfig(**TINY, symmetry="d4"))
+    with pytest.raises(ValueError, match="symmetry_action_xy=\\[1\\].*the action has 2"):
+        sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE,
+                   sac.SACConfig(**TINY, symmetry="d4", symmetry_obs_xy=(0,), symmetry_action_xy=(1,)))
+    sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE,
+               sac.SACConfig(**TINY, symmetry="d4", symmetry_obs_xy=(0, 2)))  # fits: fine
 
 
 @pytest.mark.parametrize(
@@ -506,3 +523,50 @@ def test_precast_params_converts_only_what_the_encoder_computes_in_low_precision
     np.testing.assert_array_equal(cnn.apply({"params": params}, x), cnn.apply({"params": cast}, x))
     mlp_params = MLPEncoder((4,)).init(jax.random.key(0), jnp.zeros((1, 3)))["params"]
     assert precast_params(MLPEncoder((4,)), mlp_params) is mlp_params
+
+
+# ---------------------------------------------------------------- symmetry augmentation
+
+SET_XY = (0, 2) + tuple(5 + 6 * row + j for row in range(3) for j in (0, 2))  # SET_SPACE's pairs
+
+
+@pytest.mark.parametrize("group", ["flip_x", "d4"])
+def test_symmetry_moves_observation_next_observation_and_action_together(group):
+    cfg = sac.SACConfig(**TINY, symmetry=group, symmetry_obs_xy=SET_XY)
+    batch = jax.tree.map(lambda x: x[0], random_batch(SET_SPACE, 1, 256))
+    obs = np.asarray(batch.observations)
+    # The action is the player's position and the next observation twice the observation, so
+    # that whether one element moved all three shows.
+    batch = batch.replace(actions=obs[:, 0:2].copy(), next_observations=2 * obs)
+    out = jax.tree.map(np.asarray, sac.apply_symmetry(cfg, jax.random.key(5), batch))
+    np.testing.assert_allclose(out.actions, out.observations[:, 0:2], rtol=1e-6)
+    np.testing.assert_allclose(out.next_observations, 2 * out.observations, rtol=1e-6)
+    np.testing.assert_array_equal(out.rewards, batch.rewards)
+    np.testing.assert_array_equal(out.terminated, batch.terminated)
+    pairs = np.array([[i, i + 1] for i in SET_XY])
+    kept = np.setdiff1d(np.arange(obs.shape[1]), pairs.ravel())
+    np.testing.assert_array_equal(out.observations[:, kept], obs[:, kept])  # flags, distances
+    np.testing.assert_allclose(np.linalg.norm(out.observations[:, pairs], axis=-1),
+                               np.linalg.norm(obs[:, pairs], axis=-1), rtol=1e-6)
+    moved = ~np.isclose(out.observations, obs).all(axis=1)
+    assert 0.3 < moved.mean() < 0.7 if group == "flip_x" else 0.75 < moved.mean() < 0.99
+    if group == "flip_x":
+        np.testing.assert_array_equal(out.observations[:, pairs[:, 1]], obs[:, pairs[:, 1]])
+
+
+def test_update_with_symmetry_is_the_plain_update_of_the_transformed_batch():
+    plain = sac.create(jax.random.key(0), SET_SPACE, ACTION_SPACE, sac.SACConfig(**TINY))
+    cfg = sac.SACConfig(**TINY, symmetry="d4", symmetry_obs_xy=SET_XY)
+    agent = sac.create(jax.random.key(0), SET_SPACE, ACTION_SPACE, cfg)
+    batch = jax.tree.map(lambda x: x[0], random_batch(SET_SPACE, 1, 8))
+    key = jax.random.key(3)
+
+    def losses(a, b):
+        _, metrics = sac.compute_losses(a, a.critic.params, a.actor.params, a.temperature.params,
+                                        b, key)
+        return {k: float(v) for k, v in metrics.items()}
+
+    transformed = sac.apply_symmetry(cfg, jax.random.fold_in(key, sac.SYMMETRY_KEY_SALT), batch)
+    assert losses(agent, batch) == pytest.approx(losses(plain, transformed), rel=1e-6)
+    assert losses(agent, batch)["critic_loss"] != pytest.approx(losses(plain, batch)["critic_loss"],
+                                                                rel=1e-4)

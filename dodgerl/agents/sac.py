@@ -30,19 +30,28 @@ from flax.training.train_state import TrainState
 
 from dodgerl.networks import (
     NATURE_CNN_OUTPUTS,
+    SYMMETRY_GROUPS,
     CriticEnsemble,
     MLPEncoder,
     NatureCNN,
     SetEncoder,
     TanhGaussianActorHead,
+    apply_planar_symmetries,
     nature_cnn_min_size,
     precast_params,
+    random_planar_symmetries,
     random_shift,
     sample_tanh_gaussian,
 )
 
 ENCODER_SHARING_MODES = ("critic", "separate")
 VECTOR_ENCODERS = ("mlp", "set")
+# The planar (x, y) vectors of the dodge env's 65-dim observation, by the index of their x
+# component: the player's position and velocity, then each of the 10 projectile rows' relative
+# position and velocity (dodgerl.envs.dodge_env, docs/env.md).
+DODGE_OBS_XY = (0, 2) + tuple(5 + 6 * row + j for row in range(10) for j in (0, 2))
+SYMMETRY_KEY_SALT = 0x5E7
+"""compute_losses draws the symmetry of a step from ``fold_in(key, SYMMETRY_KEY_SALT)``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +176,20 @@ class SACConfig:
     item is its presence flag. (5, 6) is the dodge env's vector observation."""
     set_encoder_arch: tuple[int, ...] = (64, 64)
     """With ``vector_encoder: set``: hidden widths of the MLP shared by the items."""
+    symmetry: str = "none"
+    """Symmetry augmentation of vector transitions, on the device: each sampled transition gets
+    its own random element g of the group, applied alike to its observation, next observation
+    and action (the planar vectors named by ``symmetry_obs_xy`` / ``symmetry_action_xy``).
+    'none'; 'flip_x' (x -> -x); 'd4' (the square's 4 rotations and 4 reflections). Sound only
+    where reward and termination are invariant and the dynamics equivariant under the group: the
+    dodge arena's level 1 under 'flip_x' (its spawns are mirror-symmetric about the north-south
+    axis), levels 2 and 3 under 'd4' (spawn directions uniform all around a square arena)."""
+    symmetry_obs_xy: tuple[int, ...] = DODGE_OBS_XY
+    """With ``symmetry``: the index of the x component of each planar vector of the observation
+    (its y component is the next index); all other features must be invariant under the group.
+    Default: the dodge env's vector observation (``DODGE_OBS_XY``)."""
+    symmetry_action_xy: tuple[int, ...] = (0,)
+    """With ``symmetry``: the same for the action (the dodge env's desired velocity is 0, 1)."""
     log_std_min: float = -5.0
     """Lower bound of the actor's log-std (tanh-rescaled into [log_std_min, log_std_max])."""
     log_std_max: float = 2.0
@@ -199,6 +222,21 @@ class SACConfig:
             fail("set_encoder_arch", "needs at least one hidden layer")
         if self.vector_encoder == "set" and self.vector_encoder_arch:
             fail("vector_encoder_arch", "is the 'mlp' encoder's; leave it empty with vector_encoder 'set'")
+        if self.symmetry not in SYMMETRY_GROUPS:
+            fail("symmetry", f"must be one of {SYMMETRY_GROUPS}")
+        for name in ("symmetry_obs_xy", "symmetry_action_xy"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = tuple(value)
+            if not isinstance(value, tuple) or not all(
+                isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0 for i in value
+            ):
+                fail(name, "must be a sequence of non-negative integers (x indices of (x, y) pairs)")
+            value = tuple(int(i) for i in value)
+            covered = value + tuple(i + 1 for i in value)
+            if len(set(covered)) != len(covered):
+                fail(name, "the (x, x + 1) pairs overlap")
+            object.__setattr__(self, name, value)
         for name in ("gamma", "tau", "actor_lr", "critic_lr", "temperature_lr",
                      "initial_temperature", "log_std_min", "log_std_max"):
             value = getattr(self, name)
@@ -493,6 +531,21 @@ def create(
                 f"SACConfig.set_layout={list(config.set_layout)}: a {dims}-dim observation is not "
                 f"{g} global features followed by items of {m} features"
             )
+    if config.symmetry != "none":
+        if len(observation_shape) != 1:
+            raise ValueError(
+                f"SACConfig.symmetry={config.symmetry!r}: for vector observations only (the "
+                f"observation is {observation_shape})"
+            )
+        for name, size in (("symmetry_obs_xy", observation_shape[0]),
+                           ("symmetry_action_xy", action_dim)):
+            xy = getattr(config, name)
+            if xy and max(xy) + 1 >= size:
+                raise ValueError(
+                    f"SACConfig.{name}={list(xy)}: the pair at index {max(xy)} needs {max(xy) + 2} "
+                    f"features, the {'observation' if name == 'symmetry_obs_xy' else 'action'} "
+                    f"has {size}"
+                )
     nets = build_networks(config, observation_shape, action_dim)
     obs_dtype = jnp.uint8 if nets.is_image else jnp.float32
     dummy_obs = jnp.zeros((1, *observation_shape), obs_dtype)
@@ -640,6 +693,19 @@ def _augment(agent: SACAgent, key: jax.Array, observations: jax.Array) -> jax.Ar
     return observations
 
 
+def apply_symmetry(config: SACConfig, key: jax.Array, batch: Batch) -> Batch:
+    """The batch with one random element of ``config.symmetry``'s group applied to each
+    transition: the same element to its observation, next observation and action."""
+    swap, signs = random_planar_symmetries(key, batch.rewards.shape[0], config.symmetry)
+    def obs(x: jax.Array) -> jax.Array:
+        return apply_planar_symmetries(x, config.symmetry_obs_xy, swap, signs)
+    return batch.replace(
+        observations=obs(batch.observations),
+        next_observations=obs(batch.next_observations),
+        actions=apply_planar_symmetries(batch.actions, config.symmetry_action_xy, swap, signs),
+    )
+
+
 def compute_losses(
     agent: SACAgent,
     critic_params: Any,
@@ -658,6 +724,9 @@ def compute_losses(
     ``precast``: what ``_precast(agent)`` returns for these parameters, or None.
     """
     nets, config = agent.networks, agent.config
+    if config.symmetry != "none":
+        # Its own key, folded in, so the other draws are those of the run without symmetry.
+        batch = apply_symmetry(config, jax.random.fold_in(key, SYMMETRY_KEY_SALT), batch)
     k_aug, k_aug_next, k_next_action, k_action = jax.random.split(key, 4)
     observations = _augment(agent, k_aug, batch.observations)
     next_observations = _augment(agent, k_aug_next, batch.next_observations)

@@ -22,3 +22,40 @@ def random_shift(key: jax.Array, images: jnp.ndarray, pad: int) -> jnp.ndarray:
         )
 
     return jax.vmap(crop)(padded, offsets)
+
+
+# Symmetry augmentation of vector transitions. A planar symmetry g of the square arena is a 2x2
+# signed permutation matrix: optionally swap x and y, then flip the sign of each. The 8 of them
+# are the dihedral group D4 (the square's 4 rotations and 4 reflections); {identity, x -> -x} is
+# the mirror group.
+SYMMETRY_GROUPS = ("none", "flip_x", "d4")
+
+
+def random_planar_symmetries(key: jax.Array, batch: int, group: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """One uniformly drawn element of ``group`` per sample: ``(swap, signs)``, ``swap`` bool (B,)
+    and ``signs`` float32 (B, 2); the element maps (x, y) to signs * (y, x if swap else x, y)."""
+    if group not in SYMMETRY_GROUPS:
+        raise ValueError(f"unknown symmetry group {group!r}; known: {SYMMETRY_GROUPS}")
+    bits = jax.random.bernoulli(key, 0.5, (batch, 3))
+    off = jnp.zeros((batch,), bool)
+    swap = bits[:, 0] if group == "d4" else off
+    flip_x = bits[:, 1] if group != "none" else off
+    flip_y = bits[:, 2] if group == "d4" else off
+    signs = jnp.where(jnp.stack([flip_x, flip_y], axis=1), -1.0, 1.0).astype(jnp.float32)
+    return swap, signs
+
+
+def apply_planar_symmetries(x: jnp.ndarray, xy: tuple[int, ...], swap: jnp.ndarray,
+                            signs: jnp.ndarray) -> jnp.ndarray:
+    """Apply each sample's element to the planar vectors of ``x`` (B, D): ``xy`` holds the index
+    of each vector's x component, its y component follows at index + 1; the other features are
+    left alone (they must be invariant: distances, flags, timers)."""
+    x = jnp.asarray(x)
+    if not xy:
+        return x
+    ix = jnp.asarray(xy)
+    vx, vy = x[:, ix], x[:, ix + 1]
+    s = swap[:, None]
+    new_x = jnp.where(s, vy, vx) * signs[:, 0:1]
+    new_y = jnp.where(s, vx, vy) * signs[:, 1:2]
+    return x.at[:, ix].set(new_x.astype(x.dtype)).at[:, ix + 1].set(new_y.astype(x.dtype))
