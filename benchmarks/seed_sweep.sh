@@ -31,6 +31,7 @@ for spec in "$@"; do
     taskset -c "$first-$last" python3 experiments/vector_sac.py --resume "$run_dir" \
       >> "/tmp/sweep_$i.log" 2>&1 &
   else
+    rm -rf "/tmp/sweep/$i"  # a run directory left by an earlier sweep on a warm machine would be read below
     taskset -c "$first-$last" python3 experiments/vector_sac.py --level "$level" --seed "$seed" \
       --results-dir "/tmp/sweep/$i" --set train.progress_bar=false --set train.video=false $rest \
       > "/tmp/sweep_$i.log" 2>&1 &
