@@ -269,3 +269,35 @@ def test_encoder_probe_records_the_planners_actions_and_its_fit_learns_them():
     assert loss_long < 0.5 * loss_short
     with pytest.raises(ValueError, match="unknown encoder"):
         encoder_probe.make_encoder("cnn", (16,))
+
+
+def test_sweep_summary_reads_runs_from_folders_and_archives(tmp_path, capsys, monkeypatch):
+    import sys
+    import tarfile
+
+    from benchmarks import sweep_summary
+
+    def run(folder, level, symmetry, returns):
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(
+            f"seed: 3\nenv: {{level: {level}}}\nagent: {{symmetry: {symmetry}, vector_encoder: set}}\n")
+        rows = "".join(f"{10000 * (i + 1)},{r},0,0,0,0,10,0\n" for i, r in enumerate(returns))
+        (folder / "eval.csv").write_text(
+            "step,mean_return,std_return,min_return,max_return,mean_length,episodes,wall_time_s\n" + rows)
+
+    run(tmp_path / "a" / "0" / "x" / "t", 2, "d4", [-30.0, 950.0, 1000.0, 880.0])
+    run(tmp_path / "b" / "0" / "x" / "t", 1, "none", [10.0, 500.0])
+    with tarfile.open(tmp_path / "b.tgz", "w:gz") as tar:
+        tar.add(tmp_path / "b", arcname=".")
+    monkeypatch.setattr(sys, "argv", ["sweep_summary", str(tmp_path / "a"), str(tmp_path / "b.tgz")])
+    sweep_summary.main()
+    rows = [line.split(",") for line in capsys.readouterr().out.strip().splitlines()]
+    header = rows[0]
+    got = [dict(zip(header, r)) for r in rows[1:]]
+    assert len(got) == 2
+    assert {k: got[0][k] for k in ("level", "seed", "symmetry", "steps", "first_900_at", "best",
+                                   "best_at", "final")} == {
+        "level": "2", "seed": "3", "symmetry": "d4", "steps": "40000", "first_900_at": "20000",
+        "best": "1000.0", "best_at": "30000", "final": "880.0"}
+    assert got[1]["level"] == "1" and got[1]["first_900_at"] == "" and got[1]["best"] == "500.0"
+    assert got[1]["run"].startswith(str(tmp_path / "b.tgz"))
