@@ -169,8 +169,7 @@ class SACConfig:
     """Encoder of vector observations: 'mlp' (``vector_encoder_arch``) or 'set' (``SetEncoder``:
     one shared MLP over each item of ``set_layout``, sum- and max-pooled). It represents a good
     policy of the dodge arena's state far better than the MLP (behaviour cloning, docs/agent.md)
-    and learns level 2 faster (300K env steps, seed 0: best 391 vs 99); the level-2 vector
-    config uses it."""
+    and learns levels 1 and 2 faster (docs/agent.md); both vector configs use it."""
     set_layout: tuple[int, ...] = (5, 6)
     """With ``vector_encoder: set``: (global features, features per item); the last feature of an
     item is its presence flag. (5, 6) is the dodge env's vector observation."""
