@@ -46,10 +46,15 @@ from dodgerl.networks import (
 
 ENCODER_SHARING_MODES = ("critic", "separate")
 VECTOR_ENCODERS = ("mlp", "set")
-# The planar (x, y) vectors of the dodge env's 65-dim observation, by the index of their x
-# component: the player's position and velocity, then each of the 10 projectile rows' relative
-# position and velocity (dodgerl.envs.dodge_env, docs/env.md).
-DODGE_OBS_XY = (0, 2) + tuple(5 + 6 * row + j for row in range(10) for j in (0, 2))
+# The dodge env's 65-dim vector observation (dodgerl.envs.dodge_env, docs/env.md): 5 global
+# features (player x, y, vx, vy, dash cooldown), then 10 projectile rows of 6 (relative x, y, vx,
+# vy, distance, presence flag).
+DODGE_OBS_LAYOUT = (5, 6)
+# Its planar (x, y) vectors, by the index of their x component: the player's position and
+# velocity, then each projectile row's relative position and velocity.
+DODGE_OBS_XY = (0, 2) + tuple(
+    DODGE_OBS_LAYOUT[0] + DODGE_OBS_LAYOUT[1] * row + j for row in range(10) for j in (0, 2)
+)
 SYMMETRY_KEY_SALT = 0x5E7
 """compute_losses draws the symmetry of a step from ``fold_in(key, SYMMETRY_KEY_SALT)``."""
 
@@ -170,7 +175,7 @@ class SACConfig:
     one shared MLP over each item of ``set_layout``, sum- and max-pooled). It represents a good
     policy of the dodge arena's state far better than the MLP (behaviour cloning, docs/agent.md)
     and learns levels 1 and 2 faster (docs/agent.md); both vector configs use it."""
-    set_layout: tuple[int, ...] = (5, 6)
+    set_layout: tuple[int, ...] = DODGE_OBS_LAYOUT
     """With ``vector_encoder: set``: (global features, features per item); the last feature of an
     item is its presence flag. (5, 6) is the dodge env's vector observation."""
     set_encoder_arch: tuple[int, ...] = (64, 64)
@@ -198,16 +203,24 @@ class SACConfig:
         def fail(name: str, why: str) -> None:
             raise ValueError(f"SACConfig.{name}={getattr(self, name)!r}: {why}")
 
-        for name in ("net_arch", "vector_encoder_arch", "set_layout", "set_encoder_arch"):
+        # Integer sequences (YAML gives lists): widths are positive, observation/action indices
+        # non-negative.
+        for name, least, what in (
+            ("net_arch", 1, "positive integers"),
+            ("vector_encoder_arch", 1, "positive integers"),
+            ("set_layout", 1, "positive integers"),
+            ("set_encoder_arch", 1, "positive integers"),
+            ("symmetry_obs_xy", 0, "non-negative integers (x indices of (x, y) pairs)"),
+            ("symmetry_action_xy", 0, "non-negative integers (x indices of (x, y) pairs)"),
+        ):
             value = getattr(self, name)
             if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-                value = getattr(self, name)
+                value = tuple(value)
             if not isinstance(value, tuple) or not all(
-                isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w > 0
+                isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w >= least
                 for w in value
             ):
-                fail(name, "must be a sequence of positive integers")
+                fail(name, f"must be a sequence of {what}")
             object.__setattr__(self, name, tuple(int(w) for w in value))
         if not self.net_arch:
             fail("net_arch", "needs at least one hidden layer")
@@ -224,18 +237,9 @@ class SACConfig:
         if self.symmetry not in SYMMETRY_GROUPS:
             fail("symmetry", f"must be one of {SYMMETRY_GROUPS}")
         for name in ("symmetry_obs_xy", "symmetry_action_xy"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                value = tuple(value)
-            if not isinstance(value, tuple) or not all(
-                isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0 for i in value
-            ):
-                fail(name, "must be a sequence of non-negative integers (x indices of (x, y) pairs)")
-            value = tuple(int(i) for i in value)
-            covered = value + tuple(i + 1 for i in value)
+            covered = getattr(self, name) + tuple(i + 1 for i in getattr(self, name))
             if len(set(covered)) != len(covered):
                 fail(name, "the (x, x + 1) pairs overlap")
-            object.__setattr__(self, name, value)
         for name in ("gamma", "tau", "actor_lr", "critic_lr", "temperature_lr",
                      "initial_temperature", "log_std_min", "log_std_max"):
             value = getattr(self, name)
