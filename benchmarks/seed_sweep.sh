@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Run several vector-SAC training runs side by side and gather every eval.csv into one file.
+# Run several SAC training runs side by side and gather every eval.csv into one file.
 #   bash benchmarks/seed_sweep.sh SECONDS LEVEL "seed [--set k=v ...]" ["seed ..."] ...
+# SWEEP_SCRIPT: the experiment script (default experiments/vector_sac.py; e.g.
+#   experiments/topdown_sac.py, whose "seed" specs may add --config FILE).
 # SWEEP_DEVICE=cpu (default): each run pinned to its own 2 cores (a 2-core-CPU-like slot), JAX on
 #   the CPU; 8 slots fit the 16-core GPU host.
 # SWEEP_DEVICE=gpu: every run shares the one GPU (no preallocation), each pinned to its own
@@ -14,6 +16,7 @@ set -uo pipefail
 secs=$1; level=$2; shift 2
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 device=${SWEEP_DEVICE:-cpu}
+script=${SWEEP_SCRIPT:-experiments/vector_sac.py}
 export PYTHONUNBUFFERED=1 SDL_VIDEODRIVER=dummy
 if [ "$device" = cpu ]; then
   export JAX_PLATFORMS=cpu; width=2
@@ -28,11 +31,11 @@ for spec in "$@"; do
   first=$(( (width * i) % ncores )); last=$(( first + width - 1 ))
   if [ "${SWEEP_RESUME:-0}" = 1 ]; then
     run_dir=$(dirname "$(ls -d /tmp/sweep/$i/*/*/config.yaml | head -1)")
-    taskset -c "$first-$last" python3 experiments/vector_sac.py --resume "$run_dir" \
+    taskset -c "$first-$last" python3 "$script" --resume "$run_dir" \
       >> "/tmp/sweep_$i.log" 2>&1 &
   else
     rm -rf "/tmp/sweep/$i"  # a run directory left by an earlier sweep on a warm machine would be read below
-    taskset -c "$first-$last" python3 experiments/vector_sac.py --level "$level" --seed "$seed" \
+    taskset -c "$first-$last" python3 "$script" --level "$level" --seed "$seed" \
       --results-dir "/tmp/sweep/$i" --set train.progress_bar=false --set train.video=false $rest \
       > "/tmp/sweep_$i.log" 2>&1 &
   fi

@@ -387,6 +387,32 @@ def test_agent_symmetry_pairs_are_the_observation_of_the_transformed_world(eleme
     np.testing.assert_allclose(env._observe(), np.asarray(expected)[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [64, 84])
+@pytest.mark.parametrize("element", D4)
+def test_image_of_the_transformed_world_is_the_transformed_image(element, size):
+    # SACConfig.symmetry rotates / reflects stored images whole: that must be, pixel for pixel,
+    # the image the rasterizer draws of the rotated / reflected world.
+    import jax.numpy as jnp
+
+    from dodgerl.networks import apply_image_symmetries
+
+    env = DodgeEnv(level=2, obs_mode="topdown", image_size=size)
+    env.reset(seed=6)
+    for _ in range(60):
+        obs, _, terminated, _, _ = env.step(np.array([0.6, -0.3], np.float32))
+    ar = env.arena
+    assert not terminated and ar.proj.shape[0] >= 3
+    player, proj = ar._player_state.copy(), ar.proj.copy()
+    ar._player_state[:] = np.concatenate([_d4(player[0:2], *element), _d4(player[2:4], *element)])
+    ar._set_projectiles(np.concatenate([_d4(proj[:, 0:2], *element), _d4(proj[:, 2:4], *element)], axis=1))
+    swap, sx, sy = element
+    expected = apply_image_symmetries(jnp.asarray(obs[None]), jnp.array([swap]),
+                                      jnp.array([[sx, sy]], jnp.float32))
+    got = env._observe()
+    assert (got == PLAYER_COLOR).all(-1).sum() > 10 and (got == PROJECTILE_COLOR).all(-1).sum() > 10
+    np.testing.assert_array_equal(got, np.asarray(expected)[0])
+
+
 @pytest.mark.parametrize("element", D4)
 def test_player_motion_and_walls_are_symmetric_under_the_square_group(element):
     # The dynamics half of the symmetry claim: the transformed actions move the player along the

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dodgerl.networks import (
+    apply_image_symmetries,
     CriticEnsemble,
     MLPEncoder,
     NatureCNN,
@@ -240,3 +241,32 @@ def test_apply_planar_symmetries_is_the_signed_permutation_matrix_on_each_pair()
     for _ in range(4):
         y = apply_planar_symmetries(y, (0, 3), *quarter)
     np.testing.assert_allclose(np.asarray(y), x, rtol=1e-6)
+
+
+def test_apply_image_symmetries_moves_each_pixel_as_the_matrix_moves_its_point():
+    # Pixel (r, c) of an S x S image is the point (x, y) = (c - m, m - r), m = (S - 1) / 2
+    # (columns along +x, rows along -y): after the element it must sit at M (x, y).
+    size, rng = 9, np.random.default_rng(0)
+    swap, signs = random_planar_symmetries(jax.random.key(4), 64, "d4")
+    images = rng.integers(0, 256, (64, size, size, 6), dtype=np.uint8)  # two stacked RGB frames
+    out = np.asarray(apply_image_symmetries(jnp.asarray(images), swap, signs))
+    m = (size - 1) / 2
+    seen = set()
+    for b in range(64):
+        mat = np.diag(np.asarray(signs[b])) @ (np.array([[0, 1], [1, 0]]) if swap[b] else np.eye(2))
+        seen.add((bool(swap[b]), tuple(np.asarray(signs[b]))))
+        for r in range(size):
+            for c in range(size):
+                x, y = mat @ np.array([c - m, m - r])
+                np.testing.assert_array_equal(out[b, int(round(m - y)), int(round(x + m))], images[b, r, c])
+    assert len(seen) == 8
+    # 'flip_x' flips the columns of the samples drawn so and leaves the others as they were.
+    swap, signs = random_planar_symmetries(jax.random.key(5), 64, "flip_x")
+    out = np.asarray(apply_image_symmetries(jnp.asarray(images), swap, signs, "flip_x"))
+    flipped = np.asarray(signs[:, 0] < 0)
+    assert 0 < flipped.sum() < 64
+    np.testing.assert_array_equal(out[flipped], images[flipped][:, :, ::-1])
+    np.testing.assert_array_equal(out[~flipped], images[~flipped])
+    with pytest.raises(ValueError, match="square"):
+        apply_image_symmetries(jnp.zeros((2, 8, 9, 3), jnp.uint8), swap[:2], signs[:2])
+

@@ -395,8 +395,13 @@ def test_from_dict_accepts_yaml_lists():
 
 
 def test_create_rejects_symmetry_it_cannot_apply():
-    with pytest.raises(ValueError, match="symmetry='d4': for vector observations only"):
-        sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, sac.SACConfig(**TINY, symmetry="d4"))
+    wide = gymnasium.spaces.Box(0, 255, (40, 48, 3), np.uint8)
+    with pytest.raises(ValueError, match="symmetry='d4': the images must be square"):
+        sac.create(jax.random.key(0), wide, ACTION_SPACE, sac.SACConfig(**TINY, symmetry="d4"))
+    with pytest.raises(ValueError, match="symmetry_action_xy=\\[1\\].*the action has 2"):
+        sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE,
+                   sac.SACConfig(**TINY, symmetry="d4", symmetry_action_xy=(1,)))
+    sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, sac.SACConfig(**TINY, symmetry="d4"))
     # The default pairs are the 65-dim dodge observation's: a 6-dim one does not have them.
     with pytest.raises(ValueError, match="symmetry_obs_xy=.*the observation has 6"):
         sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE, sac.SACConfig(**TINY, symmetry="d4"))
@@ -552,6 +557,33 @@ def test_symmetry_moves_observation_next_observation_and_action_together(group):
     assert 0.3 < moved.mean() < 0.7 if group == "flip_x" else 0.75 < moved.mean() < 0.99
     if group == "flip_x":
         np.testing.assert_array_equal(out.observations[:, pairs[:, 1]], obs[:, pairs[:, 1]])
+
+
+@pytest.mark.parametrize("group", ["flip_x", "d4"])
+def test_image_symmetry_moves_observation_next_observation_and_action_together(group):
+    # Each image holds one lit pixel per frame; the action is that pixel's planar position (x
+    # along the columns, y against the rows) and the next observation's pixel is the same, so
+    # whether one element moved all three shows.
+    size, b, rng = 40, 256, np.random.default_rng(1)
+    cfg = sac.SACConfig(**TINY, symmetry=group)
+    rc = rng.integers(0, size, (b, 2))
+    obs = np.zeros((b, size, size, 6), np.uint8)
+    obs[np.arange(b), rc[:, 0], rc[:, 1], :] = 255
+    m = (size - 1) / 2
+    actions = np.stack([rc[:, 1] - m, m - rc[:, 0]], axis=1).astype(np.float32) / m
+    batch = sac.Batch(observations=obs, actions=actions, rewards=rng.normal(size=b).astype(np.float32),
+                      next_observations=obs.copy(), terminated=np.zeros(b, np.float32))
+    out = jax.tree.map(np.asarray, sac.apply_symmetry(cfg, jax.random.key(5), batch))
+    np.testing.assert_array_equal(out.next_observations, out.observations)
+    lit = np.argwhere(out.observations[..., 0] == 255)  # (sample, row, col), one per sample
+    np.testing.assert_array_equal(lit[:, 0], np.arange(b))
+    where = np.stack([lit[:, 2] - m, m - lit[:, 1]], axis=1) / m
+    np.testing.assert_allclose(out.actions, where, atol=1e-6)
+    assert (out.observations.sum(axis=(1, 2)) == obs.sum(axis=(1, 2))).all()  # every frame alike
+    moved = ~np.isclose(out.actions, actions).all(axis=1)
+    assert 0.3 < moved.mean() < 0.7 if group == "flip_x" else 0.75 < moved.mean() < 0.99
+    if group == "flip_x":
+        np.testing.assert_array_equal(out.actions[:, 1], actions[:, 1])
 
 
 def test_update_with_symmetry_is_the_plain_update_of_the_transformed_batch():

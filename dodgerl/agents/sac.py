@@ -36,6 +36,7 @@ from dodgerl.networks import (
     NatureCNN,
     SetEncoder,
     TanhGaussianActorHead,
+    apply_image_symmetries,
     apply_planar_symmetries,
     nature_cnn_min_size,
     precast_params,
@@ -181,17 +182,20 @@ class SACConfig:
     set_encoder_arch: tuple[int, ...] = (64, 64)
     """With ``vector_encoder: set``: hidden widths of the MLP shared by the items."""
     symmetry: str = "none"
-    """Symmetry augmentation of vector transitions, on the device: each sampled transition gets
-    its own random element g of the group, applied alike to its observation, next observation
-    and action (the planar vectors named by ``symmetry_obs_xy`` / ``symmetry_action_xy``).
+    """Symmetry augmentation of transitions, on the device: each sampled transition gets its own
+    random element g of the group, applied alike to its observation, next observation and action
+    (the planar vectors named by ``symmetry_obs_xy`` / ``symmetry_action_xy``; square images
+    are rotated / reflected whole, columns along +x and rows along -y as the dodge rasterizer
+    draws them, before any random shift).
     'none'; 'flip_x' (x -> -x); 'd4' (the square's 4 rotations and 4 reflections). Sound only
     where reward and termination are invariant and the dynamics equivariant under the group: the
     dodge arena's level 1 under 'flip_x' (its spawns are mirror-symmetric about the north-south
     axis), levels 2 and 3 under 'd4' (spawn directions uniform all around a square arena)."""
     symmetry_obs_xy: tuple[int, ...] = DODGE_OBS_XY
-    """With ``symmetry``: the index of the x component of each planar vector of the observation
-    (its y component is the next index); all other features must be invariant under the group.
-    Default: the dodge env's vector observation (``DODGE_OBS_XY``)."""
+    """With ``symmetry`` and vector observations: the index of the x component of each planar
+    vector of the observation (its y component is the next index); all other features must be
+    invariant under the group. Default: the dodge env's vector observation (``DODGE_OBS_XY``).
+    Unused for images."""
     symmetry_action_xy: tuple[int, ...] = (0,)
     """With ``symmetry``: the same for the action (the dodge env's desired velocity is 0, 1)."""
     log_std_min: float = -5.0
@@ -535,13 +539,15 @@ def create(
                 f"{g} global features followed by items of {m} features"
             )
     if config.symmetry != "none":
-        if len(observation_shape) != 1:
+        checks = [("symmetry_action_xy", action_dim)]
+        if len(observation_shape) == 1:
+            checks.append(("symmetry_obs_xy", observation_shape[0]))
+        elif observation_shape[0] != observation_shape[1]:
             raise ValueError(
-                f"SACConfig.symmetry={config.symmetry!r}: for vector observations only (the "
+                f"SACConfig.symmetry={config.symmetry!r}: the images must be square (the "
                 f"observation is {observation_shape})"
             )
-        for name, size in (("symmetry_obs_xy", observation_shape[0]),
-                           ("symmetry_action_xy", action_dim)):
+        for name, size in checks:
             xy = getattr(config, name)
             if xy and max(xy) + 1 >= size:
                 raise ValueError(
@@ -698,9 +704,12 @@ def _augment(agent: SACAgent, key: jax.Array, observations: jax.Array) -> jax.Ar
 
 def apply_symmetry(config: SACConfig, key: jax.Array, batch: Batch) -> Batch:
     """The batch with one random element of ``config.symmetry``'s group applied to each
-    transition: the same element to its observation, next observation and action."""
+    transition: the same element to its observation, next observation and action (images, of
+    shape (B, S, S, C), are transformed whole; vectors at ``symmetry_obs_xy``)."""
     swap, signs = random_planar_symmetries(key, batch.rewards.shape[0], config.symmetry)
     def obs(x: jax.Array) -> jax.Array:
+        if x.ndim == 4:
+            return apply_image_symmetries(x, swap, signs, config.symmetry)
         return apply_planar_symmetries(x, config.symmetry_obs_xy, swap, signs)
     return batch.replace(
         observations=obs(batch.observations),

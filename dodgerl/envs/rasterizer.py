@@ -13,7 +13,10 @@ can look for them:
 | player | ``PLAYER_COLOR`` | (40, 200, 255) |
 | projectiles | ``PROJECTILE_COLOR`` | (255, 64, 32) |
 
-The player is drawn last, so it is on top of anything it overlaps.
+The player is drawn last, so it is on top of anything it overlaps. Bodies are discs centred
+on the pixel corner nearest their position, so the image of a world rotated or reflected by a
+symmetry of the square is the rotated or reflected image (``SACConfig.symmetry`` relies on it;
+``tests/test_env.py`` checks it for all eight symmetries).
 """
 
 from __future__ import annotations
@@ -83,14 +86,20 @@ class Rasterizer:
         surf = self.surface
         np.copyto(self._pixels, self._background)
         scale = self.scale
+        # pygame.draw.circle((col, row), r) fills pixels col - r .. col + r - 1 (rows alike): a
+        # disc centred on the top-left corner of pixel (row, col). Each body's disc is centred on
+        # the pixel corner nearest its position (rint), so the drawing commutes with the square's
+        # rotations and reflections: corner c <-> S - c (floor would be off by a pixel in the
+        # mirror image).
         if proj_pos.shape[0]:
-            cols = np.floor((proj_pos[:, 0] + ARENA_HALF) * scale).astype(np.int64).tolist()
-            rows = np.floor((ARENA_HALF - proj_pos[:, 1]) * scale).astype(np.int64).tolist()
+            cols = np.rint((proj_pos[:, 0] + ARENA_HALF) * scale).astype(np.int64).tolist()
+            rows = np.rint((ARENA_HALF - proj_pos[:, 1]) * scale).astype(np.int64).tolist()
             circle = pygame.draw.circle
             r = self.projectile_radius_px
             for col, row in zip(cols, rows):
                 circle(surf, PROJECTILE_COLOR, (col, row), r)
-        row, col = world_to_pixel(float(player_pos[0]), float(player_pos[1]), self.image_size)
+        col = round((float(player_pos[0]) + ARENA_HALF) * scale)
+        row = round((ARENA_HALF - float(player_pos[1])) * scale)
         pygame.draw.circle(surf, PLAYER_COLOR, (col, row), self.player_radius_px)
         size = self.image_size
         return np.frombuffer(pygame.image.tobytes(surf, "RGB"), dtype=np.uint8).reshape(size, size, 3)

@@ -2,6 +2,7 @@
 
 from dodgerl.networks.augmentations import (
     SYMMETRY_GROUPS,
+    apply_image_symmetries,
     apply_planar_symmetries,
     random_planar_symmetries,
     random_shift,
@@ -26,6 +27,7 @@ __all__ = [
     "SYMMETRY_GROUPS",
     "SetEncoder",
     "TanhGaussianActorHead",
+    "apply_image_symmetries",
     "apply_planar_symmetries",
     "nature_cnn_min_size",
     "precast_params",

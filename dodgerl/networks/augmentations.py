@@ -1,4 +1,5 @@
-"""Image augmentation on the device: DrQ's random shift (edge-pad, then a random crop per sample)."""
+"""Augmentation on the device: DrQ's random shift of images (edge-pad, then a random crop per
+sample); symmetries of the square arena, for vector transitions and for images."""
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ def random_shift(key: jax.Array, images: jnp.ndarray, pad: int) -> jnp.ndarray:
     return jax.vmap(crop)(padded, offsets)
 
 
-# Symmetry augmentation of vector transitions. A planar symmetry g of the square arena is a 2x2
+# Symmetry augmentation of transitions. A planar symmetry g of the square arena is a 2x2
 # signed permutation matrix: optionally swap x and y, then flip the sign of each. The 8 of them
 # are the dihedral group D4 (the square's 4 rotations and 4 reflections); {identity, x -> -x} is
 # the mirror group.
@@ -59,3 +60,28 @@ def apply_planar_symmetries(x: jnp.ndarray, xy: tuple[int, ...], swap: jnp.ndarr
     new_x = jnp.where(s, vy, vx) * signs[:, 0:1]
     new_y = jnp.where(s, vx, vy) * signs[:, 1:2]
     return x.at[:, ix].set(new_x.astype(x.dtype)).at[:, ix + 1].set(new_y.astype(x.dtype))
+
+
+def apply_image_symmetries(images: jnp.ndarray, swap: jnp.ndarray, signs: jnp.ndarray,
+                           group: str = "d4") -> jnp.ndarray:
+    """Apply each sample's element (as :func:`random_planar_symmetries` draws it) to a batch of
+    square images (B, S, S, C) whose columns run along +x and rows along -y (the dodge
+    rasterizer's convention, ``dodgerl.envs.rasterizer.world_to_pixel``): the image of the
+    transformed world. Swapping x and y is the anti-transpose (pixel (r, c) -> (S-1-c, S-1-r));
+    x -> -x flips the columns, y -> -y the rows. ``group`` leaves out the selects its elements
+    never use (no swap or row flip for 'flip_x'). Any number of stacked frames on the channel
+    axis: each is transformed alike."""
+    if images.ndim != 4 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"image symmetries need square images (B, S, S, C), got {images.shape}")
+    if group == "none":
+        return images
+    def per_sample(mask: jnp.ndarray) -> jnp.ndarray:
+        return mask[:, None, None, None]
+    if group == "d4":
+        anti = jnp.flip(jnp.swapaxes(images, 1, 2), axis=(1, 2))
+        images = jnp.where(per_sample(swap), anti, images)
+    images = jnp.where(per_sample(signs[:, 0] < 0), jnp.flip(images, axis=2), images)
+    if group == "d4":
+        images = jnp.where(per_sample(signs[:, 1] < 0), jnp.flip(images, axis=1), images)
+    return images
+
