@@ -116,6 +116,8 @@ def test_tiny_report_has_every_row(tiny_report):
                 "peak device memory"):
         assert row in text, row
     assert "| 1 | SAC, vector (tiny net) |" in text and "| 2 | SAC, vector (tiny net) |" in text
+    assert "| 1 | vector (tiny net) | `configs/sac_vector_easy.yaml` |" in text
+    assert "| 2 | vector (tiny net) | `configs/sac_vector_hard.yaml` |" in text
     import importlib.util
 
     if importlib.util.find_spec("stable_baselines3") is None:
@@ -191,6 +193,21 @@ def test_suite_pixel_setting_with_frame_stack_and_shift_reaches_the_run_config()
     assert env_config(IMG84_DRQ).frame_stack == 3
     plain = run_config(IMG84, FULL.learning_budget[IMG84.label], 1, 0, "learning")
     assert (plain.env.frame_stack, plain.agent.augmentation) == (1, False)
+
+
+def test_suite_learning_runs_train_the_shipped_agent_of_each_level():
+    from benchmarks.suite.measure import run_config
+    from benchmarks.suite.settings import FULL, IMG84_DRQ, VECTOR, VECTOR_TINY
+
+    budget = FULL.learning_budget[VECTOR.label]
+    easy, hard = (run_config(VECTOR, budget, level, 0, "learning", shipped=True) for level in (1, 2))
+    assert (easy.agent.vector_encoder, easy.agent.symmetry) == ("set", "none")  # sac_vector_easy
+    assert (hard.agent.vector_encoder, hard.agent.symmetry) == ("set", "d4")  # sac_vector_hard
+    assert run_config(VECTOR, budget, 2, 0, "e2e").agent.symmetry == "none"  # throughput: defaults
+    tiny = run_config(VECTOR_TINY, budget, 2, 0, "learning", shipped=True)
+    assert tiny.agent.net_arch == (64, 64) and tiny.agent.batch_size == 64  # the setting on top
+    pixels = run_config(IMG84_DRQ, FULL.learning_budget[IMG84_DRQ.label], 2, 0, "learning", shipped=True)
+    assert pixels.agent.symmetry == "d4" and pixels.agent.augmentation is True  # sac_topdown_cnn_hard
 
 
 def test_learning_summary_buckets_evals_and_counts_runs_reaching_900(tmp_path):

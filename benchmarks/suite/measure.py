@@ -151,14 +151,29 @@ def update_throughput(settings: SuiteSettings) -> list[dict[str, Any]]:
 # training runs (3. end to end, 4. learning, 5. cost)
 
 
-def run_config(obs: ObsSetting, budget: TrainBudget, level: int, seed: int, experiment: str):
+def shipped_agent(obs_mode: str, level: int) -> tuple[str, dict[str, Any]]:
+    """The ``agent`` section of the config ``experiments/{vector,topdown}_sac.py --level LEVEL``
+    trains with (``dodgerl.cli.default_config``), and that file's name."""
+    from dodgerl.cli import default_config
+    from dodgerl.config import read_yaml
+
+    path = default_config(obs_mode, level)
+    return path.name, dict(read_yaml(path).get("agent") or {})
+
+
+def run_config(obs: ObsSetting, budget: TrainBudget, level: int, seed: int, experiment: str,
+               shipped: bool = False):
+    """A run of ``obs`` with ``budget``: its agent is SACConfig's defaults, or with ``shipped``
+    the shipped config's agent for this level and observation; ``obs.batch_size`` and
+    ``obs.agent`` go on top of either."""
     from dodgerl.config import config_from_dict
 
+    base = shipped_agent(obs.obs_mode, level)[1] if shipped else {}
     return config_from_dict({
         "experiment": experiment,
         "seed": seed,
         "env": {"level": level, "obs_mode": obs.obs_mode, "image_size": obs.image_size, **obs.env},
-        "agent": {"batch_size": obs.batch_size, **obs.agent},
+        "agent": {**base, "batch_size": obs.batch_size, **obs.agent},
         "replay": {"buffer_size": budget.buffer_size},
         "train": {
             "total_timesteps": budget.total_timesteps, "learning_starts": budget.learning_starts,
@@ -286,18 +301,22 @@ def end_to_end(settings: SuiteSettings) -> list[dict[str, Any]]:
 
 
 def learning(settings: SuiteSettings, scratch: Path) -> list[dict[str, Any]]:
-    """``seeds`` runs per (obs type, level), sequentially in this process; eval curves kept."""
+    """``seeds`` runs per (obs type, level), sequentially in this process; eval curves kept.
+    Each run's agent is the shipped config's for its level and observation (what
+    ``experiments/*_sac.py --level L`` trains), with the setting's overrides on top."""
     runs = []
     for obs in settings.learning_obs:
         budget = settings.learning_budget[obs.label]
         for level in settings.levels:
             for seed in range(settings.seeds):
-                config = run_config(obs, budget, level, seed, "learning")
+                config = run_config(obs, budget, level, seed, "learning", shipped=True)
                 out = train_once(config, scratch)
                 shutil.rmtree(scratch / "learning", ignore_errors=True)
                 out.pop("progress")
                 out.update({"obs": obs.label, "budget": vars(budget), "batch_size": obs.batch_size,
-                            "agent_overrides": obs.agent})
+                            "agent_overrides": obs.agent,
+                            "agent_config": shipped_agent(obs.obs_mode, level)[0],
+                            "agent": config.agent.to_dict()})
                 last = out["eval"][-1]["mean_return"] if out["eval"] else float("nan")
                 log(f"learning {obs.label} level {level} seed {seed}: final eval {last:.1f} "
                     f"after {out['steps']} steps, {out['wall_s']:.1f} s")

@@ -216,7 +216,17 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     add(f"Levels {', '.join(map(str, s['levels']))}; {s['seeds']} seeds per setting; each point "
         "is the IQM over seeds of the mean deterministic eval return, with a 95% percentile "
         f"bootstrap CI ({s['bootstrap_reps']} resamples; `benchmarks/suite/stats.py`). "
-        "Budgets:\n")
+        "Each run trains the agent of the shipped config for its level and observation (what "
+        "`experiments/{vector,topdown}_sac.py --level L` trains), with the overrides below on "
+        "top; the throughput rows above use SACConfig's defaults. Agents:\n")
+    shipped = sorted({(r["level"], r["obs"], r["agent_config"]) for r in results["learning"]
+                      if "agent_config" in r})
+    if shipped:
+        add("| level | observation | agent section of |\n| ---: | --- | --- |")
+        for level, obs, name in shipped:
+            add(f"| {level} | {obs} | `configs/{name}` |")
+        add("")
+    add("Budgets:\n")
     add("| observation | batch | overrides | env steps | warm-up | eval every | eval episodes |")
     add("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for ob in s["learning_obs"]:
