@@ -586,11 +586,16 @@ def test_image_symmetry_moves_observation_next_observation_and_action_together(g
         np.testing.assert_array_equal(out.actions[:, 1], actions[:, 1])
 
 
-def test_update_with_symmetry_is_the_plain_update_of_the_transformed_batch():
-    plain = sac.create(jax.random.key(0), SET_SPACE, ACTION_SPACE, sac.SACConfig(**TINY))
-    cfg = sac.SACConfig(**TINY, symmetry="d4", symmetry_obs_xy=SET_XY)
-    agent = sac.create(jax.random.key(0), SET_SPACE, ACTION_SPACE, cfg)
-    batch = jax.tree.map(lambda x: x[0], random_batch(SET_SPACE, 1, 8))
+@pytest.mark.parametrize("space", ["set", "image"])
+def test_update_with_symmetry_is_the_plain_update_of_the_transformed_batch(space):
+    # Images: with random shifts, which come after the symmetry (same keys in both agents).
+    space, extra = ((SET_SPACE, {"symmetry_obs_xy": SET_XY}) if space == "set"
+                    else (IMAGE_SPACE, {"augmentation": True}))
+    plain = sac.create(jax.random.key(0), space, ACTION_SPACE,
+                       sac.SACConfig(**TINY, augmentation=extra.get("augmentation", False)))
+    cfg = sac.SACConfig(**TINY, symmetry="d4", **extra)
+    agent = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)
+    batch = jax.tree.map(lambda x: x[0], random_batch(space, 1, 8))
     key = jax.random.key(3)
 
     def losses(a, b):
