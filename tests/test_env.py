@@ -363,6 +363,21 @@ def _d4(v, swap, sx, sy):
     return v * np.array([sx, sy])
 
 
+def _observe_then_transform_the_world(env, element):
+    """Play a level-2 episode 60 steps in (several projectiles in flight), then move the player
+    and every projectile, positions and velocities, by ``element``; returns the observation
+    before the move."""
+    env.reset(seed=6)
+    for _ in range(60):
+        obs, _, terminated, _, _ = env.step(np.array([0.6, -0.3], np.float32))
+    ar = env.arena
+    assert not terminated and ar.proj.shape[0] >= 3
+    player, proj = ar._player_state.copy(), ar.proj.copy()
+    ar._player_state[:] = np.concatenate([_d4(player[0:2], *element), _d4(player[2:4], *element)])
+    ar._set_projectiles(np.concatenate([_d4(proj[:, 0:2], *element), _d4(proj[:, 2:4], *element)], axis=1))
+    return obs
+
+
 @pytest.mark.parametrize("element", D4)
 def test_agent_symmetry_pairs_are_the_observation_of_the_transformed_world(element):
     # SACConfig.symmetry transforms the pairs DODGE_OBS_XY of a stored observation; that must be
@@ -373,14 +388,7 @@ def test_agent_symmetry_pairs_are_the_observation_of_the_transformed_world(eleme
     from dodgerl.networks import apply_planar_symmetries
 
     env = DodgeEnv(level=2)
-    env.reset(seed=6)
-    for _ in range(60):
-        obs, _, terminated, _, _ = env.step(np.array([0.6, -0.3], np.float32))
-    ar = env.arena
-    assert not terminated and ar.proj.shape[0] >= 3
-    player, proj = ar._player_state.copy(), ar.proj.copy()
-    ar._player_state = np.concatenate([_d4(player[0:2], *element), _d4(player[2:4], *element)])
-    ar._set_projectiles(np.concatenate([_d4(proj[:, 0:2], *element), _d4(proj[:, 2:4], *element)], axis=1))
+    obs = _observe_then_transform_the_world(env, element)
     swap, sx, sy = element
     expected = apply_planar_symmetries(jnp.asarray(obs[None]), DODGE_OBS_XY, jnp.array([swap]),
                                        jnp.array([[sx, sy]], jnp.float32))
@@ -397,14 +405,7 @@ def test_image_of_the_transformed_world_is_the_transformed_image(element, size):
     from dodgerl.networks import apply_image_symmetries
 
     env = DodgeEnv(level=2, obs_mode="topdown", image_size=size)
-    env.reset(seed=6)
-    for _ in range(60):
-        obs, _, terminated, _, _ = env.step(np.array([0.6, -0.3], np.float32))
-    ar = env.arena
-    assert not terminated and ar.proj.shape[0] >= 3
-    player, proj = ar._player_state.copy(), ar.proj.copy()
-    ar._player_state[:] = np.concatenate([_d4(player[0:2], *element), _d4(player[2:4], *element)])
-    ar._set_projectiles(np.concatenate([_d4(proj[:, 0:2], *element), _d4(proj[:, 2:4], *element)], axis=1))
+    obs = _observe_then_transform_the_world(env, element)
     swap, sx, sy = element
     expected = apply_image_symmetries(jnp.asarray(obs[None]), jnp.array([swap]),
                                       jnp.array([[sx, sy]], jnp.float32))
