@@ -269,4 +269,6 @@ def test_apply_image_symmetries_moves_each_pixel_as_the_matrix_moves_its_point()
     np.testing.assert_array_equal(out[~flipped], images[~flipped])
     with pytest.raises(ValueError, match="square"):
         apply_image_symmetries(jnp.zeros((2, 8, 9, 3), jnp.uint8), swap[:2], signs[:2])
+    with pytest.raises(ValueError, match="c4"):
+        apply_image_symmetries(jnp.zeros((2, 8, 8, 3), jnp.uint8), swap[:2], signs[:2], "c4")
 

@@ -73,6 +73,8 @@ def apply_image_symmetries(images: jnp.ndarray, swap: jnp.ndarray, signs: jnp.nd
     axis: each is transformed alike."""
     if images.ndim != 4 or images.shape[1] != images.shape[2]:
         raise ValueError(f"image symmetries need square images (B, S, S, C), got {images.shape}")
+    if group not in SYMMETRY_GROUPS:
+        raise ValueError(f"unknown symmetry group {group!r}; known: {SYMMETRY_GROUPS}")
     if group == "none":
         return images
     def per_sample(mask: jnp.ndarray) -> jnp.ndarray:
