@@ -73,11 +73,18 @@ def test_grouped_reset_rejects_a_wrong_number_of_seeds():
 @pytest.mark.parametrize("envs_per_worker", [1, 2])
 def test_making_env_subprocesses_leaves_this_process_signal_handlers_alone(envs_per_worker):
     # AsyncVectorEnv builds one env in this process to read the spaces; the workers ignore
-    # SIGINT/SIGTERM (the training process handles them), this process must not.
+    # SIGINT/SIGTERM (the training process handles them), this process must not. The test sets
+    # Python's own handlers first: a shell that starts pytest in the background (`cmd &` in a
+    # script) leaves SIGINT ignored, and then an ignoring worker setup could not show.
+    inherited = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     envs = make_vector_env(EnvConfig(obs_mode="vector"), 4, asynchronous=True, envs_per_worker=envs_per_worker)
     try:
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-        assert before[0] is not signal.SIG_IGN
+        assert before[0] is signal.default_int_handler
     finally:
         envs.close()
+        signal.signal(signal.SIGINT, inherited[0])
+        signal.signal(signal.SIGTERM, inherited[1])
