@@ -142,6 +142,21 @@ def test_tiny_results_json_and_plots(tiny_report):
     assert e2e["checkpoint_bytes"] > 0 and e2e["replay_bytes_per_transition"] > 0
 
 
+def test_steady_window_starts_where_every_row_has_one_update_call_in_flight():
+    from benchmarks.suite.measure import PHASES, steady_window
+
+    # 256x256 on a CPU: an update call takes ~27 s. The row of step 65 follows the compiling
+    # call (waited for); each later row is written right after its own call is dispatched, so
+    # 65 -> 66 took 0.01 s while 66 -> 68 holds the calls of steps 66 and 67.
+    walls = {64: 1.0, 65: 40.0, 66: 40.01, 67: 67.0, 68: 94.0}
+    rows = [{"step": st, "updates": max(0, st - 64), "wall_time_s": w,
+             **{f"time_{p}_s": 0.0 for p in PHASES}} for st, w in walls.items()]
+    w = steady_window(rows)
+    assert (w["from_step"], w["to_step"], w["steps"], w["updates"]) == (66, 68, 2, 2)
+    assert w["env_steps_per_s"] == pytest.approx(2 / 53.99)
+    assert steady_window(rows[:3]) is None  # one row after the compile row: no window
+
+
 def test_loop_parts_times_every_part_of_an_iteration(tmp_path):
     from benchmarks import loop_parts
 
