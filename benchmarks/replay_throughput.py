@@ -134,15 +134,29 @@ def bench_reopen(root: Path, capacity: int, repeats: int = 5) -> dict:
             "first_sample_s_median": statistics.median(first_sample)}
 
 
+def _random_frames(seed: int, count: int, n_envs: int) -> list[np.ndarray]:
+    """``count`` adds' worth of random 256x256 frames, (n_envs, 256, 256, 3) each."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(n_envs, 256, 256, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def _small_fields(n_envs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Actions, rewards and a terminated/truncated flag array of one add."""
+    return np.zeros((n_envs, 2), np.float32), np.ones(n_envs, np.float32), np.zeros(n_envs, bool)
+
+
+def _frame_buffer(directory: Path, adds: int, n_envs: int, writeback_s: float | None) -> ReplayBuffer:
+    """A fresh 256x256 buffer with room for ``adds`` adds of ``n_envs`` (and a little more)."""
+    return ReplayBuffer(directory, capacity=(adds + 2) * n_envs, observation_shape=(256, 256, 3),
+                        action_dim=2, n_envs=n_envs, writeback_s=writeback_s)
+
+
 def bench_insert(root: Path, adds: int, rounds: int = 3, n_envs: int = 16) -> dict:
     """ms per ``add`` of n_envs 256x256 frames into fresh pages: pwrite vs the mapping."""
     from dodgerl.replay import buffer as buffer_module
 
-    rng = np.random.default_rng(2)
-    frames = rng.integers(0, 256, size=(n_envs, 256, 256, 3), dtype=np.uint8)
-    actions = np.zeros((n_envs, 2), np.float32)
-    rewards = np.ones(n_envs, np.float32)
-    no = np.zeros(n_envs, bool)
+    frames, = _random_frames(2, 1, n_envs)
+    actions, rewards, no = _small_fields(n_envs)
     default_min = buffer_module._PWRITE_MIN_FRAME_BYTES
     out: dict[str, list[float]] = {"pwrite": [], "mapping": []}
     try:
@@ -150,8 +164,7 @@ def bench_insert(root: Path, adds: int, rounds: int = 3, n_envs: int = 16) -> di
             for path in ("pwrite", "mapping"):
                 buffer_module._PWRITE_MIN_FRAME_BYTES = default_min if path == "pwrite" else 1 << 62
                 directory = root / f"insert_{path}_{r}"
-                buf = ReplayBuffer(directory, capacity=(adds + 2) * n_envs, observation_shape=(256, 256, 3),
-                                   action_dim=2, n_envs=n_envs, writeback_s=None)
+                buf = _frame_buffer(directory, adds, n_envs, writeback_s=None)
                 t0 = time.perf_counter()
                 for _ in range(adds):
                     buf.add(frames, actions, rewards, frames, no, no)
@@ -186,14 +199,10 @@ def disk_write_mb_s(root: Path, mib: int = 2048) -> float:
 def bench_sustained(root: Path, adds: int, pause_ms: float, writeback_s: float | None,
                     n_envs: int = 16, bucket: int = 150) -> dict:
     """ms per add of n_envs 256x256 frames, sustained over ``adds`` adds paced by ``pause_ms``."""
-    rng = np.random.default_rng(3)
-    pool = [rng.integers(0, 256, size=(n_envs, 256, 256, 3), dtype=np.uint8) for _ in range(4)]
-    actions = np.zeros((n_envs, 2), np.float32)
-    rewards = np.ones(n_envs, np.float32)
-    no = np.zeros(n_envs, bool)
+    pool = _random_frames(3, 4, n_envs)
+    actions, rewards, no = _small_fields(n_envs)
     directory = root / f"sustained_{writeback_s}"
-    buf = ReplayBuffer(directory, capacity=(adds + 2) * n_envs, observation_shape=(256, 256, 3),
-                       action_dim=2, n_envs=n_envs, writeback_s=writeback_s)
+    buf = _frame_buffer(directory, adds, n_envs, writeback_s)
     times = []
     t_start = time.perf_counter()
     for i in range(adds):
