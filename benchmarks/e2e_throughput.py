@@ -73,6 +73,14 @@ FAST_VEC = ["train.async_envs=true", "train.overlap=true", "train.eval_async_env
 FAST_VEC_PROC = ["train.async_envs=true", "train.overlap=true", "train.eval_in_background=true"]
 
 
+def utd1_unless_set(overrides: list[str]) -> list[str]:
+    """``overrides`` with ``train.update_every=1`` (an update call per vector-env step) in front,
+    unless they set ``train.update_every`` themselves."""
+    if any(o.startswith("train.update_every=") for o in overrides):
+        return list(overrides)
+    return ["train.update_every=1", *overrides]
+
+
 def fast_vec_proc(n_envs: int, envs_per_worker: int, eval_workers: int = 2) -> list[str]:
     """Overrides of the fastest vector setting: ``n_envs`` envs in subprocesses of
     ``envs_per_worker``, the evaluation in ``eval_workers`` background processes."""
@@ -162,8 +170,7 @@ CASES: dict[str, tuple[str, list[str], str]] = {
 # and updates slower on a CPU, and to update_every 8).
 for _name, (_file, _overrides, _text) in list(CASES.items()):
     if _file == "sac_vector_easy.yaml":
-        _utd1 = [] if any(o.startswith("train.update_every=") for o in _overrides) else ["train.update_every=1"]
-        CASES[_name] = (_file, ["agent.vector_encoder=mlp", *_utd1, *_overrides], _text)
+        CASES[_name] = (_file, ["agent.vector_encoder=mlp", *utd1_unless_set(_overrides)], _text)
 
 
 # Peer cases: Stable-Baselines3 SAC on the same env, image size and batch, 1 env, UTD 1
@@ -324,9 +331,7 @@ LEARNING_MODES = {
     "fast_nstep3_utd2": [*FAST_1ENV, "replay.n_step=3", "train.utd=2"],
 }
 # Modes that do not name an update schedule make an update call per vector-env step (UTD 1).
-for _mode, _overrides in LEARNING_MODES.items():
-    if not any(o.startswith("train.update_every=") for o in _overrides):
-        LEARNING_MODES[_mode] = ["train.update_every=1", *_overrides]
+LEARNING_MODES = {mode: utd1_unless_set(overrides) for mode, overrides in LEARNING_MODES.items()}
 
 
 LEARNING_COLORS = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast128": "tab:purple",

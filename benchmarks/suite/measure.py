@@ -151,14 +151,13 @@ def update_throughput(settings: SuiteSettings) -> list[dict[str, Any]]:
 # training runs (3. end to end, 4. learning, 5. cost)
 
 
-def shipped_agent(obs_mode: str, level: int) -> tuple[str, dict[str, Any]]:
+def shipped_agent(obs_mode: str, level: int) -> dict[str, Any]:
     """The ``agent`` section of the config ``experiments/{vector,topdown}_sac.py --level LEVEL``
-    trains with (``dodgerl.cli.default_config``), and that file's name."""
+    trains with (``dodgerl.cli.default_config``)."""
     from dodgerl.cli import default_config
     from dodgerl.config import read_yaml
 
-    path = default_config(obs_mode, level)
-    return path.name, dict(read_yaml(path).get("agent") or {})
+    return dict(read_yaml(default_config(obs_mode, level)).get("agent") or {})
 
 
 def run_config(obs: ObsSetting, budget: TrainBudget, level: int, seed: int, experiment: str,
@@ -168,7 +167,7 @@ def run_config(obs: ObsSetting, budget: TrainBudget, level: int, seed: int, expe
     ``obs.agent`` go on top of either."""
     from dodgerl.config import config_from_dict
 
-    base = shipped_agent(obs.obs_mode, level)[1] if shipped else {}
+    base = shipped_agent(obs.obs_mode, level) if shipped else {}
     return config_from_dict({
         "experiment": experiment,
         "seed": seed,
@@ -311,6 +310,8 @@ def learning(settings: SuiteSettings, scratch: Path) -> list[dict[str, Any]]:
     """``seeds`` runs per (obs type, level), sequentially in this process; eval curves kept.
     Each run's agent is the shipped config's for its level and observation (what
     ``experiments/*_sac.py --level L`` trains), with the setting's overrides on top."""
+    from dodgerl.cli import default_config
+
     runs = []
     for obs in settings.learning_obs:
         budget = settings.learning_budget[obs.label]
@@ -322,7 +323,7 @@ def learning(settings: SuiteSettings, scratch: Path) -> list[dict[str, Any]]:
                 out.pop("progress")
                 out.update({"obs": obs.label, "budget": vars(budget), "batch_size": obs.batch_size,
                             "agent_overrides": obs.agent,
-                            "agent_config": shipped_agent(obs.obs_mode, level)[0],
+                            "agent_config": default_config(obs.obs_mode, level).name,
                             "agent": config.agent.to_dict()})
                 last = out["eval"][-1]["mean_return"] if out["eval"] else float("nan")
                 log(f"learning {obs.label} level {level} seed {seed}: final eval {last:.1f} "
