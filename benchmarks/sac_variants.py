@@ -3,9 +3,10 @@
 Used to decide ``sac.ImplOptions`` defaults (docs/perf_notes.md). Three parts, each optional:
 
 * ``--encoder``: NatureCNN forward and forward+backward (grad w.r.t. params) at batch 64, plain
-  vs space-to-depth first conv, fp32 vs bf16;
+  vs space-to-depth first conv vs convs as GEMMs, fp32 vs bf16;
 * ``--profile``: a device trace of a few K=8 update calls, GPU kernels aggregated by name;
-* ``--variants``: full ``agent.update`` throughput for ImplOptions variants.
+* ``--variants``: full ``agent.update`` throughput for ImplOptions variants (a base of
+  ``VARIANTS`` and ``MODIFIERS`` suffixes, which also change the config: ``+d4``, ``+shift``).
 
     python benchmarks/sac_variants.py --encoder --profile --variants --json out.json
 """
@@ -59,35 +60,37 @@ def encoder_bench():
         x = jnp.asarray(rng.integers(0, 256, (64, side, side, 3), dtype=np.uint8))
         params = NatureCNN().init(jax.random.key(0), x)
         for dtype in ("fp32", "bf16"):
-            for s2d in (False, True):
+            for s2d, gemm in ((False, False), (True, False), (True, True)):
                 for dense in (("bf16", "fp32") if dtype == "bf16" else ("fp32",)):
                     cnn = NatureCNN(dtype=jnp.bfloat16 if dtype == "bf16" else jnp.float32,
                                     dense_dtype=jnp.float32 if dense == "fp32" else jnp.bfloat16,
-                                    space_to_depth=s2d)
+                                    space_to_depth=s2d, conv_gemm=gemm)
                     fwd = jax.jit(cnn.apply)
                     grad = jax.jit(jax.grad(lambda p, x: jnp.sum(cnn.apply(p, x))))
-                    r = {"side": side, "dtype": dtype, "dense": dense, "s2d": s2d,
+                    r = {"side": side, "dtype": dtype, "dense": dense, "s2d": s2d, "gemm": gemm,
                          "fwd_ms": 1e3 * _time(fwd, params, x),
                          "fwd_bwd_ms": 1e3 * _time(grad, params, x)}
                     RESULTS["encoder"].append(r)
-                    log(f"encoder {side} {dtype} dense={dense} s2d={s2d}: fwd {r['fwd_ms']:.3f} ms"
+                    log(f"encoder {side} {dtype} dense={dense} s2d={s2d} gemm={gemm}: fwd {r['fwd_ms']:.3f} ms"
                         f"  fwd+bwd {r['fwd_bwd_ms']:.3f} ms")
 
 
-def _agent(case, bf16):
+def _agent(case, bf16, config_overrides=None):
     shape, dtype, batch_size = ut.CASES[case]
     import gymnasium
     low, high = (0, 255) if dtype == np.uint8 else (-np.inf, np.inf)
     obs_space = gymnasium.spaces.Box(low, high, shape, dtype)
     act_space = gymnasium.spaces.Box(-1.0, 1.0, (ut.ACTION_DIM,), np.float32)
-    cfg = sac.SACConfig(batch_size=batch_size, bf16_encoder=bf16)
+    cfg = sac.SACConfig(batch_size=batch_size, bf16_encoder=bf16, **(config_overrides or {}))
     return sac.create(jax.random.key(0), obs_space, act_space, cfg), shape, dtype, batch_size
 
 
 def profile(case, bf16, k=8, calls=4, top=30, variant=""):
+    overrides = {}
     if variant:
-        sac.set_impl_options(**{**dataclasses_defaults(), **VARIANTS[variant]})
-    agent, shape, dtype, b = _agent(case, bf16)
+        opts, overrides = split_variant(variant)
+        sac.set_impl_options(**opts)
+    agent, shape, dtype, b = _agent(case, bf16, overrides)
     batch = ut._batch(shape, dtype, k, b)
     key = jax.random.key(1)
     for _ in range(2):
@@ -146,16 +149,35 @@ VARIANTS = {
 }
 
 
+MODIFIERS = {
+    # "+name" suffixes of a variant: (ImplOptions changes, SACConfig changes)
+    "fp32dense": ({"bf16_dense": False}, {}),
+    "gemm": ({"conv_gemm": True}, {}),
+    "d4": ({}, {"symmetry": "d4"}),
+    "shift": ({}, {"augmentation": True}),
+}
+
+
+def split_variant(name):
+    """A variant name, e.g. ``s2d+unroll+gemm+d4``, as (ImplOptions, SACConfig overrides): a
+    base of ``VARIANTS`` then any ``MODIFIERS``."""
+    parts = name.split("+")
+    mods = []
+    while parts and parts[-1] in MODIFIERS:
+        mods.insert(0, parts.pop())
+    opts, overrides = {**dataclasses_defaults(), **VARIANTS["+".join(parts)]}, {}
+    for m in mods:
+        opts.update(MODIFIERS[m][0])
+        overrides.update(MODIFIERS[m][1])
+    return opts, overrides
+
+
 def variants(plan, k, repeats):
     for case, dtype, names in plan:
         for name in names:
-            opts = {**dataclasses_defaults(), **VARIANTS[name.replace("+fp32dense", "")]}
-            if name.endswith("+fp32dense"):
-                opts["bf16_dense"] = False
-            else:
-                opts["bf16_dense"] = True
+            opts, overrides = split_variant(name)
             sac.set_impl_options(**opts)
-            r = ut.measure(case, k, dtype == "bf16", repeats, 200, {})
+            r = ut.measure(case, k, dtype == "bf16", repeats, 200, overrides)
             r["variant"] = name
             RESULTS["variants"].append(r)
             log(f"variant {case} {dtype} K={k} {name}: {r['grad_steps_per_s']:.1f} steps/s "
@@ -176,6 +198,7 @@ def main():
     p.add_argument("--variants", action="store_true")
     p.add_argument("--plan", default="", help="case:dtype:v1/v2;... (default: built-in plan)")
     p.add_argument("--k", type=int, default=8)
+    p.add_argument("--top", type=int, default=30, help="kernels listed per profile")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -191,7 +214,8 @@ def main():
         dump()
     for item in filter(None, args.profile.split(",")):
         case, dtype, *variant = item.split(":")
-        profile(case, dtype == "bf16", k=args.k, variant=variant[0] if variant else "")
+        profile(case, dtype == "bf16", k=args.k, top=args.top,
+                variant=variant[0] if variant else "")
         dump()
     if args.variants:
         if args.plan:

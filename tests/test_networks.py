@@ -91,13 +91,34 @@ def test_space_to_depth_first_conv_equals_strided_conv_including_odd_sizes():
             flat, kernel, (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
         expected = np.asarray(expected).reshape(*shape[:-3], *expected.shape[1:])
         for s2d in (True, False):
-            got = StridedConv(32, 8, 4, space_to_depth=s2d).apply(params, x)
-            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+            for gemm in (False, True):
+                got = StridedConv(32, 8, 4, space_to_depth=s2d, gemm=gemm).apply(params, x)
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_nature_cnn_space_to_depth_same_params_and_features():
+@pytest.mark.parametrize("k, stride", [(8, 4), (4, 2), (3, 1), (3, 2), (1, 1)])
+def test_conv_as_gemm_equals_the_convolution(k, stride):
+    """im2col times the reshaped kernel is the VALID conv, for odd sizes and strides that do not
+    divide the kernel too (the views are strided)."""
+    from dodgerl.networks.encoders import conv_as_gemm
+
+    rng = np.random.default_rng(k * 10 + stride)
+    x = jnp.asarray(rng.normal(size=(2, 13, 11, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 5, 7)), jnp.float32)
+    expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), "VALID",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    got = conv_as_gemm(x, kernel, stride)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("fast", [NatureCNN(features=16),
+                                  NatureCNN(features=16, conv_gemm=True),
+                                  NatureCNN(features=16, conv_gemm=True, space_to_depth=False)],
+                         ids=["s2d", "gemm_s2d", "gemm"])
+def test_nature_cnn_rewrites_same_params_features_and_gradients(fast):
     images = jnp.asarray(np.random.default_rng(4).integers(0, 256, (3, 50, 47, 6)), jnp.uint8)
-    fast, plain = NatureCNN(features=16), NatureCNN(features=16, space_to_depth=False)
+    plain = NatureCNN(features=16, space_to_depth=False)
     params = fast.init(jax.random.key(0), images)
     jax.tree.map(np.testing.assert_array_equal, params, plain.init(jax.random.key(0), images))
     np.testing.assert_allclose(fast.apply(params, images), plain.apply(params, images),

@@ -457,7 +457,8 @@ def test_bf16_augmented_image_update_gives_finite_metrics():
 @pytest.mark.parametrize("sharing", ["critic", "separate"])
 def test_impl_options_do_not_change_the_update(space, vector_arch, sharing):
     """ImplOptions change how the step is computed, never what: plain first conv, one batched
-    online-encoder call, any scan unroll, next-obs encoders stacked all give the default's agent up to float rounding."""
+    online-encoder call, any scan unroll, next-obs encoders stacked, convs as GEMMs all give the
+    default's agent up to float rounding."""
     cfg = sac.SACConfig(**TINY, vector_encoder_arch=vector_arch, encoder_sharing=sharing,
                         augmentation=True, actor_lr=1e-3, critic_lr=1e-3, temperature_lr=1e-3)
     batch, key = random_batch(space, 3, 8, seed=2), jax.random.key(3)
@@ -465,7 +466,8 @@ def test_impl_options_do_not_change_the_update(space, vector_arch, sharing):
     defaults = sac.impl_options()
     try:
         for changes in ({}, {"conv1_space_to_depth": False}, {"concat_online": True},
-                        {"scan_unroll": 1}, {"scan_unroll": 8}, {"stack_next": True}):
+                        {"scan_unroll": 1}, {"scan_unroll": 8}, {"stack_next": True},
+                        {"conv_gemm": True}):
             sac.set_impl_options(**dataclasses.asdict(defaults))
             sac.set_impl_options(**changes)
             agent = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)

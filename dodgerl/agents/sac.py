@@ -69,6 +69,10 @@ class ImplOptions:
 
     conv1_space_to_depth: bool = True
     """NatureCNN's 8x8/4 first conv as a 2x2/1 conv over a space-to-depth image (exact)."""
+    conv_gemm: bool = False
+    """NatureCNN's convs as matrix products over im2col patches (``conv_as_gemm``): GEMM kernels,
+    which XLA may fuse with their neighbours, instead of cuDNN convolutions (docs/perf_notes.md,
+    v15)."""
     concat_online: bool = False
     """Encode obs and next obs in one call of the online (actor's) encoder, batch 2B, and run the
     actor head once over both; the next-obs half is detached (its gradient is exactly zero)."""
@@ -351,6 +355,7 @@ def build_networks(
             dense_dtype=dtype if _IMPL.bf16_dense else jnp.float32,
             space_to_depth=_IMPL.conv1_space_to_depth,
             output=config.encoder_output,
+            conv_gemm=_IMPL.conv_gemm,
         )
     elif config.vector_encoder == "set":
         encoder = SetEncoder(*config.set_layout, features=config.set_encoder_arch)

@@ -85,16 +85,34 @@ def space_to_depth_kernel(kernel: jnp.ndarray, block: int) -> jnp.ndarray:
     return kernel.reshape(kh // block, kw // block, block * block * c, o)
 
 
+def conv_as_gemm(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
+    """A VALID conv of an HWIO ``kernel`` (k, k, C, O) over NHWC ``x`` with stride ``stride``,
+    written as one matrix product: the k*k shifted (strided) views of ``x`` concatenated along the
+    channels (im2col, order (dy, dx, c), the order of ``kernel.reshape(k*k*C, O)``) times the
+    reshaped kernel. The same function as ``lax.conv_general_dilated`` up to float summation
+    order, computed by GEMM kernels instead of convolution kernels."""
+    k, _, c, o = kernel.shape
+    n, h, w, _ = x.shape
+    h_out, w_out = (h - k) // stride + 1, (w - k) // stride + 1
+    views = [x[:, dy: dy + stride * (h_out - 1) + 1: stride,
+               dx: dx + stride * (w_out - 1) + 1: stride, :]
+             for dy in range(k) for dx in range(k)]
+    patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+    y = patches.reshape(n * h_out * w_out, k * k * c) @ kernel.reshape(k * k * c, o)
+    return y.reshape(n, h_out, w_out, o)
+
+
 class StridedConv(nn.Module):
-    """A VALID ``kernel x kernel`` conv with stride ``stride`` (``kernel`` a multiple of it), with
-    the parameters of ``nn.Conv`` (``kernel`` (k, k, C, O) HWIO, ``bias`` (O,), same init).
+    """A VALID ``kernel x kernel`` conv with stride ``stride``, with the parameters of ``nn.Conv``
+    (``kernel`` (k, k, C, O) HWIO, ``bias`` (O,), same init).
 
     With ``space_to_depth`` it computes the same function exactly (up to float summation order)
     as a stride-1 conv with a (k/s, k/s, s*s*C, O) kernel over the space-to-depth image: rows and
     columns that the strided VALID conv never reads (beyond ``stride * (out + k/s - 1)``) are
     cropped first. NatureCNN's first layer (8x8 stride 4 over 3 channels) is badly shaped for
     cuDNN (3 input channels, stride 4); as a 2x2 stride-1 conv over 48 channels it is a plain
-    implicit GEMM. See docs/perf_notes.md.
+    implicit GEMM. See docs/perf_notes.md. With ``gemm`` the (rewritten) conv is computed by
+    ``conv_as_gemm``.
     """
 
     features: int
@@ -102,6 +120,7 @@ class StridedConv(nn.Module):
     stride: int
     dtype: jnp.dtype = jnp.float32
     space_to_depth: bool = True
+    gemm: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -117,12 +136,13 @@ class StridedConv(nn.Module):
             blocks = k // s
             x = x[:, : s * (h_out + blocks - 1), : s * (w_out + blocks - 1)]
             x = space_to_depth(x, s)
-            kernel, strides = space_to_depth_kernel(kernel, s), (1, 1)
+            kernel, s = space_to_depth_kernel(kernel, s), 1
+        if self.gemm:
+            y = conv_as_gemm(x, kernel, s)
         else:
-            strides = (s, s)
-        y = jax.lax.conv_general_dilated(
-            x, kernel, strides, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
         y = y + bias
         return y.reshape(*lead, *y.shape[1:])
 
@@ -136,8 +156,10 @@ class NatureCNN(nn.Module):
     ``dtype``) is the compute dtype of the final dense layer alone.
 
     The first conv is computed as an exact space-to-depth rewrite (``StridedConv``) unless
-    ``space_to_depth=False``; the parameters (``Conv_0``..``Conv_2``, ``Dense_0``) and their
-    layout are the same either way.
+    ``space_to_depth=False``; with ``conv_gemm`` every conv is a matrix product over im2col
+    patches (``conv_as_gemm``; the strided second conv space-to-depth first when
+    ``space_to_depth``). The parameters (``Conv_0``..``Conv_2``, ``Dense_0``) and their layout are
+    the same either way.
 
     ``output`` is what follows the dense layer: ``"relu"`` (Nature-DQN, SB3's NatureCNN) or
     ``"layernorm_tanh"`` (LayerNorm then tanh, as the trunk of SAC-AE / DrQ's encoder: bounded,
@@ -149,6 +171,7 @@ class NatureCNN(nn.Module):
     dense_dtype: jnp.dtype | None = None
     space_to_depth: bool = True
     output: str = "relu"
+    conv_gemm: bool = False
 
     @nn.compact
     def __call__(self, observations: jnp.ndarray) -> jnp.ndarray:
@@ -156,9 +179,14 @@ class NatureCNN(nn.Module):
             raise ValueError(f"NatureCNN output {self.output!r}: must be one of {NATURE_CNN_OUTPUTS}")
         x = observations.astype(self.dtype) * jnp.asarray(1.0 / 255.0, self.dtype)
         x = StridedConv(32, 8, 4, dtype=self.dtype, space_to_depth=self.space_to_depth,
-                        name="Conv_0")(x)
+                        gemm=self.conv_gemm, name="Conv_0")(x)
         x = nn.relu(x)
         for i, (channels, kernel, stride) in enumerate(((64, 4, 2), (64, 3, 1)), start=1):
+            if self.conv_gemm:
+                x = nn.relu(StridedConv(channels, kernel, stride, dtype=self.dtype,
+                                        space_to_depth=self.space_to_depth, gemm=True,
+                                        name=f"Conv_{i}")(x))
+                continue
             x = nn.Conv(
                 channels,
                 (kernel, kernel),
