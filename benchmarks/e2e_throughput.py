@@ -49,6 +49,7 @@ Run directories are deleted after each case (a 256x256 buffer is 19.7 GB); their
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -58,11 +59,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # update_throughput
 from benchmarks.suite.measure import read_csv, steady_window  # noqa: E402
+from dodgerl.agents import sac  # noqa: E402
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+IMPL_PREFIX = "impl."
+"""Overrides ``impl.NAME=VALUE`` of a case set ``sac.ImplOptions`` for that case (update ceiling
+included), not the config: how the update is computed, e.g. ``impl.conv_gemm=false``."""
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAST_IMG = ["train.n_envs=16", "train.async_envs=true", "train.overlap=true"]
@@ -115,6 +122,10 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "img84_evalproc": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84", "train.eval_workers=5",
                                                               "train.eval_in_background=true"],
                        "as img84, the evaluation in 5 background processes of 2 episodes (CPU JAX)"),
+    "img84_evalproc_conv": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84", "train.eval_workers=5",
+                                                                   "train.eval_in_background=true",
+                                                                   "impl.conv_gemm=false"],
+                            "as img84_evalproc, the convs as cuDNN convolutions (before v15)"),
     "img84_evalproc_nothread": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84", "train.eval_workers=5",
                                                                        "train.eval_in_background=true",
                                                                        "train.dispatch_thread=false"],
@@ -194,6 +205,21 @@ SB3_PEER_OF = {"sb3_img256": ("img256_bf16", "img256_bf16_evalbg", "img256"),
 E2E_PHASES = ("act", "env", "insert", "sample", "update", "eval", "checkpoint")
 
 
+def split_impl(overrides: list[str]) -> tuple[list[str], dict]:
+    """(the config overrides, the ``impl.NAME=VALUE`` ones as ImplOptions changes, values parsed
+    as YAML); an unknown option name is an error that names it."""
+    known = [f.name for f in dataclasses.fields(sac.ImplOptions)]
+    impl = {}
+    for o in overrides:
+        if o.startswith(IMPL_PREFIX):
+            name, _, value = o[len(IMPL_PREFIX):].partition("=")
+            if name not in known:
+                raise SystemExit(f"unknown implementation option {name!r} in {o!r}; known: "
+                                 f"{', '.join(known)}")
+            impl[name] = yaml.safe_load(value)
+    return [o for o in overrides if not o.startswith(IMPL_PREFIX)], impl
+
+
 def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -> dict:
     from dodgerl.config import apply_overrides, config_from_dict, read_yaml
     from dodgerl.train import train
@@ -202,11 +228,17 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
     raw = read_yaml(CONFIGS / config_file)
     raw["experiment"] = f"e2e_{name}"
     overrides = overrides + ["train.progress_bar=false", "train.log_freq=1000"] + extra
-    config = config_from_dict(apply_overrides(raw, overrides))
+    config_overrides, impl = split_impl(overrides)
+    config = config_from_dict(apply_overrides(raw, config_overrides))
     total = config.train.learning_starts + steps
-    t0 = time.perf_counter()
-    result = train(config, results_dir=workdir, total_timesteps=total)
-    wall = time.perf_counter() - t0
+    previous = sac.set_impl_options(**impl)
+    try:
+        t0 = time.perf_counter()
+        result = train(config, results_dir=workdir, total_timesteps=total)
+        wall = time.perf_counter() - t0
+        ceiling = update_ceiling(config)
+    finally:
+        sac.set_impl_options(**dataclasses.asdict(previous))
     progress = read_csv(result.run_dir / "progress.csv")
     evals = read_csv(result.run_dir / "eval.csv")
     case_out = out / name
@@ -215,7 +247,6 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
         shutil.copy(result.run_dir / f, case_out / f)
     shutil.rmtree(result.run_dir, ignore_errors=True)
 
-    ceiling = update_ceiling(config)
     window = steady_window(progress, E2E_PHASES)
     if window is None:
         raise SystemExit(f"{name}: fewer than 2 progress rows after the first update; "
@@ -228,6 +259,7 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
         "description": description,
         "config": config_file,
         "overrides": overrides,
+        "impl_options": dataclasses.asdict(sac.impl_options()) | impl,
         "env_steps_timed": n,
         "window_s": round(wall_window, 2),
         "env_steps_per_s": round(n / wall_window, 1),

@@ -6,7 +6,8 @@ Used to decide ``sac.ImplOptions`` defaults (docs/perf_notes.md). Three parts, e
   vs space-to-depth first conv vs convs as GEMMs, fp32 vs bf16;
 * ``--profile``: a device trace of a few K=8 update calls, GPU kernels aggregated by name;
 * ``--variants``: full ``agent.update`` throughput for ImplOptions variants (a base of
-  ``VARIANTS`` and ``MODIFIERS`` suffixes, which also change the config: ``+d4``, ``+shift``).
+  ``VARIANTS`` and ``MODIFIERS`` suffixes: ``+gemm`` / ``+conv`` force the conv form, ``+d4`` and ``+shift``
+  change the config).
 
     python benchmarks/sac_variants.py --encoder --profile --variants --json out.json
 """
@@ -153,6 +154,7 @@ MODIFIERS = {
     # "+name" suffixes of a variant: (ImplOptions changes, SACConfig changes)
     "fp32dense": ({"bf16_dense": False}, {}),
     "gemm": ({"conv_gemm": True}, {}),
+    "conv": ({"conv_gemm": False}, {}),
     "d4": ({}, {"symmetry": "d4"}),
     "shift": ({}, {"augmentation": True}),
 }

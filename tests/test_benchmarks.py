@@ -251,6 +251,20 @@ def test_learning_summary_buckets_evals_and_counts_runs_reaching_900(tmp_path):
     assert (tmp_path / "summary.png").stat().st_size > 10_000
 
 
+def test_e2e_cases_split_implementation_options_from_config_overrides():
+    from benchmarks import e2e_throughput
+
+    config, impl = e2e_throughput.split_impl(
+        ["env.image_size=84", "impl.conv_gemm=false", "impl.scan_unroll=4", "train.utd=2"])
+    assert config == ["env.image_size=84", "train.utd=2"]
+    assert impl == {"conv_gemm": False, "scan_unroll": 4}
+    with pytest.raises(SystemExit, match="'conv_gem'"):
+        e2e_throughput.split_impl(["impl.conv_gem=false"])
+    # Every case's impl options exist.
+    for _, overrides, _ in e2e_throughput.CASES.values():
+        e2e_throughput.split_impl(overrides)
+
+
 def test_peer_sac_fits_terminal_rewards():
     """The update benchmark's peer (benchmarks/minimal_sac.py) is a working SAC: on transitions
     that all terminate, the critic target is the reward itself, so its critic loss must fall."""

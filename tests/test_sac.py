@@ -456,9 +456,10 @@ def test_bf16_augmented_image_update_gives_finite_metrics():
                          ids=["vector", "vector_identity_encoder", "image"])
 @pytest.mark.parametrize("sharing", ["critic", "separate"])
 def test_impl_options_do_not_change_the_update(space, vector_arch, sharing):
-    """ImplOptions change how the step is computed, never what: plain first conv, one batched
-    online-encoder call, any scan unroll, next-obs encoders stacked, convs as GEMMs all give the
-    default's agent up to float rounding."""
+    """ImplOptions change how the step is computed, never what: plain first conv, convs as cuDNN
+    convolutions or as GEMMs (the default at this image size), one batched
+    online-encoder call, any scan unroll, next-obs encoders stacked all give the default's agent
+    up to float rounding."""
     cfg = sac.SACConfig(**TINY, vector_encoder_arch=vector_arch, encoder_sharing=sharing,
                         augmentation=True, actor_lr=1e-3, critic_lr=1e-3, temperature_lr=1e-3)
     batch, key = random_batch(space, 3, 8, seed=2), jax.random.key(3)
@@ -467,7 +468,7 @@ def test_impl_options_do_not_change_the_update(space, vector_arch, sharing):
     try:
         for changes in ({}, {"conv1_space_to_depth": False}, {"concat_online": True},
                         {"scan_unroll": 1}, {"scan_unroll": 8}, {"stack_next": True},
-                        {"conv_gemm": True}):
+                        {"conv_gemm": False}):
             sac.set_impl_options(**dataclasses.asdict(defaults))
             sac.set_impl_options(**changes)
             agent = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)
@@ -480,6 +481,23 @@ def test_impl_options_do_not_change_the_update(space, vector_arch, sharing):
     for other in results[1:]:
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                      results[0], other)
+
+
+def test_convs_are_gemms_by_default_for_small_images_only():
+    """``conv_gemm=None`` picks the GEMM form up to CONV_GEMM_MAX_SIDE (where it measured faster)
+    and cuDNN convolutions above; an explicit setting wins."""
+    cfg = sac.SACConfig(**TINY)
+    side = sac.CONV_GEMM_MAX_SIDE
+    defaults = sac.impl_options()
+    try:
+        for conv_gemm, expected in ((None, (True, True, False)), (False, (False,) * 3),
+                                    (True, (True,) * 3)):
+            sac.set_impl_options(conv_gemm=conv_gemm)
+            got = tuple(sac.build_networks(cfg, (s, s, 3), 2).encoder.conv_gemm
+                        for s in (84, side, side + 1))
+            assert got == expected, (conv_gemm, got)
+    finally:
+        sac.set_impl_options(**dataclasses.asdict(defaults))
 
 
 @pytest.mark.parametrize("sharing, bf16_dense", [("critic", True), ("separate", False)])
