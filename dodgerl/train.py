@@ -38,7 +38,8 @@ import numpy as np
 
 from dodgerl.checkpoint import (BEST_DIR, CheckpointError, RunCheckpoints, complete_checkpoints,
                                 read_meta, resolve_resume, restore_first_good, set_aside_after)
-from dodgerl.config import EnvConfig, RunConfig, config_from_dict, read_yaml, save_config
+from dodgerl.config import (ConfigError, EnvConfig, RunConfig, config_from_dict, read_yaml,
+                            save_config)
 
 PROGRESS_FIELDS = (
     "step", "episodes", "updates", "train_return", "train_length", "critic_loss", "actor_loss",
@@ -806,6 +807,10 @@ def train(
                      if tc.eval_in_background and not tc.eval_workers else None)
         if eval_pool is not None:
             cleanup.callback(eval_pool.shutdown)
+        # Where the background evaluation's copy goes; looked up only when used (a JAX started
+        # with JAX_PLATFORMS=cuda has no CPU backend), and now, not at the first evaluation.
+        eval_cpu = (_cpu_device() if tc.eval_in_background and not tc.eval_on_device
+                    else None)
         pending_eval: list[_PendingEval] = []  # the evaluation in flight, if any
 
         def record_eval(eval_step: int, result: EvalResult, evaluated: Any, meta: dict[str, Any],
@@ -849,11 +854,10 @@ def train(
             # the accelerator's updates, unless ``eval_on_device`` keeps it on the training device
             # (a computed copy: new buffers whatever the backend does with a same-device put).
             evaluated = agent
-            cpu = jax.devices("cpu")[0]
             if tc.eval_in_background and tc.eval_on_device:
                 evaluated = _copy_tree(agent)
             elif tc.eval_in_background:
-                evaluated = jax.device_put(agent, cpu, may_alias=False)
+                evaluated = jax.device_put(agent, eval_cpu, may_alias=False)
             if isinstance(evaluator, EvalProcesses):
                 evaluator.submit(evaluated.policy(), eval_key, deterministic)  # from the copy: no second transfer
 
@@ -867,7 +871,7 @@ def train(
                 record_eval(step, result, agent, meta_now(), time.perf_counter())
             else:
                 copy_key = eval_key.copy() if tc.eval_on_device else jax.device_put(
-                    eval_key, cpu, may_alias=False)
+                    eval_key, eval_cpu, may_alias=False)
 
                 def job() -> tuple[EvalResult, float]:
                     result = evaluator.run(lambda o, k: evaluated.act(o, k, deterministic=deterministic), copy_key)
@@ -1074,6 +1078,18 @@ def use_dispatch_thread(setting: bool | str, env_config: EnvConfig) -> bool:
     if setting == "auto":
         return env_config.obs_mode == "topdown" and on_accelerator("auto")
     return bool(setting)
+
+
+def _cpu_device() -> Any:
+    """JAX's first CPU device, where ``train.eval_in_background`` evaluates its copy of the agent
+    (unless ``eval_on_device``); a clear error when JAX runs without a CPU backend."""
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError as e:
+        raise ConfigError(
+            "train.eval_in_background evaluates a copy of the agent on the CPU, but this JAX has "
+            f"no CPU backend (JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS')!r}: {e}); set "
+            "train.eval_on_device=true or let JAX_PLATFORMS include cpu") from e
 
 
 @jax.jit

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -547,6 +548,34 @@ def test_an_exception_mid_run_leaves_no_process_and_keeps_the_checkpoints(tmp_pa
     # The replay declares what the checkpoint saw (100 transitions), not the 160 added after it.
     header = json.loads((run_dir / "replay" / "header.json").read_text())
     assert header["transitions_added"] == 100
+
+
+def test_a_jax_without_cpu_backend_trains_and_background_cpu_evaluation_says_why_not(
+        tmp_path, monkeypatch, capsys):
+    """JAX_PLATFORMS=cuda leaves JAX without a CPU backend (the benchmark suite's --device gpu):
+    training must not ask for the CPU unless it evaluates a CPU copy in the background, and then
+    it stops before training with an error naming the setting."""
+    import jax
+
+    real_devices = jax.devices
+
+    def devices(backend=None):
+        if backend == "cpu":
+            raise RuntimeError("Unknown backend cpu. Available backends are ['cuda']")
+        return real_devices(backend)
+
+    monkeypatch.setattr(jax, "devices", devices)
+    raw = tiny_raw("vector", total=120, eval_episodes=2, eval_freq=60)
+    results = tmp_path / "ok"
+    assert cli_main("vector", ["--config", str(write_config(tmp_path, raw)),
+                               "--results-dir", str(results)]) == 0
+    assert [int(r["step"]) for r in read_csv(only_run_dir(results) / "eval.csv")] == [60, 120]
+    raw = tiny_raw("vector", total=120, eval_episodes=2, eval_freq=60, eval_in_background=True)
+    capsys.readouterr()
+    assert cli_main("vector", ["--config", str(write_config(tmp_path, raw)),
+                               "--results-dir", str(tmp_path / "bg")]) != 0
+    assert re.search("eval_in_background.*no CPU backend.*eval_on_device", capsys.readouterr().err)
+    assert all(not read_csv(p) for p in (tmp_path / "bg").rglob("progress.csv"))  # stopped before training
 
 
 def test_a_failed_background_save_stops_the_run_at_the_next_progress_row(tmp_path, monkeypatch):
