@@ -182,20 +182,11 @@ class NatureCNN(nn.Module):
                         gemm=self.conv_gemm, name="Conv_0")(x)
         x = nn.relu(x)
         for i, (channels, kernel, stride) in enumerate(((64, 4, 2), (64, 3, 1)), start=1):
-            if self.conv_gemm:
-                x = nn.relu(StridedConv(channels, kernel, stride, dtype=self.dtype,
-                                        space_to_depth=self.space_to_depth, gemm=True,
-                                        name=f"Conv_{i}")(x))
-                continue
-            x = nn.Conv(
-                channels,
-                (kernel, kernel),
-                strides=(stride, stride),
-                padding="VALID",
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                name=f"Conv_{i}",
-            )(x)
+            # The later convs space-to-depth only as GEMMs (as convolutions cuDNN takes them
+            # as they are: the rewrite was measured for the first conv only).
+            x = StridedConv(channels, kernel, stride, dtype=self.dtype,
+                            space_to_depth=self.space_to_depth and self.conv_gemm,
+                            gemm=self.conv_gemm, name=f"Conv_{i}")(x)
             x = nn.relu(x)
         x = x.reshape(*x.shape[:-3], -1)
         dense_dtype = self.dtype if self.dense_dtype is None else self.dense_dtype
