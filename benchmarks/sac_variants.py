@@ -6,8 +6,9 @@ Used to decide ``sac.ImplOptions`` defaults (docs/perf_notes.md). Three parts, e
   vs space-to-depth first conv vs convs as GEMMs, fp32 vs bf16;
 * ``--profile``: a device trace of a few K=8 update calls, GPU kernels aggregated by name;
 * ``--variants``: full ``agent.update`` throughput for ImplOptions variants (a base of
-  ``VARIANTS`` and ``MODIFIERS`` suffixes: ``+gemm`` / ``+conv`` force the conv form, ``+d4`` and ``+shift``
-  change the config).
+  ``VARIANTS`` and ``MODIFIERS`` suffixes: ``+gemm`` / ``+conv`` force the conv form,
+  ``+todepth`` space-to-depth, ``+stacknext`` stacked next-obs encoders, ``+d4`` and
+  ``+shift`` change the config; ``default`` is the shipped ImplOptions).
 
     python benchmarks/sac_variants.py --encoder --profile --variants --json out.json
 """
@@ -61,7 +62,7 @@ def encoder_bench():
         x = jnp.asarray(rng.integers(0, 256, (64, side, side, 3), dtype=np.uint8))
         params = NatureCNN().init(jax.random.key(0), x)
         for dtype in ("fp32", "bf16"):
-            for s2d, gemm in ((False, False), (True, False), (True, True)):
+            for s2d, gemm in ((False, False), (True, False), (True, True), (False, True)):
                 for dense in (("bf16", "fp32") if dtype == "bf16" else ("fp32",)):
                     cnn = NatureCNN(dtype=jnp.bfloat16 if dtype == "bf16" else jnp.float32,
                                     dense_dtype=jnp.float32 if dense == "fp32" else jnp.bfloat16,
@@ -138,6 +139,7 @@ def profile(case, bf16, k=8, calls=4, top=30, variant=""):
 
 
 VARIANTS = {
+    "default": {},
     "old": dict(conv1_space_to_depth=False, concat_online=False, scan_unroll=1),
     "s2d": dict(conv1_space_to_depth=True, concat_online=False, scan_unroll=1),
     "s2d+unroll": dict(conv1_space_to_depth=True, concat_online=False, scan_unroll=8),
@@ -154,6 +156,8 @@ MODIFIERS = {
     # "+name" suffixes of a variant: (ImplOptions changes, SACConfig changes)
     "fp32dense": ({"bf16_dense": False}, {}),
     "gemm": ({"conv_gemm": True}, {}),
+    "todepth": ({"conv1_space_to_depth": True}, {}),
+    "stacknext": ({"stack_next": True}, {}),
     "conv": ({"conv_gemm": False}, {}),
     "d4": ({}, {"symmetry": "d4"}),
     "shift": ({}, {"augmentation": True}),

@@ -67,8 +67,11 @@ class ImplOptions:
     defaults are the fastest measured on an H100 (docs/perf_notes.md); the others exist so that
     ``benchmarks/sac_variants.py`` can measure them. Change with ``set_impl_options``."""
 
-    conv1_space_to_depth: bool = True
-    """NatureCNN's 8x8/4 first conv as a 2x2/1 conv over a space-to-depth image (exact)."""
+    conv1_space_to_depth: bool | None = None
+    """NatureCNN's strided convs as stride-1 convs over space-to-depth images (exact;
+    ``NatureCNN.space_to_depth``). None: the first conv's, as a cuDNN convolution only (8x8/4
+    over 3 channels becomes 2x2/1 over 48); GEMMs block the image columns themselves
+    (``conv_as_gemm``), and their space-to-depth form measured slower (docs/perf_notes.md, v16)."""
     conv_gemm: bool | None = None
     """NatureCNN's convs as matrix products over im2col patches (``conv_as_gemm``): GEMM kernels
     instead of cuDNN convolutions. None: for images of side <= ``CONV_GEMM_MAX_SIDE`` (H200,

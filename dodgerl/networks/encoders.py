@@ -87,16 +87,30 @@ def space_to_depth_kernel(kernel: jnp.ndarray, block: int) -> jnp.ndarray:
 
 def conv_as_gemm(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
     """A VALID conv of an HWIO ``kernel`` (k, k, C, O) over NHWC ``x`` with stride ``stride``,
-    written as one matrix product: the k*k shifted (strided) views of ``x`` concatenated along the
-    channels (im2col, order (dy, dx, c), the order of ``kernel.reshape(k*k*C, O)``) times the
-    reshaped kernel. The same function as ``lax.conv_general_dilated`` up to float summation
-    order, computed by GEMM kernels instead of convolution kernels."""
+    written as one matrix product: im2col patches in the kernel's own (dy, dx, c) order times
+    ``kernel.reshape(k*k*C, O)``. The same function as ``lax.conv_general_dilated`` up to float
+    summation order, computed by a GEMM kernel instead of a convolution kernel.
+
+    The patches need no transpose of the image: its columns are grouped in blocks of ``stride``
+    (a reshape of NHWC, free), so that the k columns an output reads from one image row are
+    ``ceil(k / stride)`` consecutive blocks, each ``stride * C`` contiguous values. A patch is
+    then, for each kernel row dy, those blocks of image row ``stride * i + dy``: ``k *
+    ceil(k / stride)`` strided views concatenated on the channels (the last block of a row cut to
+    the kernel's width when ``stride`` does not divide ``k``). XLA fuses the views, the
+    concatenation and the elementwise producer (the image's conversion and scaling) into one
+    kernel that writes the patches once (docs/perf_notes.md, v16: the space-to-depth form before
+    it made XLA transpose the patches to the kernel's order, a second pass over them)."""
     k, _, c, o = kernel.shape
     n, h, w, _ = x.shape
     h_out, w_out = (h - k) // stride + 1, (w - k) // stride + 1
-    views = [x[:, dy: dy + stride * (h_out - 1) + 1: stride,
-               dx: dx + stride * (w_out - 1) + 1: stride, :]
-             for dy in range(k) for dx in range(k)]
+    blocks = -(-k // stride)  # column blocks a patch row spans
+    width = stride * (w_out - 1 + blocks)  # columns those blocks cover
+    if width > w:  # stride does not divide k: the last block runs past the image; never read
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, width - w), (0, 0)))
+    x = x[:, :, :width].reshape(n, h, width // stride, stride * c)
+    views = [x[:, dy: dy + stride * (h_out - 1) + 1: stride, b: b + w_out,
+               : min(stride, k - stride * b) * c]
+             for dy in range(k) for b in range(blocks)]
     patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
     y = patches.reshape(n * h_out * w_out, k * k * c) @ kernel.reshape(k * k * c, o)
     return y.reshape(n, h_out, w_out, o)
@@ -155,11 +169,13 @@ class NatureCNN(nn.Module):
     features come out float32 so the heads and losses never see bf16. ``dense_dtype`` (default:
     ``dtype``) is the compute dtype of the final dense layer alone.
 
-    The first conv is computed as an exact space-to-depth rewrite (``StridedConv``) unless
-    ``space_to_depth=False``; with ``conv_gemm`` every conv is a matrix product over im2col
-    patches (``conv_as_gemm``; the strided second conv space-to-depth first when
-    ``space_to_depth``). The parameters (``Conv_0``..``Conv_2``, ``Dense_0``) and their layout are
-    the same either way.
+    With ``conv_gemm`` every conv is a matrix product over im2col patches (``conv_as_gemm``),
+    else a cuDNN-style convolution. ``space_to_depth`` rewrites the strided convs exactly as
+    stride-1 convs over space-to-depth images (``StridedConv``): as convolutions the first one
+    only (8x8/4 over 3 channels is badly shaped for cuDNN), as GEMMs the first two (the form
+    before ``conv_as_gemm`` blocked the columns itself; slower, kept to measure). None (default):
+    the first conv's rewrite for convolutions, none for GEMMs. The parameters (``Conv_0``..
+    ``Conv_2``, ``Dense_0``) and their layout are the same either way.
 
     ``output`` is what follows the dense layer: ``"relu"`` (Nature-DQN, SB3's NatureCNN) or
     ``"layernorm_tanh"`` (LayerNorm then tanh, as the trunk of SAC-AE / DrQ's encoder: bounded,
@@ -169,7 +185,7 @@ class NatureCNN(nn.Module):
     features: int = 512
     dtype: jnp.dtype = jnp.float32
     dense_dtype: jnp.dtype | None = None
-    space_to_depth: bool = True
+    space_to_depth: bool | None = None
     output: str = "relu"
     conv_gemm: bool = False
 
@@ -177,15 +193,16 @@ class NatureCNN(nn.Module):
     def __call__(self, observations: jnp.ndarray) -> jnp.ndarray:
         if self.output not in NATURE_CNN_OUTPUTS:
             raise ValueError(f"NatureCNN output {self.output!r}: must be one of {NATURE_CNN_OUTPUTS}")
+        s2d = not self.conv_gemm if self.space_to_depth is None else self.space_to_depth
         x = observations.astype(self.dtype) * jnp.asarray(1.0 / 255.0, self.dtype)
-        x = StridedConv(32, 8, 4, dtype=self.dtype, space_to_depth=self.space_to_depth,
+        x = StridedConv(32, 8, 4, dtype=self.dtype, space_to_depth=s2d,
                         gemm=self.conv_gemm, name="Conv_0")(x)
         x = nn.relu(x)
         for i, (channels, kernel, stride) in enumerate(((64, 4, 2), (64, 3, 1)), start=1):
             # The later convs space-to-depth only as GEMMs (as convolutions cuDNN takes them
             # as they are: the rewrite was measured for the first conv only).
             x = StridedConv(channels, kernel, stride, dtype=self.dtype,
-                            space_to_depth=self.space_to_depth and self.conv_gemm,
+                            space_to_depth=s2d and self.conv_gemm,
                             gemm=self.conv_gemm, name=f"Conv_{i}")(x)
             x = nn.relu(x)
         x = x.reshape(*x.shape[:-3], -1)
