@@ -136,6 +136,12 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                                                                    "train.eval_in_background=true",
                                                                    "agent.bf16_encoder=true"],
                             "as img84_evalproc, bf16 encoder compute"),
+    "img84_bf16_evalproc_32envs": ("sac_topdown_cnn_easy.yaml",
+                                   FAST_IMG + ["env.image_size=84", "train.eval_workers=5",
+                                               "train.eval_in_background=true",
+                                               "agent.bf16_encoder=true", "train.n_envs=32",
+                                               "train.envs_per_worker=2"],
+                                   "as img84_bf16_evalproc, 32 envs in 16 processes of 2 (32 gradient steps per call)"),
     "vector": ("sac_vector_easy.yaml", ["train.n_envs=16", "train.overlap=true", "train.eval_async_envs=true"],
                "65-dim state, batch 256, 16 in-process envs, overlap"),
     "vector_64envs": ("sac_vector_easy.yaml", ["train.n_envs=64", "train.overlap=true", "train.eval_async_envs=true"],
@@ -199,7 +205,8 @@ SB3_CASES: dict[str, tuple[str, list[str], str]] = {
 }
 # Which of our cases each peer is compared with (same env, image size and batch).
 SB3_PEER_OF = {"sb3_img256": ("img256_bf16", "img256_bf16_evalbg", "img256"),
-               "sb3_img84": ("img84", "img84_evalproc", "img84_bf16", "img84_bf16_evalproc"),
+               "sb3_img84": ("img84", "img84_evalproc", "img84_bf16", "img84_bf16_evalproc",
+                             "img84_bf16_evalproc_32envs"),
                "sb3_vector": ("vector_256envs_evalproc", "vector_64envs_evalproc", "vector_32envs_evalproc",
                               "vector_256envs_grouped", "vector_128envs_grouped", "vector",
                               "cpu_vector")}

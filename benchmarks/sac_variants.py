@@ -140,7 +140,7 @@ def profile(case, bf16, k=8, calls=4, top=30, variant=""):
 
 VARIANTS = {
     "default": {},
-    "old": dict(conv1_space_to_depth=False, concat_online=False, scan_unroll=1),
+    "old": dict(conv1_space_to_depth=False, conv_gemm=False, concat_online=False, scan_unroll=1),
     "s2d": dict(conv1_space_to_depth=True, concat_online=False, scan_unroll=1),
     "s2d+unroll": dict(conv1_space_to_depth=True, concat_online=False, scan_unroll=8),
     "s2d+concat": dict(conv1_space_to_depth=True, concat_online=True, scan_unroll=1),
