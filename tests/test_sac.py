@@ -484,16 +484,19 @@ def test_impl_options_do_not_change_the_update(space, vector_arch, sharing):
                      results[0], other)
 
 
-def test_convs_are_gemms_by_default_for_small_images_only():
-    """``conv_gemm=None`` picks the GEMM form up to CONV_GEMM_MAX_SIDE (where it measured faster)
-    and cuDNN convolutions above; an explicit setting wins."""
+@pytest.mark.parametrize("backend", ["gpu", "cpu"])
+def test_convs_are_gemms_by_default_where_measured_faster(backend, monkeypatch):
+    """``conv_gemm=None`` picks the GEMM form up to CONV_GEMM_MAX_SIDE on a GPU and cuDNN
+    convolutions above, GEMMs at every size on the CPU (where each was measured faster); an
+    explicit setting wins."""
+    monkeypatch.setattr(sac.jax, "default_backend", lambda: backend)
     cfg = sac.SACConfig(**TINY)
     side = sac.CONV_GEMM_MAX_SIDE
     defaults = sac.impl_options()
+    auto = (True, True, backend == "cpu")
     try:
-        for conv_gemm, expected in ((None, (True, True, False)), (False, (False,) * 3),
-                                    (True, (True,) * 3)):
-            sac.set_impl_options(conv_gemm=conv_gemm)
+        for conv_gemm, expected in ((None, auto), (False, (False,) * 3), (True, (True,) * 3)):
+            sac.set_impl_options(conv_gemm=conv_gemm)  # also empties build_networks' cache
             got = tuple(sac.build_networks(cfg, (s, s, 3), 2).encoder.conv_gemm
                         for s in (84, side, side + 1))
             assert got == expected, (conv_gemm, got)

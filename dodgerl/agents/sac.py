@@ -74,9 +74,11 @@ class ImplOptions:
     (``conv_as_gemm``), and their space-to-depth form measured slower (docs/perf_notes.md, v16)."""
     conv_gemm: bool | None = None
     """NatureCNN's convs as matrix products over im2col patches (``conv_as_gemm``): GEMM kernels
-    instead of cuDNN convolutions. None: for images of side <= ``CONV_GEMM_MAX_SIDE`` (H200,
-    batch 64, K = 8: 84x84 fp32 2,498 vs 1,122 grad steps/s, bf16 2,693 vs 2,091; 256x256 bf16
-    795 vs 1,118; docs/perf_notes.md, v15)."""
+    instead of cuDNN convolutions. None: on a GPU for images of side <= ``CONV_GEMM_MAX_SIDE``
+    (H200, batch 64, K = 8: 84x84 fp32 2,498 vs 1,122 grad steps/s, bf16 2,693 vs 2,091;
+    256x256 bf16 795 vs 1,118; docs/perf_notes.md, v15), on the CPU at every size (2-core box,
+    fp32, batch 64: 256x256 1.4 vs 27.7 s per step at K = 1, 1.42 vs 3.21 at K = 8; 84x84 125
+    vs 750 ms at K = 1; v16). Decided by ``jax.default_backend()`` when the networks are built."""
     concat_online: bool = False
     """Encode obs and next obs in one call of the online (actor's) encoder, batch 2B, and run the
     actor head once over both; the next-obs half is detached (its gradient is exactly zero)."""
@@ -107,8 +109,14 @@ class ImplOptions:
 _IMPL = ImplOptions()
 
 CONV_GEMM_MAX_SIDE = 128
-"""``ImplOptions.conv_gemm=None`` computes the convs as GEMMs for images up to this side (faster
-at 84, slower at 256 on an H200; the sides between are not measured)."""
+"""``ImplOptions.conv_gemm=None`` computes the convs as GEMMs for images up to this side on
+accelerators (faster at 84, slower at 256 on an H200; the sides between are not measured), at
+every size on the CPU backend."""
+
+
+def _default_conv_gemm(observation_shape: tuple[int, ...]) -> bool:
+    return (jax.default_backend() == "cpu"
+            or max(observation_shape[:2]) <= CONV_GEMM_MAX_SIDE)
 
 
 def impl_options() -> ImplOptions:
@@ -363,7 +371,7 @@ def build_networks(
             dense_dtype=dtype if _IMPL.bf16_dense else jnp.float32,
             space_to_depth=_IMPL.conv1_space_to_depth,
             output=config.encoder_output,
-            conv_gemm=(max(observation_shape[:2]) <= CONV_GEMM_MAX_SIDE
+            conv_gemm=(_default_conv_gemm(observation_shape)
                        if _IMPL.conv_gemm is None else _IMPL.conv_gemm),
         )
     elif config.vector_encoder == "set":
