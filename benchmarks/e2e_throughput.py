@@ -73,6 +73,8 @@ included), not the config: how the update is computed, e.g. ``impl.conv_gemm=fal
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAST_IMG = ["train.n_envs=16", "train.async_envs=true", "train.overlap=true"]
+# 84x84 with the evaluation in 5 background processes (CPU JAX), the base of the img84_evalproc* cases.
+IMG84_EVALPROC = FAST_IMG + ["env.image_size=84", "train.eval_workers=5", "train.eval_in_background=true"]
 # Vector cases with envs in subprocesses (groups of envs_per_worker), evaluation episodes too,
 # evaluations of a CPU copy of the agent in a background thread.
 FAST_VEC = ["train.async_envs=true", "train.overlap=true", "train.eval_async_envs=true",
@@ -119,28 +121,19 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                     "as img256_bf16, UTD 2"),
     "img84": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84"],
               "84x84, default config otherwise, 16 async envs, overlap"),
-    "img84_evalproc": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84", "train.eval_workers=5",
-                                                              "train.eval_in_background=true"],
+    "img84_evalproc": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC,
                        "as img84, the evaluation in 5 background processes of 2 episodes (CPU JAX)"),
-    "img84_evalproc_conv": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84", "train.eval_workers=5",
-                                                                   "train.eval_in_background=true",
-                                                                   "impl.conv_gemm=false"],
+    "img84_evalproc_conv": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC + ["impl.conv_gemm=false"],
                             "as img84_evalproc, the convs as cuDNN convolutions (before v15)"),
-    "img84_evalproc_nothread": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84", "train.eval_workers=5",
-                                                                       "train.eval_in_background=true",
-                                                                       "train.dispatch_thread=false"],
+    "img84_evalproc_nothread": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC + ["train.dispatch_thread=false"],
                                 "as img84_evalproc, device calls from the loop's thread (before v10)"),
     "img84_bf16": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84", "agent.bf16_encoder=true"],
                    "as img84, bf16 encoder compute"),
-    "img84_bf16_evalproc": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84", "train.eval_workers=5",
-                                                                   "train.eval_in_background=true",
-                                                                   "agent.bf16_encoder=true"],
+    "img84_bf16_evalproc": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC + ["agent.bf16_encoder=true"],
                             "as img84_evalproc, bf16 encoder compute"),
     "img84_bf16_evalproc_32envs": ("sac_topdown_cnn_easy.yaml",
-                                   FAST_IMG + ["env.image_size=84", "train.eval_workers=5",
-                                               "train.eval_in_background=true",
-                                               "agent.bf16_encoder=true", "train.n_envs=32",
-                                               "train.envs_per_worker=2"],
+                                   IMG84_EVALPROC + ["agent.bf16_encoder=true", "train.n_envs=32",
+                                                     "train.envs_per_worker=2"],
                                    "as img84_bf16_evalproc, 32 envs in 16 processes of 2 (32 gradient steps per call)"),
     "vector": ("sac_vector_easy.yaml", ["train.n_envs=16", "train.overlap=true", "train.eval_async_envs=true"],
                "65-dim state, batch 256, 16 in-process envs, overlap"),
