@@ -11,6 +11,11 @@ Used to decide ``sac.ImplOptions`` defaults (docs/perf_notes.md). Three parts, e
   ``+shift`` change the config; ``default`` is the shipped ImplOptions).
 
     python benchmarks/sac_variants.py --encoder --profile --variants --json out.json
+
+On a CPU, where a 256x256 step with XLA's convolutions takes ~27 s, one form per process and one
+call per repeat (``benchmarks/reports/update_cpu/v16_conv_forms.log``):
+
+    python benchmarks/sac_variants.py --variants --plan "img256:fp32:default+conv" --k 1 --repeats 1 --min-steps 1
 """
 
 from __future__ import annotations
@@ -178,12 +183,12 @@ def split_variant(name):
     return opts, overrides
 
 
-def variants(plan, k, repeats):
+def variants(plan, k, repeats, min_steps=200):
     for case, dtype, names in plan:
         for name in names:
             opts, overrides = split_variant(name)
             sac.set_impl_options(**opts)
-            r = ut.measure(case, k, dtype == "bf16", repeats, 200, overrides)
+            r = ut.measure(case, k, dtype == "bf16", repeats, min_steps, overrides)
             r["variant"] = name
             RESULTS["variants"].append(r)
             log(f"variant {case} {dtype} K={k} {name}: {r['grad_steps_per_s']:.1f} steps/s "
@@ -206,6 +211,8 @@ def main():
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--top", type=int, default=30, help="kernels listed per profile")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--min-steps", type=int, default=200,
+                   help="grad steps per timed repeat of a variant (1: one call, for slow CPU cases)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     log(f"devices {jax.devices()} jax {jax.__version__} impl {sac.impl_options()}")
@@ -236,7 +243,7 @@ def main():
                 ("img84", "bf16", ["s2d+unroll", "s2d+concat+unroll", "s2d+unroll+fp32dense"]),
             ]
         for entry in plan:
-            variants([entry], args.k, args.repeats)
+            variants([entry], args.k, args.repeats, args.min_steps)
             dump()
     dump()
 

@@ -77,8 +77,8 @@ class ImplOptions:
     instead of cuDNN convolutions. None: on a GPU for images of side <= ``CONV_GEMM_MAX_SIDE``
     (H200, batch 64, K = 8: 84x84 fp32 2,498 vs 1,122 grad steps/s, bf16 2,693 vs 2,091;
     256x256 bf16 795 vs 1,118; docs/perf_notes.md, v15), on the CPU at every size (2-core box,
-    fp32, batch 64: 256x256 1.5 vs 27 s per step at K = 1, 1.1 vs 3.2 s at K = 8; 84x84 ~0.1 vs
-    ~0.8 s at K = 1; v16). Decided by ``jax.default_backend()`` when the networks are built."""
+    fp32, batch 64: 256x256 1.2-1.5 vs 26-28 s per step at K = 1, 1.1-1.4 vs 3.2-3.6 s at K = 8;
+    84x84 0.10-0.13 vs 0.72-1.18 s at K = 1; v16). Decided by ``jax.default_backend()`` when the networks are built."""
     concat_online: bool = False
     """Encode obs and next obs in one call of the online (actor's) encoder, batch 2B, and run the
     actor head once over both; the next-obs half is detached (its gradient is exactly zero)."""
