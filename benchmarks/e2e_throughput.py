@@ -22,9 +22,13 @@ batch, 1 env, UTD 1, and the report gives our rate over theirs, measured in the 
     # the headline issue-7 rows on an H200, 4.2 minutes (benchmarks/reports/e2e_h200/run16):
     python benchmarks/e2e_throughput.py --cases sb3_vector,sb3_img256,vector_256envs_evalproc,img256_bf16 \
         --steps 50000 --sb3-steps 1000 --budget-s 200
-    # every issue-7 figure in one run (6.6 minutes on an H200: benchmarks/reports/e2e_h200/run21):
+    # every issue-7 figure in one run (6.3 minutes on an H200: benchmarks/reports/e2e_h200/run31):
     python benchmarks/e2e_throughput.py --cases img256_bf16_evalbg,sb3_img256,vector_64envs_evalproc,sb3_vector,\
-        img84_evalproc,sb3_img84,vector_256envs_evalproc,img256_bf16 --steps 50000 --sb3-steps 1000 --budget-s 470
+        img84_bf16_evalproc_32envs,sb3_img84,vector_256envs_evalproc,img256_bf16 --steps 50000 --sb3-steps 1000 \
+        --budget-s 470
+    # the same with 84x84 fp32 16 envs (run21, run24: 6.2-6.6 minutes): img84_evalproc for the fifth case
+    # 84x84 bf16 with 32 and 64 envs, one process per case (e2e_h200/run32):
+    python benchmarks/e2e_throughput.py --cases img84_bf16_evalproc_32envs --steps 50000 --out DIR
     # the same before the v11 checkpoint/evaluation changes, SB3 peers first (e2e_h200/run18):
     python benchmarks/e2e_throughput.py --cases sb3_vector,sb3_img84,sb3_img256,vector_32envs_evalproc,\
         vector_64envs_evalproc,img256_bf16,img84_evalproc,vector_256envs_evalproc --steps 50000 --sb3-steps 1000 --budget-s 430
