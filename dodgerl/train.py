@@ -848,6 +848,11 @@ def train(
                 record_eval(pending.step, result, pending.evaluated(), pending.meta, t_done)
                 timings["eval"] += time.perf_counter() - t0
 
+        def collect_processes() -> tuple[EvalResult, float]:
+            """The evaluation in flight in the evaluation processes, and when its last worker finished."""
+            result = evaluator.collect()
+            return result, min(evaluator.last_finished, time.perf_counter())
+
         def run_eval() -> None:
             """Evaluate the agent of this step: here, in evaluation processes (``eval_workers``),
             and/or (``eval_in_background``) while training goes on, in which case its row and best/
@@ -873,8 +878,7 @@ def train(
 
                 def wait_sent() -> tuple[EvalResult, float]:
                     sent.result()  # an error sending is raised here
-                    result = evaluator.collect()
-                    return result, min(evaluator.last_finished, time.perf_counter())
+                    return collect_processes()
 
                 def finished() -> bool:  # (a failed send: finished, its error raised by wait)
                     return sent.done() and (sent.exception() is not None or evaluator.finished())
@@ -895,12 +899,8 @@ def train(
                 evaluated = jax.device_put(agent, eval_cpu, may_alias=False)
             if isinstance(evaluator, EvalProcesses):
                 evaluator.submit(evaluated.policy(), eval_key, deterministic)  # from the copy: no second transfer
-
-                def wait() -> tuple[EvalResult, float]:
-                    result = evaluator.collect()
-                    return result, min(evaluator.last_finished, time.perf_counter())
-
-                pending_eval.append(_PendingEval(wait, evaluator.finished, step, lambda: evaluated, meta_now()))
+                pending_eval.append(_PendingEval(collect_processes, evaluator.finished, step,
+                                                 lambda: evaluated, meta_now()))
             elif eval_pool is None:
                 result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), eval_key)
                 record_eval(step, result, agent, meta_now(), time.perf_counter())
