@@ -94,11 +94,15 @@ def utd1_unless_set(overrides: list[str]) -> list[str]:
     return ["train.update_every=1", *overrides]
 
 
+def envs_in_workers(n_envs: int, envs_per_worker: int) -> list[str]:
+    """Overrides for ``n_envs`` training envs stepped by subprocesses of ``envs_per_worker``."""
+    return [f"train.n_envs={n_envs}", f"train.envs_per_worker={envs_per_worker}"]
+
+
 def fast_vec_proc(n_envs: int, envs_per_worker: int, eval_workers: int = 2) -> list[str]:
     """Overrides of the fastest vector setting: ``n_envs`` envs in subprocesses of
     ``envs_per_worker``, the evaluation in ``eval_workers`` background processes."""
-    return FAST_VEC_PROC + [f"train.n_envs={n_envs}", f"train.envs_per_worker={envs_per_worker}",
-                            f"train.eval_workers={eval_workers}"]
+    return FAST_VEC_PROC + envs_in_workers(n_envs, envs_per_worker) + [f"train.eval_workers={eval_workers}"]
 
 
 # name: (config file, overrides, description)
@@ -136,15 +140,12 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "img84_bf16_evalproc": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC + ["agent.bf16_encoder=true"],
                             "as img84_evalproc, bf16 encoder compute"),
     "img84_bf16_evalproc_32envs": ("sac_topdown_cnn_easy.yaml",
-                                   IMG84_EVALPROC + ["agent.bf16_encoder=true", "train.n_envs=32",
-                                                     "train.envs_per_worker=2"],
+                                   IMG84_EVALPROC + ["agent.bf16_encoder=true", *envs_in_workers(32, 2)],
                                    "as img84_bf16_evalproc, 32 envs in 16 processes of 2 (32 gradient steps per call)"),
     "img84_bf16_evalproc_64envs": ("sac_topdown_cnn_easy.yaml",
-                                   IMG84_EVALPROC + ["agent.bf16_encoder=true", "train.n_envs=64",
-                                                     "train.envs_per_worker=4"],
+                                   IMG84_EVALPROC + ["agent.bf16_encoder=true", *envs_in_workers(64, 4)],
                                    "as img84_bf16_evalproc, 64 envs in 16 processes of 4 (64 gradient steps per call)"),
-    "img84_evalproc_32envs": ("sac_topdown_cnn_easy.yaml",
-                              IMG84_EVALPROC + ["train.n_envs=32", "train.envs_per_worker=2"],
+    "img84_evalproc_32envs": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC + envs_in_workers(32, 2),
                               "as img84_evalproc, 32 envs in 16 processes of 2 (32 gradient steps per call)"),
     "vector": ("sac_vector_easy.yaml", ["train.n_envs=16", "train.overlap=true", "train.eval_async_envs=true"],
                "65-dim state, batch 256, 16 in-process envs, overlap"),
@@ -207,13 +208,20 @@ SB3_CASES: dict[str, tuple[str, list[str], str]] = {
                   "Stable-Baselines3 SAC CnnPolicy, 84x84, batch 64, 1 env"),
     "sb3_vector": ("sac_vector_easy.yaml", [], "Stable-Baselines3 SAC MlpPolicy, vector, batch 256, 1 env"),
 }
-# Which of our cases each peer is compared with (same env, image size and batch).
-SB3_PEER_OF = {"sb3_img256": ("img256_bf16", "img256_bf16_evalbg", "img256"),
-               "sb3_img84": ("img84", "img84_evalproc", "img84_bf16", "img84_bf16_evalproc",
-                             "img84_bf16_evalproc_32envs"),
-               "sb3_vector": ("vector_256envs_evalproc", "vector_64envs_evalproc", "vector_32envs_evalproc",
-                              "vector_256envs_grouped", "vector_128envs_grouped", "vector",
-                              "cpu_vector")}
+
+
+def _env_and_batch(config_file: str, overrides: list[str]) -> tuple[str, list[str]]:
+    """What a case and a peer must share to be compared: the config file and the overrides of
+    its env and batch size."""
+    return config_file, sorted(o for o in overrides if o.startswith(("env.", "agent.batch_size=")))
+
+
+def peer_compares(case: str, peer: str) -> bool:
+    """Whether our case ``case`` runs on the env, image size and batch of the SB3 peer ``peer``
+    (derived from both cases' configs, so a new case is compared without being listed)."""
+    file, overrides, _ = CASES[case]
+    peer_file, peer_overrides, _ = SB3_CASES[peer]
+    return _env_and_batch(file, overrides) == _env_and_batch(peer_file, peer_overrides)
 
 
 # The loop's timers split into the breakdown columns (the suite's phases plus checkpoints).
@@ -346,7 +354,7 @@ def sb3_table(peers: list[dict], by_name: dict[str, dict]) -> str:
              "| --- " * 6 + "|"]
     for p in peers:
         # One row per case of ours on the same env, image size and batch that this run measured.
-        for mine in [by_name[c] for c in SB3_PEER_OF[p["case"]] if c in by_name] or [None]:
+        for mine in [r for c, r in by_name.items() if peer_compares(c, p["case"])] or [None]:
             ratio = f"**{mine['env_steps_per_s'] / p['env_steps_per_s']:.0f}x**" if mine else "-"
             lines.append(f"| {p['case']} (SB3 {p['sb3']}, torch {p['torch']}, {p['device']}) "
                          f"| {p['env_steps_per_s']:.1f} | {p['env_steps_timed']} "

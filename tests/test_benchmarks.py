@@ -265,6 +265,19 @@ def test_e2e_cases_split_implementation_options_from_config_overrides():
         e2e_throughput.split_impl(overrides)
 
 
+def test_e2e_cases_are_compared_with_the_sb3_peer_of_their_env_image_size_and_batch():
+    """Each of our end-to-end cases gets the SB3 ratio of exactly the peer on its env, image size
+    and batch, derived from the configs (a hand-kept list had left new cases without one)."""
+    from benchmarks import e2e_throughput as e2e
+
+    peers = {case: [p for p in e2e.SB3_CASES if e2e.peer_compares(case, p)] for case in e2e.CASES}
+    assert peers["img256_bf16_evalbg"] == ["sb3_img256"]
+    assert peers["img84_bf16_evalproc_64envs"] == ["sb3_img84"]
+    assert peers["vector_64envs_evalproc"] == ["sb3_vector"]
+    assert peers["cpu_vector"] == ["sb3_vector"]
+    assert all(len(p) == 1 for p in peers.values()), {c: p for c, p in peers.items() if len(p) != 1}
+
+
 def test_peer_sac_fits_terminal_rewards():
     """The update benchmark's peer (benchmarks/minimal_sac.py) is a working SAC: on transitions
     that all terminate, the critic target is the reward itself, so its critic loss must fall."""
