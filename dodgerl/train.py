@@ -861,64 +861,62 @@ def train(
             finish_eval()  # at most one in flight: rows stay in step order
             key, eval_key = jax.random.split(key)
             deterministic = tc.eval_deterministic
-            if send_pool is not None:
+            t0 = time.perf_counter()
+            if tc.eval_in_background:
                 # Nothing is waited for here: the agent of this step is copied on its device by
-                # the dispatch thread, in order with the updates (no drain), and the send thread
-                # moves the copy to the CPU and sends its policy to the workers while the loop goes
-                # on (before v17 this took ~110-150 ms of the loop per evaluation at 84x84).
-                t0 = time.perf_counter()
+                # the dispatch thread, in order with the updates (no drain; the next update
+                # donates the agent's buffers, not the copy's), and a background thread moves the
+                # copy to the CPU (unless ``eval_on_device``) and sends its policy to the
+                # evaluation processes, or evaluates it itself, while the loop goes on (the
+                # drain and the copy held the loop ~110-150 ms per evaluation at 84x84 before v17,
+                # ~20 ms per 1000 env steps at 256x256 before v18).
                 copied = on_device(lambda: _copy_tree(agent))
 
-                def send() -> Any:
-                    evaluated = jax.device_put(copied.result(), eval_cpu, may_alias=False)
-                    evaluator.submit(evaluated.policy(), eval_key, deterministic)
-                    return evaluated
+                def evaluated_copy() -> Any:
+                    return copied.result() if eval_cpu is None else _moved(copied.result(), eval_cpu)
 
-                sent = send_pool.submit(send)
+                if send_pool is not None:
+                    def send() -> Any:
+                        evaluated = evaluated_copy()
+                        evaluator.submit(evaluated.policy(), eval_key, deterministic)
+                        return evaluated
 
-                def wait_sent() -> tuple[EvalResult, float]:
-                    sent.result()  # an error sending is raised here
-                    return collect_processes()
+                    sent = send_pool.submit(send)
 
-                def finished() -> bool:  # (a failed send: finished, its error raised by wait)
-                    return sent.done() and (sent.exception() is not None or evaluator.finished())
+                    def wait_sent() -> tuple[EvalResult, float]:
+                        sent.result()  # an error sending is raised here
+                        return collect_processes()
 
-                pending_eval.append(_PendingEval(wait_sent, finished, step, sent.result, meta_now()))
+                    def finished() -> bool:  # (a failed send: finished, its error raised by wait)
+                        return sent.done() and (sent.exception() is not None or evaluator.finished())
+
+                    pending_eval.append(_PendingEval(wait_sent, finished, step, sent.result, meta_now()))
+                else:
+                    def job() -> tuple[EvalResult, float, Any]:
+                        evaluated = evaluated_copy()
+                        copy_key = eval_key if eval_cpu is None else _moved(eval_key, eval_cpu)
+                        result = evaluator.run(lambda o, k: evaluated.act(o, k, deterministic=deterministic),
+                                               copy_key)
+                        return result, time.perf_counter(), evaluated
+
+                    future = eval_pool.submit(job)
+                    pending_eval.append(_PendingEval(lambda: future.result()[:2], future.done, step,
+                                                     lambda: future.result()[2], meta_now()))
                 timings["eval"] += time.perf_counter() - t0
                 return
             drain()
-            t0 = time.perf_counter()
-            # A copy of the agent when the evaluation outlives this call (the next update donates
-            # the agent's buffers); on the CPU, where a thread can act on it without queueing behind
-            # the accelerator's updates, unless ``eval_on_device`` keeps it on the training device
-            # (a computed copy: new buffers whatever the backend does with a same-device put).
-            evaluated = agent
-            if tc.eval_in_background and tc.eval_on_device:
-                evaluated = _copy_tree(agent)
-            elif tc.eval_in_background:
-                evaluated = jax.device_put(agent, eval_cpu, may_alias=False)
             if isinstance(evaluator, EvalProcesses):
-                evaluator.submit(evaluated.policy(), eval_key, deterministic)  # from the copy: no second transfer
+                evaluator.submit(agent.policy(), eval_key, deterministic)
                 pending_eval.append(_PendingEval(collect_processes, evaluator.finished, step,
-                                                 lambda: evaluated, meta_now()))
-            elif eval_pool is None:
+                                                 lambda: agent, meta_now()))
+                timings["eval"] += time.perf_counter() - t0
+                finish_eval()  # before the next update donates the agent best/ may save
+            else:
                 result = evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), eval_key)
                 record_eval(step, result, agent, meta_now(), time.perf_counter())
-            else:
-                copy_key = eval_key.copy() if tc.eval_on_device else jax.device_put(
-                    eval_key, eval_cpu, may_alias=False)
+                timings["eval"] += time.perf_counter() - t0
 
-                def job() -> tuple[EvalResult, float]:
-                    result = evaluator.run(lambda o, k: evaluated.act(o, k, deterministic=deterministic), copy_key)
-                    return result, time.perf_counter()
-
-                future = eval_pool.submit(job)
-                pending_eval.append(_PendingEval(future.result, future.done, step, lambda: evaluated, meta_now()))
-            timings["eval"] += time.perf_counter() - t0
-            if not tc.eval_in_background:
-                finish_eval()
-
-        if send_pool is not None:
+        if tc.eval_in_background:
             # Compiled now, beside the warm-up: at the first evaluation its compilation held the
             # dispatch thread, and so the loop's next act, ~0.3 s (84x84, H200).
             on_device(lambda: _copy_tree(agent))
@@ -1129,6 +1127,14 @@ def _cpu_device() -> Any:
             "train.eval_in_background evaluates a copy of the agent on the CPU, but this JAX has "
             f"no CPU backend (JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS')!r}: {e}); set "
             "train.eval_on_device=true or let JAX_PLATFORMS include cpu") from e
+
+
+def _moved(tree: Any, device: Any) -> Any:
+    """``tree`` on ``device``: ``tree`` itself where it is there already (a copy the caller owns),
+    else new buffers there."""
+    if all(leaf.devices() == {device} for leaf in jax.tree_util.tree_leaves(tree)):
+        return tree
+    return jax.device_put(tree, device, may_alias=False)
 
 
 @jax.jit

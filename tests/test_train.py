@@ -163,12 +163,17 @@ def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path
     processes (in the background or waited for), and a background evaluation of a copy kept on
     the training device give the run that stepping and evaluating
     everything in this process gives: same episodes, losses, evaluations, best/ checkpoint and
-    GIFs of the best policy; a resumed run too."""
+    GIFs of the best policy; a resumed run too. Each background evaluation also with the loop's
+    device calls on the dispatch thread, which then makes the evaluated copy of the agent in
+    order with the updates while the loop goes on."""
     outcomes = []
+    background = [{"eval_in_background": True}, {"eval_workers": 2, "eval_in_background": True},
+                  {"eval_in_background": True, "eval_on_device": True}]
     for i, switches in enumerate([{}, {"async_envs": True, "envs_per_worker": 2,
                                        "eval_async_envs": True, "eval_in_background": True},
                                   {"eval_workers": 2, "eval_in_background": True}, {"eval_workers": 3},
-                                  {"eval_in_background": True, "eval_on_device": True, "eval_async_envs": True}]):
+                                  {"eval_in_background": True, "eval_on_device": True, "eval_async_envs": True},
+                                  *({**b, "dispatch_thread": True} for b in background)]):
         raw = tiny_raw("vector", total=200, n_envs=4, eval_episodes=3, eval_freq=40, **switches)
         raw["env"]["level"] = 2  # episodes end within the run
         # Batches drawn on the loop's thread (the mirror), not by prefetching sampler threads,
