@@ -608,6 +608,26 @@ def train(
         # After the restore: Orbax lists the steps on disk when it opens them.
         checkpoints = RunCheckpoints(run_dir, tc.keep_checkpoints)
         cleanup.callback(checkpoints.close)
+        # Every Orbax call of the run is made by this thread, in order (the manager is not made
+        # for calls from two threads): the periodic checkpoints and best/ are saved from copies
+        # of the agent while the loop goes on (shut down before the manager is closed).
+        saver = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        cleanup.callback(saver.shutdown)
+        saves: collections.deque[Future] = collections.deque()  # submitted to ``saver``, not yet observed
+
+        def on_saver(fn: Callable[[], Any]) -> Future:
+            future = saver.submit(fn)
+            saves.append(future)
+            return future
+
+        def check_saves(wait: bool = False) -> None:
+            """Raise the error of a failed save, if any: of a finished job of ``saver`` (all of
+            them, waited for, with ``wait``), or of Orbax's background writes while ``saver`` is
+            idle."""
+            while saves and (wait or saves[0].done()):
+                saves.popleft().result()
+            if not saves:  # (``saver`` is idle: no other Orbax call of ours is being made)
+                checkpoints.check_for_errors()
 
         single_obs_space = envs.single_observation_space
         frame_shape = single_frames(np.zeros(single_obs_space.shape, single_obs_space.dtype)[None], ec).shape[1:]
@@ -719,15 +739,21 @@ def train(
             timings["update"] += time.perf_counter() - t0
 
         def save_checkpoint(wait: bool = True) -> None:
-            """Commit the replay and save the latest checkpoint (``wait=False``: written in the
-            background, complete by the next save or the end of the run)."""
+            """Commit the replay and save the latest checkpoint (``wait=False``: saved in the
+            background from a copy of the agent, complete by the next save or the end of the
+            run)."""
             finish_eval()  # a checkpoint's best_eval and eval.csv cover every evaluation up to it
-            drain()
             t0 = time.perf_counter()
             # The buffer is never behind the agent that learned from it; the checkpoint keeps the
             # header of this commit, so a resume from it can rewind the buffer to it.
             replay_header = replay.commit()
-            checkpoints.save(step, agent, {**meta_now(), "replay_header": replay_header}, wait=wait)
+            meta = {**meta_now(), "replay_header": replay_header}
+            # The agent of this step, copied on its device by the dispatch thread in order with
+            # the updates (no drain); Orbax moves the copy to the host on ``saver``, not here.
+            copied = on_device(lambda: _copy_tree(agent))
+            on_saver(lambda: checkpoints.save(meta["step"], copied.result(), meta, wait=wait))
+            if wait:
+                check_saves(wait=True)
             timings["checkpoint"] += time.perf_counter() - t0
 
         pending_calls = 0  # vector steps collected since the last update call (after warm-up)
@@ -830,7 +856,13 @@ def train(
             last_eval[0] = row["mean_return"]
             if best_eval is None or row["mean_return"] > best_eval:
                 best_eval = row["mean_return"]
-                checkpoints.save_best(eval_step, evaluated, {**meta, "best_eval": best_eval})
+                # Saved by ``saver`` from ``evaluated``: a copy of the agent when the evaluation
+                # ran in the background; else the agent itself, which the next update donates,
+                # so that save is waited for.
+                saved = on_saver(functools.partial(checkpoints.save_best, eval_step, evaluated,
+                                                   {**meta, "best_eval": best_eval}))
+                if not tc.eval_in_background:
+                    saved.result()
                 video = run_dir / "videos" / f"best_step{eval_step}.gif"
                 if tc.video and isinstance(evaluator, EvalProcesses):
                     evaluator.write_video(video)  # the worker holding the frames writes it
@@ -1010,7 +1042,7 @@ def train(
                         **{k: float(metrics[k]) for k in _METRIC_FIELDS if k in metrics},
                     }
                     progress_log.write(row)
-                    checkpoints.check_for_errors()  # a failed background save stops the run now
+                    check_saves()  # a failed background save stops the run now
                     recent_returns.clear()
                     recent_lengths.clear()
                     if pending_eval and pending_eval[0].finished():

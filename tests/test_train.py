@@ -166,6 +166,11 @@ def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path
     GIFs of the best policy; a resumed run too. Each background evaluation also with the loop's
     device calls on the dispatch thread, which then makes the evaluated copy of the agent in
     order with the updates while the loop goes on."""
+    import jax
+    import numpy as np
+
+    from dodgerl.evaluate import load_agent
+
     outcomes = []
     background = [{"eval_in_background": True}, {"eval_workers": 2, "eval_in_background": True},
                   {"eval_in_background": True, "eval_on_device": True}]
@@ -188,15 +193,21 @@ def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path
         evals = read_csv(run_dir / "eval.csv")
         best = [int(p.name) for p in (run_dir / "best").iterdir() if p.name.isdigit()]
         videos = sorted((p.name, p.read_bytes()) for p in (run_dir / "videos").glob("*.gif"))
+        # best/ is saved from the evaluated copy, on the checkpoint thread: the same parameters
+        best_params = [np.asarray(x) for x in jax.tree_util.tree_leaves(
+            (lambda a: (a.actor.params, a.critic.params))(load_agent(run_dir, which="best").agent))]
         outcomes.append((
             [(r["step"], r["episodes"], r["train_return"], r["critic_loss"]) for r in progress],
             [(r["step"], r["mean_return"], r["min_return"], r["mean_length"]) for r in evals],
             sorted(best),
             videos,
+            best_params,
         ))
     for outcome in outcomes[1:]:
-        assert outcome == outcomes[0]
-    progress, evals, best, videos = outcomes[0]
+        assert outcome[:4] == outcomes[0][:4]
+        for a, b in zip(outcome[4], outcomes[0][4], strict=True):
+            np.testing.assert_array_equal(a, b)
+    progress, evals, best, videos, _ = outcomes[0]
     assert len(videos) >= 2  # a GIF for each improvement of the best, the same from every variant
     assert [int(r[0]) for r in evals] == list(range(40, 321, 40))
     returns = [float(r[1]) for r in evals]
@@ -581,6 +592,36 @@ def test_a_jax_without_cpu_backend_trains_and_background_cpu_evaluation_says_why
                                "--results-dir", str(tmp_path / "bg")]) != 0
     assert re.search("eval_in_background.*no CPU backend.*eval_on_device", capsys.readouterr().err)
     assert all(not read_csv(p) for p in (tmp_path / "bg").rglob("progress.csv"))  # stopped before training
+
+
+def test_a_save_failing_on_the_checkpoint_thread_stops_the_run_at_the_next_progress_row(tmp_path, monkeypatch):
+    """Periodic checkpoints are saved by the checkpoint thread while the loop goes on; one that
+    fails there (before Orbax even starts writing) stops the run at one of the loop's next
+    progress rows (the first after the thread has run), with the error, not at the end, and the
+    checkpoint before it stays complete."""
+    import threading
+
+    from dodgerl.checkpoint import RunCheckpoints
+
+    original, threads = RunCheckpoints.save, []
+
+    def fail_at_200(self, step, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        if step == 200:
+            raise OSError("no space left (injected)")
+        return original(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(RunCheckpoints, "save", fail_at_200)
+    config = write_config(tmp_path, tiny_raw("vector", total=400, eval_freq=0, checkpoint_freq=100,
+                                             log_freq=20))
+    results = tmp_path / "r"
+    with pytest.raises(OSError, match="no space left"):
+        cli_main("vector", ["--config", str(config), "--results-dir", str(results)])
+    run_dir = only_run_dir(results)
+    steps = [int(r["step"]) for r in read_csv(run_dir / "progress.csv")]
+    assert steps and 200 <= steps[-1] <= 260  # a row or three after the failed save, not the end (400)
+    assert threads and all(name.startswith("checkpoint") for name in threads)
+    assert [int(p.name) for p in complete_checkpoints(run_dir / "checkpoints")] == [100]
 
 
 def test_a_failed_background_save_stops_the_run_at_the_next_progress_row(tmp_path, monkeypatch):
