@@ -43,6 +43,9 @@ batch, 1 env, UTD 1, and the report gives our rate over theirs, measured in the 
     # how 64 / 128 / 256 envs learn (benchmarks/reports/e2e_h100/learning_n_envs), per mode:
     python benchmarks/e2e_throughput.py --cases "" --learning-seeds 0,1,2,3,4,5,6,7,8,9 \
         --learning-modes fast256 --learning-steps 100000 --learning-eval-freq 10000 --learning-parallel 5
+    # does the 84x84 fast setting learn like the shipped DrQ-style config? (e2e_h200/learning_img84)
+    python benchmarks/e2e_throughput.py --cases "" --learning-seeds 0,1,2 --learning-modes drq84,drq84_fast32 \
+        --learning-steps 150000 --learning-eval-freq 10000 --learning-parallel 6 --learning-timeout-s 420
     python benchmarks/e2e_throughput.py --cases img256,img84,vector --steps 50000 --out DIR
     python benchmarks/e2e_throughput.py --cases cpu_vector --steps 20000       # 2-core CPU
 
@@ -388,16 +391,66 @@ LEARNING_MODES = {
 # Modes that do not name an update schedule make an update call per vector-env step (UTD 1).
 LEARNING_MODES = {mode: utd1_unless_set(overrides) for mode, overrides in LEARNING_MODES.items()}
 
+# Pixel modes: experiments/topdown_sac.py with ``--config`` this file (under configs/) plus the
+# overrides; the modes above run experiments/vector_sac.py with its default config for the level.
+# The DrQ-style config already makes an update call per vector-env step (UTD 1, update_every 1).
+# name: (config file, overrides)
+IMAGE_LEARNING_MODES: dict[str, tuple[str, list[str]]] = {
+    # The shipped 84x84 config as is: 3 stacked frames, random shifts, 16 envs in 16 subprocesses,
+    # fp32, the evaluation in the loop.
+    "drq84": ("sac_topdown_drq84_easy.yaml", []),
+    # The same + the 84x84 fast setting (case img84_bf16_evalproc_32envs): 32 envs in 16
+    # subprocesses of 2 (32 gradient steps per update call), the evaluation in 5 background
+    # processes (CPU JAX), bf16 encoder compute.
+    "drq84_fast32": ("sac_topdown_drq84_easy.yaml",
+                     [*envs_in_workers(32, 2), "train.eval_workers=5", "train.eval_in_background=true",
+                      "agent.bf16_encoder=true"]),
+}
+LEARNING_MODES.update({mode: overrides for mode, (_, overrides) in IMAGE_LEARNING_MODES.items()})
+
 
 LEARNING_COLORS = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast128": "tab:purple",
-                   "fast64": "tab:red", "lag256": "tab:brown", "fast32": "tab:pink"}
+                   "fast64": "tab:red", "lag256": "tab:brown", "fast32": "tab:pink",
+                   "drq84": "tab:blue", "drq84_fast32": "tab:red",
+                   "drq84_h100": "tab:gray"}  # earlier drq84 runs, for reference (e2e_h200/learning_img84)
+# Drawn dashed in the per-seed plot: the shipped settings the other modes are compared with.
+LEARNING_BASELINES = ("plain", "drq84")
+
+
+def learning_obs(modes) -> str:
+    """What the learning modes ``modes`` observe, for plot titles (a mode named after a pixel
+    mode, e.g. drq84_h100 for earlier drq84 runs drawn for reference, observes pixels too)."""
+    image = [any(m == i or m.startswith(f"{i}_") for i in IMAGE_LEARNING_MODES) for m in modes]
+    return "84x84 pixels" if all(image) else "vector obs" if not any(image) else "vector obs and pixels"
+
+
+def learning_command(mode: str, seed: int, steps: int, results: Path, level: int = 1,
+                     eval_freq: int = 5000, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The command line of one learning run: experiments/vector_sac.py (the level's default
+    config) for the vector modes, experiments/topdown_sac.py with the mode's config file for the
+    pixel modes; then the mode's overrides and ``extra`` (e.g. a short smoke run's)."""
+    root = Path(__file__).resolve().parents[1]
+    image = IMAGE_LEARNING_MODES.get(mode)
+    cmd = [sys.executable, str(root / "experiments" / ("topdown_sac.py" if image else "vector_sac.py")),
+           "--level", str(level), "--seed", str(seed), "--total-timesteps", str(steps),
+           "--results-dir", str(results)]
+    if image:
+        cmd += ["--config", str(CONFIGS / image[0])]
+    cmd += ["--set", "train.progress_bar=false", "--set", f"train.eval_freq={eval_freq}",
+            "--set", "train.video=false"]
+    for o in [*LEARNING_MODES[mode], *extra]:
+        cmd += ["--set", o]
+    return cmd
 
 
 def learning(out: Path, seeds: list[int], steps: int, level: int = 1, modes: list[str] | None = None,
-             eval_freq: int = 5000, parallel: int | None = None, timeout_s: float | None = None) -> dict:
-    """Eval curves of the plain loop and the fast path(s), vector obs, runs in parallel processes
-    (at most ``parallel`` at a time). Runs still going ``timeout_s`` after the start get SIGTERM
-    (they checkpoint and stop): their curves end where they were."""
+             eval_freq: int = 5000, parallel: int | None = None, timeout_s: float | None = None,
+             extra: list[str] | tuple[str, ...] = (), grace_s: float = 90.0) -> dict:
+    """Eval curves of the learning modes (the plain loop and the fast path(s), vector obs or
+    pixels: ``learning_command``), runs in parallel processes (at most ``parallel`` at a time),
+    ``extra`` overrides for every run. Runs still going ``timeout_s`` after the start get SIGTERM
+    (they checkpoint and stop): their curves end where they were (``steps_reached``); one still
+    going ``grace_s`` after that is killed, so learning.json is always written."""
     import signal
     import subprocess
 
@@ -407,17 +460,11 @@ def learning(out: Path, seeds: list[int], steps: int, level: int = 1, modes: lis
     modes = list(LEARNING_MODES) if modes is None else modes
     procs = []
     for mode in modes:
-        overrides = LEARNING_MODES[mode]
         for seed in seeds:
             while parallel is not None and sum(p[3].poll() is None for p in procs) >= parallel:
                 time.sleep(1)
             results = out / "learning" / mode / f"seed{seed}"
-            cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "vector_sac.py"),
-                   "--level", str(level), "--seed", str(seed), "--total-timesteps", str(steps),
-                   "--results-dir", str(results), "--set", "train.progress_bar=false",
-                   "--set", f"train.eval_freq={eval_freq}", "--set", "train.video=false"]
-            for o in overrides:
-                cmd += ["--set", o]
+            cmd = learning_command(mode, seed, steps, results, level=level, eval_freq=eval_freq, extra=extra)
             log = (out / "learning" / f"{mode}_seed{seed}.log")
             log.parent.mkdir(parents=True, exist_ok=True)
             procs.append((mode, seed, results, subprocess.Popen(cmd, stdout=log.open("w"),
@@ -427,6 +474,13 @@ def learning(out: Path, seeds: list[int], steps: int, level: int = 1, modes: lis
             for p in procs:
                 if p[3].poll() is None:
                     p[3].send_signal(signal.SIGTERM)
+            stop_by = time.perf_counter() + grace_s
+            while any(p[3].poll() is None for p in procs) and time.perf_counter() < stop_by:
+                time.sleep(1)
+            for p in procs:
+                if p[3].poll() is None:
+                    print(f"{p[0]} seed {p[1]}: still going {grace_s:.0f} s after SIGTERM, killed", flush=True)
+                    p[3].kill()
             break
         time.sleep(1)
     curves: dict = {}
@@ -438,13 +492,21 @@ def learning(out: Path, seeds: list[int], steps: int, level: int = 1, modes: lis
             continue
         rows = read_csv(runs[-1])
         prog = read_csv(runs[-1].parent / "progress.csv")
+        # Env steps done: the last progress row, or the checkpoint a stopped run saved after it.
+        reached = [int(prog[-1]["step"])] if prog else []
+        reached += [int(d.name) for d in runs[-1].parent.glob("checkpoints/*") if d.name.isdigit()]
         curves.setdefault(mode, {})[seed] = {
             "eval": [(int(r["step"]), float(r["mean_return"])) for r in rows],
             "wall_s": float(prog[-1]["wall_time_s"]) if prog else None,
+            "steps_reached": max(reached, default=None),
+            "exit": rc,
         }
         for big in runs[-1].parent.glob("replay"):
             shutil.rmtree(big, ignore_errors=True)
-    (out / "learning.json").write_text(json.dumps({"modes": {m: LEARNING_MODES[m] for m in modes}, "level": level,
+    configs = {m: IMAGE_LEARNING_MODES[m][0] if m in IMAGE_LEARNING_MODES else f"vector_sac.py level {level}"
+               for m in modes}
+    (out / "learning.json").write_text(json.dumps({"modes": {m: LEARNING_MODES[m] for m in modes}, "configs": configs,
+                                                   "extra": list(extra), "level": level,
                                                    "steps": steps, "curves": curves}, indent=1))
     return curves
 
@@ -461,19 +523,20 @@ def plot_learning(json_path: Path, png: Path) -> str:
     colors = LEARNING_COLORS
     curves = {mode: {seed: c for seed, c in per_seed.items() if "eval" in c}
               for mode, per_seed in data["curves"].items()}
-    first = next(c for per_seed in curves.values() for c in per_seed.values())
+    # Columns: the evaluations of the longest run (runs stopped by --learning-timeout-s end early).
+    first = max((c for per_seed in curves.values() for c in per_seed.values()), key=lambda c: len(c["eval"]))
     rows = ["| mode | seed | " + " | ".join(str(s) for s, _ in first["eval"]) + " | wall s |"]
     rows.append("| --- " * (len(rows[0].split("|")) - 2) + "|")
     for mode, per_seed in curves.items():
         for seed, c in sorted(per_seed.items()):
             steps, rets = zip(*c["eval"])
             ax.plot(steps, rets, color=colors.get(mode), alpha=0.8, marker="o", ms=3,
-                    label=f"{mode} (seed {seed})", linestyle="--" if mode == "plain" else "-")
-            rows.append(f"| {mode} | {seed} | " + " | ".join(f"{r:.0f}" for r in rets)
-                        + f" | {c['wall_s']:.0f} |")
+                    label=f"{mode} (seed {seed})", linestyle="--" if mode in LEARNING_BASELINES else "-")
+            cells = [f"{r:.0f}" for r in rets] + ["-"] * (len(first["eval"]) - len(rets))
+            rows.append(f"| {mode} | {seed} | " + " | ".join(cells) + f" | {c['wall_s']:.0f} |")
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval mean return (10 episodes)")
-    ax.set_title(f"vector obs, level {data['level']}: {' vs '.join(curves)}, same config and seeds")
+    ax.set_title(f"{learning_obs(curves)}, level {data['level']}: {' vs '.join(curves)}, same config and seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -494,11 +557,12 @@ def plot_learning_summary(json_paths: list[Path], png: Path) -> str:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     rows = ["| mode | runs | best eval per run (sorted) | median best | runs >= 900 | median curve at 10K, 20K, ... |",
             "| --- | --- | --- | --- | --- | --- |"]
-    level = None
+    level, modes = None, []
     for path in json_paths:
         data = json.loads(Path(path).read_text())
         level = data["level"]
         for mode, per_seed in data["curves"].items():
+            modes.append(mode)
             runs = [c["eval"] for c in per_seed.values() if "eval" in c]
             # Evaluations fall on the first log after each multiple of the eval frequency: bucket
             # them by that multiple so runs with different env counts share an x axis.
@@ -515,7 +579,7 @@ def plot_learning_summary(json_paths: list[Path], png: Path) -> str:
     ax.axhline(900, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval mean return (10 episodes)")
-    ax.set_title(f"vector obs, level {level}: median over seeds, min-max band")
+    ax.set_title(f"{learning_obs(modes)}, level {level}: median over seeds, min-max band")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -599,14 +663,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the runs go while they run (default: OUT/runs)")
     parser.add_argument("--learning-seeds", default="",
-                        help="comma-separated seeds: also run the plain-vs-fast vector learning "
-                        "comparison (level 1), all runs in parallel, before the throughput cases")
+                        help="comma-separated seeds: also run the learning comparison of "
+                        "--learning-modes (vector or pixel), in parallel, before the throughput cases")
     parser.add_argument("--learning-steps", type=int, default=60_000)
     parser.add_argument("--learning-modes", default=",".join(LEARNING_MODES),
                         help=f"comma-separated, from: {', '.join(LEARNING_MODES)}")
     parser.add_argument("--learning-eval-freq", type=int, default=5000)
     parser.add_argument("--learning-level", type=int, default=1, choices=(1, 2, 3),
-                        help="level of the learning runs (vector_sac.py's config for it)")
+                        help="level of the learning runs (vector modes: vector_sac.py's config for "
+                        "it; pixel modes: their own config file, with env.level set to it)")
+    parser.add_argument("--learning-set", dest="learning_extra", action="append", default=[],
+                        help="extra override for every learning run, after the mode's, e.g. "
+                        "train.learning_starts=500 for a smoke run")
     parser.add_argument("--learning-timeout-s", type=float, default=None,
                         help="SIGTERM learning runs still going after this many seconds")
     parser.add_argument("--learning-parallel", type=int, default=None,
@@ -642,11 +710,12 @@ def main(argv: list[str] | None = None) -> int:
     peers: list[dict] = []
     t_start = time.perf_counter()
     if seeds:
-        print(f"== learning: {args.learning_modes}, vector level {args.learning_level}, seeds {seeds}",
-              flush=True)
+        print(f"== learning: {','.join(learning_modes)}, {learning_obs(learning_modes)}, level "
+              f"{args.learning_level}, seeds {seeds}", flush=True)
         curves = learning(args.out, seeds, args.learning_steps, level=args.learning_level,
                           modes=learning_modes, eval_freq=args.learning_eval_freq,
-                          parallel=args.learning_parallel, timeout_s=args.learning_timeout_s)
+                          parallel=args.learning_parallel, timeout_s=args.learning_timeout_s,
+                          extra=args.learning_extra)
         for mode, per_seed in curves.items():
             for seed, c in per_seed.items():
                 print(mode, seed, c, flush=True)

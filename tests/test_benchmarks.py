@@ -251,6 +251,51 @@ def test_learning_summary_buckets_evals_and_counts_runs_reaching_900(tmp_path):
     assert (tmp_path / "summary.png").stat().st_size > 10_000
 
 
+def test_learning_modes_run_the_script_and_config_of_their_observations(tmp_path):
+    """Pixel learning modes run topdown_sac.py on the DrQ-style 84x84 config with the mode's
+    overrides (checked on the config the script's own parser and config reader build); vector
+    modes still run vector_sac.py on the level's default config."""
+    from pathlib import Path
+
+    from benchmarks import e2e_throughput as e2e
+    from dodgerl.cli import build_parser, default_config
+    from dodgerl.config import apply_overrides, config_from_dict, read_yaml
+
+    def config_of(cmd):  # as dodgerl.cli.main builds it
+        kind = {"topdown_sac.py": "topdown", "vector_sac.py": "vector"}[Path(cmd[1]).name]
+        args = build_parser("").parse_args(cmd[2:])
+        raw = read_yaml(args.config or default_config(kind, args.level))
+        raw.setdefault("env", {})["level"], raw["seed"] = args.level, args.seed
+        return Path(cmd[1]).name, args, config_from_dict(apply_overrides(raw, args.overrides))
+
+    smoke = ["train.learning_starts=500"]
+    script, args, shipped = config_of(e2e.learning_command("drq84", 2, 150_000, tmp_path / "a", eval_freq=10_000))
+    assert script == "topdown_sac.py" and args.config.name == "sac_topdown_drq84_easy.yaml"
+    assert (args.seed, args.total_timesteps, args.results_dir) == (2, 150_000, tmp_path / "a")
+    script, args, fast = config_of(e2e.learning_command("drq84_fast32", 2, 150_000, tmp_path / "b",
+                                                        eval_freq=10_000, extra=smoke))
+    assert script == "topdown_sac.py" and args.config.name == "sac_topdown_drq84_easy.yaml"
+    assert args.overrides[-1] == "train.learning_starts=500"  # a smoke run's extras come last
+    for c in (shipped, fast):
+        assert (c.env.obs_mode, c.env.image_size, c.env.frame_stack, c.agent.augmentation) == ("topdown", 84, 3, True)
+        assert (c.train.utd, c.train.update_every, c.train.eval_freq, c.train.video) == (1, 1, 10_000, False)
+    assert (shipped.train.n_envs, shipped.train.envs_per_worker, shipped.train.eval_workers) == (16, 1, 0)
+    assert not shipped.train.eval_in_background and not shipped.agent.bf16_encoder
+    assert shipped.train.learning_starts == 5000
+    assert (fast.train.n_envs, fast.train.envs_per_worker, fast.train.eval_workers) == (32, 2, 5)
+    assert fast.train.eval_in_background and fast.agent.bf16_encoder and fast.train.learning_starts == 500
+
+    script, args, plain = config_of(e2e.learning_command("plain", 0, 100_000, tmp_path / "c", level=2))
+    assert script == "vector_sac.py" and args.config is None and plain.env.obs_mode == "vector"
+    assert plain.env.level == 2 and not plain.train.overlap and plain.train.update_every == 1
+    assert config_of(e2e.learning_command("fast256", 0, 100_000, tmp_path / "d"))[2].train.n_envs == 256
+    assert e2e.learning_obs(["drq84", "drq84_fast32"]) == "84x84 pixels"
+    assert e2e.learning_obs(["plain", "fast256"]) == "vector obs"
+    assert e2e.learning_obs(["drq84", "drq84_h100"]) == "84x84 pixels"
+    assert e2e.learning_obs(["plain", "drq84"]) == "vector obs and pixels"
+    assert all(m in e2e.LEARNING_COLORS for m in e2e.IMAGE_LEARNING_MODES)
+
+
 def test_e2e_cases_split_implementation_options_from_config_overrides():
     from benchmarks import e2e_throughput
 
