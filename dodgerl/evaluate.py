@@ -31,7 +31,8 @@ import numpy as np
 
 from dodgerl.checkpoint import WHICH, CheckpointError, find_checkpoint, restore
 from dodgerl.config import ConfigError, EnvConfig, RunConfig
-from dodgerl.train import EvalResult, Evaluator, load_run_config, make_env, write_gif
+from dodgerl.gif import write_gif
+from dodgerl.train import EvalResult, Evaluator, load_run_config, make_env
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,6 @@ import contextlib
 import csv
 import dataclasses
 import functools
-import math
 import multiprocessing
 import os
 import pickle
@@ -41,6 +40,7 @@ from dodgerl.checkpoint import (BEST_DIR, CheckpointError, RunCheckpoints, compl
                                 read_meta, resolve_resume, restore_first_good, set_aside_after)
 from dodgerl.config import (ConfigError, EnvConfig, RunConfig, config_from_dict, read_yaml,
                             save_config)
+from dodgerl.gif import GifProcess, write_gif_or_warn
 
 PROGRESS_FIELDS = (
     "step", "episodes", "updates", "train_return", "train_length", "critic_loss", "actor_loss",
@@ -367,13 +367,6 @@ class EvalProcesses:
             conn.close()
 
 
-def _write_gif_or_warn(frames: list[np.ndarray], path: Path) -> None:
-    try:
-        write_gif(frames, path)
-    except Exception as e:  # a missing GIF must not stop the evaluations, let alone training
-        print(f"could not write the GIF {path}: {e!r}", file=sys.stderr, flush=True)
-
-
 EVAL_WORKER_NICENESS = 15
 """How much lower the evaluation processes' scheduling priority is than the training process's."""
 
@@ -410,7 +403,7 @@ def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, rec
                 break
             if kind == "video":
                 if frames:
-                    writer.submit(_write_gif_or_warn, frames, payload)
+                    writer.submit(write_gif_or_warn, frames, payload)
                 continue
             policy, key, worker, deterministic = payload
             policy = jax.device_put(pickle.loads(policy))
@@ -435,18 +428,6 @@ def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, rec
         if evaluator is not None:
             evaluator.close()
         conn.close()
-
-
-def write_gif(frames: list[np.ndarray], path: Path, fps: int = 30, max_frames: int = 400) -> None:
-    """Write an animated GIF (every n-th frame so that at most ``max_frames`` are kept)."""
-    from PIL import Image  # Pillow: installed with matplotlib, a core dependency
-
-    stride = max(1, math.ceil(len(frames) / max_frames))
-    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames[::stride]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.gif")
-    images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 * stride / fps), loop=0)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -830,8 +811,8 @@ def train(
                 # device goes from one to the next without waiting for this thread.
                 wait_update(keep=1)
 
-        gif_pool = ThreadPoolExecutor(1, thread_name_prefix="gif")
-        cleanup.callback(gif_pool.shutdown)  # waits for the GIFs asked for
+        gifs = GifProcess()  # started at the first GIF
+        cleanup.callback(gifs.close)  # waits for the GIFs asked for
         eval_pool = (ThreadPoolExecutor(1, thread_name_prefix="eval")
                      if tc.eval_in_background and not tc.eval_workers else None)
         if eval_pool is not None:
@@ -867,9 +848,9 @@ def train(
                 if tc.video and isinstance(evaluator, EvalProcesses):
                     evaluator.write_video(video)  # the worker holding the frames writes it
                 elif tc.video and result.frames:
-                    # Encoding takes ~1 s at 256x256, in a thread beside the loop (finished
-                    # before the run returns); a GIF that cannot be written is reported, not raised.
-                    gif_pool.submit(_write_gif_or_warn, result.frames, video)
+                    # Encoding takes ~1 s at 256x256, in a process of its own (finished before
+                    # the run returns); a GIF that cannot be written is reported, not raised.
+                    gifs.submit(result.frames, video)
 
         def finish_eval() -> None:
             """Wait for the evaluation in flight, if any, and log it."""
@@ -905,7 +886,7 @@ def train(
                 copied = on_device(lambda: _copy_tree(agent))
 
                 def evaluated_copy() -> Any:
-                    return copied.result() if eval_cpu is None else _moved(copied.result(), eval_cpu)
+                    return _copy_or_moved(copied.result(), eval_cpu)
 
                 if send_pool is not None:
                     def send() -> Any:
@@ -951,7 +932,23 @@ def train(
         if tc.eval_in_background:
             # Compiled now, beside the warm-up: at the first evaluation its compilation held the
             # dispatch thread, and so the loop's next act, ~0.3 s (84x84, H200).
-            on_device(lambda: _copy_tree(agent))
+            warm_copy = on_device(lambda: _copy_tree(agent))
+        if not tc.eval_workers:
+            # The evaluation's act (its batch of eval_episodes observations, on the device it
+            # runs on) compiled now too, by whoever makes the evaluation's calls: traced at the
+            # first evaluation it held the interpreter lock, and the loop's next kilostep ran at
+            # half speed (256x256, H200; docs/perf_notes.md v18). Its own key: the run's are untouched.
+            eval_obs = np.zeros((tc.eval_episodes, *single_obs_space.shape), single_obs_space.dtype)
+
+            def warm_act(policy_of: Any, device: Any) -> None:
+                warm_key = jax.random.PRNGKey(0)
+                warm_key = warm_key if device is None else _moved(warm_key, device)
+                policy_of.act(eval_obs, warm_key, deterministic=tc.eval_deterministic)  # compiled in the call
+
+            if eval_pool is not None:
+                eval_pool.submit(lambda: warm_act(_copy_or_moved(warm_copy.result(), eval_cpu), eval_cpu))
+            else:
+                on_device(lambda: warm_act(agent, None))
         print(f"run directory: {run_dir}", flush=True)
         t_start = time.perf_counter()
         last_eval: list[float | None] = [best_eval]
@@ -1167,6 +1164,11 @@ def _moved(tree: Any, device: Any) -> Any:
     if all(leaf.devices() == {device} for leaf in jax.tree_util.tree_leaves(tree)):
         return tree
     return jax.device_put(tree, device, may_alias=False)
+
+
+def _copy_or_moved(copy: Any, device: Any) -> Any:
+    """A copy of the agent made by ``_copy_tree``, moved to ``device`` (None: left where it is)."""
+    return copy if device is None else _moved(copy, device)
 
 
 @jax.jit

@@ -11,7 +11,8 @@ import pytest
 from flax import struct
 
 from dodgerl.config import EnvConfig
-from dodgerl.train import EvalProcesses, Evaluator, make_env, write_gif
+from dodgerl.gif import write_gif
+from dodgerl.train import EvalProcesses, Evaluator, make_env
 
 
 def row_policy(obs: np.ndarray, key: jax.Array) -> np.ndarray:
