@@ -1,8 +1,11 @@
 """Animated GIFs of evaluation episodes, and a process that encodes them away from the loop.
 
-Encoding a GIF (Pillow quantises every frame) holds the interpreter lock for most of its ~1 s at
-256x256: in a thread of the training process it slowed the loop's next kilostep by ~40% (H200,
-docs/perf_notes.md v18). This module imports only numpy and Pillow, so the encoding process starts
+Encoding a GIF (Pillow quantises every frame) takes ~1 s at 256x256 and holds the interpreter
+lock for much of it: on the 2-core CPU box a busy Python thread ran at 40% of its speed while 400
+frames were encoded beside it. In its own process it takes nothing from the training loop's
+threads but the hand-off of the frames (on the H200 the kilostep after a new best stayed slow
+either way, 669 vs 710 env steps/s: best/'s save, not the GIF, is most of that row;
+docs/perf_notes.md v18). This module imports only numpy and Pillow, so the process starts
 without JAX.
 """
 
