@@ -594,6 +594,18 @@ def test_a_jax_without_cpu_backend_trains_and_background_cpu_evaluation_says_why
     assert all(not read_csv(p) for p in (tmp_path / "bg").rglob("progress.csv"))  # stopped before training
 
 
+def run_until_a_save_error(tmp_path: Path, match: str) -> tuple[Path, list[int]]:
+    """A 400-step vector run with checkpoints every 100 steps and progress rows every 20, which
+    must fail with an OSError matching ``match``: its run directory and progress rows' steps."""
+    config = write_config(tmp_path, tiny_raw("vector", total=400, eval_freq=0, checkpoint_freq=100,
+                                             log_freq=20))
+    results = tmp_path / "r"
+    with pytest.raises(OSError, match=match):
+        cli_main("vector", ["--config", str(config), "--results-dir", str(results)])
+    run_dir = only_run_dir(results)
+    return run_dir, [int(r["step"]) for r in read_csv(run_dir / "progress.csv")]
+
+
 def test_a_save_failing_on_the_checkpoint_thread_stops_the_run_at_the_next_progress_row(tmp_path, monkeypatch):
     """Periodic checkpoints are saved by the checkpoint thread while the loop goes on; one that
     fails there (before Orbax even starts writing) stops the run at one of the loop's next
@@ -612,13 +624,7 @@ def test_a_save_failing_on_the_checkpoint_thread_stops_the_run_at_the_next_progr
         return original(self, step, *args, **kwargs)
 
     monkeypatch.setattr(RunCheckpoints, "save", fail_at_200)
-    config = write_config(tmp_path, tiny_raw("vector", total=400, eval_freq=0, checkpoint_freq=100,
-                                             log_freq=20))
-    results = tmp_path / "r"
-    with pytest.raises(OSError, match="no space left"):
-        cli_main("vector", ["--config", str(config), "--results-dir", str(results)])
-    run_dir = only_run_dir(results)
-    steps = [int(r["step"]) for r in read_csv(run_dir / "progress.csv")]
+    run_dir, steps = run_until_a_save_error(tmp_path, "no space left")
     assert steps and 200 <= steps[-1] <= 260  # a row or three after the failed save, not the end (400)
     assert threads and all(name.startswith("checkpoint") for name in threads)
     assert [int(p.name) for p in complete_checkpoints(run_dir / "checkpoints")] == [100]
@@ -634,10 +640,5 @@ def test_a_failed_background_save_stops_the_run_at_the_next_progress_row(tmp_pat
             raise OSError("disk full (injected)")
 
     monkeypatch.setattr(RunCheckpoints, "check_for_errors", failing)
-    config = write_config(tmp_path, tiny_raw("vector", total=400, eval_freq=0, checkpoint_freq=100,
-                                             log_freq=20))
-    results = tmp_path / "r"
-    with pytest.raises(OSError, match="injected"):
-        cli_main("vector", ["--config", str(config), "--results-dir", str(results)])
-    steps = [int(r["step"]) for r in read_csv(only_run_dir(results) / "progress.csv")]
+    _, steps = run_until_a_save_error(tmp_path, "disk full")
     assert steps and steps[-1] <= 120  # the row at or right after the checkpoint of step 100
