@@ -31,8 +31,7 @@ import numpy as np
 
 from dodgerl.checkpoint import WHICH, CheckpointError, find_checkpoint, restore
 from dodgerl.config import ConfigError, EnvConfig, RunConfig
-from dodgerl.gif import write_gif
-from dodgerl.train import EvalResult, Evaluator, load_run_config, make_env
+from dodgerl.train import EvalResult, Evaluator, load_run_config, make_env, write_gif
 
 
 @dataclasses.dataclass(frozen=True)

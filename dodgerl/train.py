@@ -19,6 +19,7 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import math
 import multiprocessing
 import os
 import pickle
@@ -40,7 +41,6 @@ from dodgerl.checkpoint import (BEST_DIR, CheckpointError, RunCheckpoints, compl
                                 read_meta, resolve_resume, restore_first_good, set_aside_after)
 from dodgerl.config import (ConfigError, EnvConfig, RunConfig, config_from_dict, read_yaml,
                             save_config)
-from dodgerl.gif import GifProcess, write_gif_or_warn
 
 PROGRESS_FIELDS = (
     "step", "episodes", "updates", "train_return", "train_length", "critic_loss", "actor_loss",
@@ -367,6 +367,13 @@ class EvalProcesses:
             conn.close()
 
 
+def _write_gif_or_warn(frames: list[np.ndarray], path: Path) -> None:
+    try:
+        write_gif(frames, path)
+    except Exception as e:  # a missing GIF must not stop the evaluations, let alone training
+        print(f"could not write the GIF {path}: {e!r}", file=sys.stderr, flush=True)
+
+
 EVAL_WORKER_NICENESS = 15
 """How much lower the evaluation processes' scheduling priority is than the training process's."""
 
@@ -403,7 +410,7 @@ def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, rec
                 break
             if kind == "video":
                 if frames:
-                    writer.submit(write_gif_or_warn, frames, payload)
+                    writer.submit(_write_gif_or_warn, frames, payload)
                 continue
             policy, key, worker, deterministic = payload
             policy = jax.device_put(pickle.loads(policy))
@@ -428,6 +435,18 @@ def _eval_worker(conn: Any, env_config: EnvConfig, episodes: int, seed: int, rec
         if evaluator is not None:
             evaluator.close()
         conn.close()
+
+
+def write_gif(frames: list[np.ndarray], path: Path, fps: int = 30, max_frames: int = 400) -> None:
+    """Write an animated GIF (every n-th frame so that at most ``max_frames`` are kept)."""
+    from PIL import Image  # Pillow: installed with matplotlib, a core dependency
+
+    stride = max(1, math.ceil(len(frames) / max_frames))
+    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames[::stride]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.gif")
+    images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 * stride / fps), loop=0)
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -811,8 +830,8 @@ def train(
                 # device goes from one to the next without waiting for this thread.
                 wait_update(keep=1)
 
-        gifs = GifProcess()  # started at the first GIF
-        cleanup.callback(gifs.close)  # waits for the GIFs asked for
+        gif_pool = ThreadPoolExecutor(1, thread_name_prefix="gif")
+        cleanup.callback(gif_pool.shutdown)  # waits for the GIFs asked for
         eval_pool = (ThreadPoolExecutor(1, thread_name_prefix="eval")
                      if tc.eval_in_background and not tc.eval_workers else None)
         if eval_pool is not None:
@@ -848,9 +867,12 @@ def train(
                 if tc.video and isinstance(evaluator, EvalProcesses):
                     evaluator.write_video(video)  # the worker holding the frames writes it
                 elif tc.video and result.frames:
-                    # Encoding takes ~1 s at 256x256, in a process of its own (finished before
-                    # the run returns); a GIF that cannot be written is reported, not raised.
-                    gifs.submit(result.frames, video)
+                    # Encoding takes ~1 s at 256x256, in a thread beside the loop (finished
+                    # before the run returns; Pillow lets go of the interpreter lock often
+                    # enough that a busy thread beside it keeps ~96% of its speed, and a
+                    # process of its own measured no gain: docs/perf_notes.md v18); a GIF that
+                    # cannot be written is reported, not raised.
+                    gif_pool.submit(_write_gif_or_warn, result.frames, video)
 
         def finish_eval() -> None:
             """Wait for the evaluation in flight, if any, and log it."""
@@ -935,9 +957,10 @@ def train(
             warm_copy = on_device(lambda: _copy_tree(agent))
         if not tc.eval_workers:
             # The evaluation's act (its batch of eval_episodes observations, on the device it
-            # runs on) compiled now too, by whoever makes the evaluation's calls: traced at the
-            # first evaluation it held the interpreter lock, and the loop's next kilostep ran at
-            # half speed (256x256, H200; docs/perf_notes.md v18). Its own key: the run's are untouched.
+            # runs on) compiled now too, by whoever makes the evaluation's calls: traced and
+            # compiled at the first evaluation, it slowed the loop's next kilostep to 495-637 env
+            # steps/s from ~1,130 (256x256, H200; 1,116 with this: docs/perf_notes.md v18). Its
+            # own key: the run's keys are untouched.
             eval_obs = np.zeros((tc.eval_episodes, *single_obs_space.shape), single_obs_space.dtype)
 
             def warm_act(policy_of: Any, device: Any) -> None:

@@ -11,8 +11,7 @@ import pytest
 from flax import struct
 
 from dodgerl.config import EnvConfig
-from dodgerl.gif import write_gif
-from dodgerl.train import EvalProcesses, Evaluator, make_env
+from dodgerl.train import EvalProcesses, Evaluator, make_env, write_gif
 
 
 def row_policy(obs: np.ndarray, key: jax.Array) -> np.ndarray:
