@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dodgerl.config import ConfigError, apply_overrides, config_from_dict, read_yaml
+from dodgerl.config import ConfigError, RunConfig, apply_overrides, config_from_dict, read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -44,6 +44,16 @@ def default_config(kind: str, level: int) -> Path:
     return CONFIG_DIR / name
 
 
+def config_from_args(kind: str, args: argparse.Namespace) -> RunConfig:
+    """The run config of a new run from the parsed command line: ``--config`` (or the level's
+    default for ``kind``), with ``--level``, ``--seed`` and the ``--set`` overrides applied."""
+    raw = read_yaml(args.config or default_config(kind, args.level))
+    raw.setdefault("env", {})["level"] = args.level
+    if args.seed is not None:
+        raw["seed"] = args.seed
+    return config_from_dict(apply_overrides(raw, args.overrides))
+
+
 def main(kind: str, argv: list[str] | None = None) -> int:
     parser = build_parser(
         f"Train SAC from {'top-down images' if kind == 'topdown' else 'the 65-dim state vector'} "
@@ -59,12 +69,7 @@ def main(kind: str, argv: list[str] | None = None) -> int:
                              "--config, --seed and --set cannot be combined with it")
             config = None
         else:
-            path = args.config or default_config(kind, args.level)
-            raw = read_yaml(path)
-            raw.setdefault("env", {})["level"] = args.level
-            if args.seed is not None:
-                raw["seed"] = args.seed
-            config = config_from_dict(apply_overrides(raw, args.overrides))
+            config = config_from_args(kind, args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

@@ -907,12 +907,9 @@ def train(
                 # ~20 ms per 1000 env steps at 256x256 before v18).
                 copied = on_device(lambda: _copy_tree(agent))
 
-                def evaluated_copy() -> Any:
-                    return _copy_or_moved(copied.result(), eval_cpu)
-
                 if send_pool is not None:
                     def send() -> Any:
-                        evaluated = evaluated_copy()
+                        evaluated = _moved(copied.result(), eval_cpu)
                         evaluator.submit(evaluated.policy(), eval_key, deterministic)
                         return evaluated
 
@@ -928,10 +925,9 @@ def train(
                     pending_eval.append(_PendingEval(wait_sent, finished, step, sent.result, meta_now()))
                 else:
                     def job() -> tuple[EvalResult, float, Any]:
-                        evaluated = evaluated_copy()
-                        copy_key = eval_key if eval_cpu is None else _moved(eval_key, eval_cpu)
+                        evaluated = _moved(copied.result(), eval_cpu)
                         result = evaluator.run(lambda o, k: evaluated.act(o, k, deterministic=deterministic),
-                                               copy_key)
+                                               _moved(eval_key, eval_cpu))
                         return result, time.perf_counter(), evaluated
 
                     future = eval_pool.submit(job)
@@ -964,12 +960,11 @@ def train(
             eval_obs = np.zeros((tc.eval_episodes, *single_obs_space.shape), single_obs_space.dtype)
 
             def warm_act(policy_of: Any, device: Any) -> None:
-                warm_key = jax.random.PRNGKey(0)
-                warm_key = warm_key if device is None else _moved(warm_key, device)
+                warm_key = _moved(jax.random.PRNGKey(0), device)
                 policy_of.act(eval_obs, warm_key, deterministic=tc.eval_deterministic)  # compiled in the call
 
             if eval_pool is not None:
-                eval_pool.submit(lambda: warm_act(_copy_or_moved(warm_copy.result(), eval_cpu), eval_cpu))
+                eval_pool.submit(lambda: warm_act(_moved(warm_copy.result(), eval_cpu), eval_cpu))
             else:
                 on_device(lambda: warm_act(agent, None))
         print(f"run directory: {run_dir}", flush=True)
@@ -1182,16 +1177,11 @@ def _cpu_device() -> Any:
 
 
 def _moved(tree: Any, device: Any) -> Any:
-    """``tree`` on ``device``: ``tree`` itself where it is there already (a copy the caller owns),
-    else new buffers there."""
-    if all(leaf.devices() == {device} for leaf in jax.tree_util.tree_leaves(tree)):
+    """``tree`` on ``device``: ``tree`` itself where it is there already or ``device`` is None
+    (the caller owns it: a copy, a key), else new buffers there."""
+    if device is None or all(leaf.devices() == {device} for leaf in jax.tree_util.tree_leaves(tree)):
         return tree
     return jax.device_put(tree, device, may_alias=False)
-
-
-def _copy_or_moved(copy: Any, device: Any) -> Any:
-    """A copy of the agent made by ``_copy_tree``, moved to ``device`` (None: left where it is)."""
-    return copy if device is None else _moved(copy, device)
 
 
 @jax.jit

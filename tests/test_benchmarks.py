@@ -258,15 +258,12 @@ def test_learning_modes_run_the_script_and_config_of_their_observations(tmp_path
     from pathlib import Path
 
     from benchmarks import e2e_throughput as e2e
-    from dodgerl.cli import build_parser, default_config
-    from dodgerl.config import apply_overrides, config_from_dict, read_yaml
+    from dodgerl.cli import build_parser, config_from_args
 
     def config_of(cmd):  # as dodgerl.cli.main builds it
         kind = {"topdown_sac.py": "topdown", "vector_sac.py": "vector"}[Path(cmd[1]).name]
         args = build_parser("").parse_args(cmd[2:])
-        raw = read_yaml(args.config or default_config(kind, args.level))
-        raw.setdefault("env", {})["level"], raw["seed"] = args.level, args.seed
-        return Path(cmd[1]).name, args, config_from_dict(apply_overrides(raw, args.overrides))
+        return Path(cmd[1]).name, args, config_from_args(kind, args)
 
     smoke = ["train.learning_starts=500"]
     script, args, shipped = config_of(e2e.learning_command("drq84", 2, 150_000, tmp_path / "a", eval_freq=10_000))
