@@ -130,6 +130,10 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                                 "as img256_bf16_evalbg, without the replay's background writeback"),
     "img256_utd2": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.utd=2"],
                     "as img256_bf16, UTD 2"),
+    "img256_utd2_evalbg": ("sac_topdown_cnn_easy.yaml",
+                           FAST_IMG + ["agent.bf16_encoder=true", "train.eval_in_background=true",
+                                       "train.eval_on_device=true", "train.eval_async_envs=true", "train.utd=2"],
+                           "as img256_bf16_evalbg, UTD 2 (the issue's stretch)"),
     "img84": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84"],
               "84x84, default config otherwise, 16 async envs, overlap"),
     "img84_evalproc": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC,
@@ -405,13 +409,19 @@ IMAGE_LEARNING_MODES: dict[str, tuple[str, list[str]]] = {
     "drq84_fast32": ("sac_topdown_drq84_easy.yaml",
                      [*envs_in_workers(32, 2), "train.eval_workers=5", "train.eval_in_background=true",
                       "agent.bf16_encoder=true"]),
+    # Its two parts apart, to tell which (if either) changes learning: bf16 alone (16 envs, the
+    # evaluation in the loop, as shipped), and 32 envs with background evaluation in fp32.
+    "drq84_bf16": ("sac_topdown_drq84_easy.yaml", ["agent.bf16_encoder=true"]),
+    "drq84_32envs": ("sac_topdown_drq84_easy.yaml",
+                     [*envs_in_workers(32, 2), "train.eval_workers=5", "train.eval_in_background=true"]),
 }
 LEARNING_MODES.update({mode: overrides for mode, (_, overrides) in IMAGE_LEARNING_MODES.items()})
 
 
 LEARNING_COLORS = {"plain": "tab:blue", "fast": "tab:orange", "fast256": "tab:green", "fast128": "tab:purple",
                    "fast64": "tab:red", "lag256": "tab:brown", "fast32": "tab:pink",
-                   "drq84": "tab:blue", "drq84_fast32": "tab:red",
+                   "drq84": "tab:blue", "drq84_fast32": "tab:red", "drq84_bf16": "tab:olive",
+                   "drq84_32envs": "tab:cyan",
                    "drq84_h100": "tab:gray"}  # earlier drq84 runs, for reference (e2e_h200/learning_img84)
 # Drawn dashed in the per-seed plot: the shipped settings the other modes are compared with.
 LEARNING_BASELINES = ("plain", "drq84")
@@ -541,13 +551,25 @@ def plot_learning(json_path: Path, png: Path) -> str:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
-    return "\n".join(rows)
+    return "\n".join(rows + ([""] + by_rows if by_steps else []))
 
 
-def plot_learning_summary(json_paths: list[Path], png: Path) -> str:
+def best_by(runs: list[list[tuple[int, float]]], step: int, freq: int) -> list[float]:
+    """The best eval return up to ``step`` of each run that got there, best first. An evaluation
+    counts as at ``step`` within half the eval frequency ``freq`` of it (runs with many envs
+    evaluate at the first log after each multiple of the frequency)."""
+    return sorted((max(ret for s, ret in r if s <= step + freq / 2) for r in runs
+                   if r and r[-1][0] >= step - freq / 2), reverse=True)
+
+
+def plot_learning_summary(json_paths: list[Path], png: Path,
+                          by_steps: tuple[int, ...] = ()) -> str:
     """Several learning.json files (one per mode, e.g. plain and fast256) on one plot: each mode's
-    median eval return over its seeds, with the min-max band; returns a markdown table of the
-    best eval of each run, how many reach 900, and the median curve."""
+    median eval return over its runs that got to each point, with the min-max band; returns a
+    markdown table of the best eval of each run over the steps all of the mode's runs reached,
+    how many reach 900, and the median curve; then, with ``by_steps``, a table of each mode's best evals by each of
+    those steps, over the runs that got there (modes whose runs stopped at different points are
+    compared at equal steps there)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -557,6 +579,8 @@ def plot_learning_summary(json_paths: list[Path], png: Path) -> str:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     rows = ["| mode | runs | best eval per run (sorted) | median best | runs >= 900 | median curve at 10K, 20K, ... |",
             "| --- | --- | --- | --- | --- | --- |"]
+    by_rows = ["| mode | " + " | ".join(f"best by {b // 1000}K: runs, sorted (median)" for b in by_steps) + " |",
+               "| --- |" + " --- |" * len(by_steps)]
     level, modes = None, []
     for path in json_paths:
         data = json.loads(Path(path).read_text())
@@ -569,13 +593,27 @@ def plot_learning_summary(json_paths: list[Path], png: Path) -> str:
             freq = min(b[0] - a[0] for a, b in zip(runs[0], runs[0][1:]))
             n = min(len(r) for r in runs)
             grid = np.array([[ret for _, ret in r[:n]] for r in runs])
-            steps = np.array([freq * round(step / freq) for step, _ in runs[0][:n]])
-            med = np.median(grid, axis=0)
-            ax.plot(steps, med, color=colors.get(mode), marker="o", ms=3, label=f"{mode} (median of {len(runs)})")
-            ax.fill_between(steps, grid.min(axis=0), grid.max(axis=0), color=colors.get(mode), alpha=0.12)
+            # The curve: at each point, the median (and min-max) of the runs that got there.
+            at: dict[int, list[float]] = {}
+            for r in runs:
+                for step, ret in r:
+                    at.setdefault(freq * round(step / freq), []).append(ret)
+            steps = np.array(sorted(at))
+            med = np.array([np.median(at[x]) for x in steps])
+            label = f"{mode} (median of {len(runs)})" if all(len(r) == n for r in runs) else \
+                f"{mode} (median of the {len(runs)} runs, of those still running after {steps[n - 1] // 1000}K)"
+            ax.plot(steps, med, color=colors.get(mode), marker="o", ms=3, label=label)
+            ax.fill_between(steps, [min(at[x]) for x in steps], [max(at[x]) for x in steps],
+                            color=colors.get(mode), alpha=0.12)
             best = sorted((float(g.max()) for g in grid), reverse=True)
             rows.append(f"| {mode} | {len(runs)} | {', '.join(f'{b:.0f}' for b in best)} | {np.median(best):.0f} "
                         f"| {sum(b >= 900 for b in best)} | {' '.join(f'{m:.0f}' for m in med)} |")
+            cells = []
+            for b in by_steps:
+                got = best_by(runs, b, freq)
+                cells.append(f"{len(got)}: {', '.join(f'{x:.0f}' for x in got)} ({np.median(got):.0f})"
+                             if got else "0: -")
+            by_rows.append(f"| {mode} | " + " | ".join(cells) + " |")
     ax.axhline(900, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval mean return (10 episodes)")
@@ -584,7 +622,7 @@ def plot_learning_summary(json_paths: list[Path], png: Path) -> str:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
-    return "\n".join(rows)
+    return "\n".join(rows + ([""] + by_rows if by_steps else []))
 
 
 def update_ceiling(config) -> float | None:
@@ -686,13 +724,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot-learning-summary", default="", metavar="JSON,JSON,...",
                         help="only draw the median curve of each mode of these learning.json files "
                         "(summary.png beside the first) and print a table of best evals")
+    parser.add_argument("--best-by", default="", metavar="STEP,STEP,...",
+                        help="with --plot-learning-summary: also each mode's best evals by these env steps, "
+                        "over its runs that got there")
     args = parser.parse_args(argv)
     if args.plot_learning is not None:
         print(plot_learning(args.plot_learning, args.plot_learning.with_suffix(".png")))
         return 0
     if args.plot_learning_summary:
         paths = [Path(p) for p in args.plot_learning_summary.split(",")]
-        print(plot_learning_summary(paths, paths[0].parent / "summary.png"))
+        by_steps = tuple(int(x) for x in args.best_by.split(",") if x)
+        print(plot_learning_summary(paths, paths[0].parent / "summary.png", by_steps))
         return 0
     names = [c for c in args.cases.split(",") if c]
     seeds = [int(x) for x in args.learning_seeds.split(",") if x]

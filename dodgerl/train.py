@@ -868,10 +868,9 @@ def train(
                     evaluator.write_video(video)  # the worker holding the frames writes it
                 elif tc.video and result.frames:
                     # Encoding takes ~1 s at 256x256, in a thread beside the loop (finished
-                    # before the run returns; Pillow lets go of the interpreter lock often
-                    # enough that a busy thread beside it keeps ~96% of its speed, and a
-                    # process of its own measured no gain: docs/perf_notes.md v18); a GIF that
-                    # cannot be written is reported, not raised.
+                    # before the run returns; a process of its own measured no gain on the
+                    # H200, where the loop mostly waits on the device: docs/perf_notes.md v18,
+                    # v19); a GIF that cannot be written is reported, not raised.
                     gif_pool.submit(_write_gif_or_warn, result.frames, video)
 
         def finish_eval() -> None:

@@ -250,11 +250,25 @@ def test_learning_summary_buckets_evals_and_counts_runs_reaching_900(tmp_path):
     assert rows["fast256"] == ["2", "920, 40", "480", "1", "20 480"]
     assert (tmp_path / "summary.png").stat().st_size > 10_000
 
+    # Best by fixed steps, over the runs that got there: a run stopped at 10K counts only there.
+    a["curves"]["plain"]["4"] = {"eval": [(10_000, 700.0)]}
+    paths[0].write_text(json.dumps(a))
+    table = e2e_throughput.plot_learning_summary(paths, tmp_path / "summary.png", by_steps=(10_000, 20_000))
+    by = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+          for line in table.split("\n\n")[1].splitlines()[2:]}
+    assert by["plain"] == ["4: 700, 300, 200, 100 (250)", "3: 950, 899, 500 (899)"]
+    assert by["fast256"] == ["2: 30, 10 (20)", "2: 920, 40 (480)"]
+    # The median curve goes on past the shortest run, over the runs still there (10K: 4 runs).
+    row = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+           for line in table.split("\n\n")[0].splitlines()[2:]}["plain"]
+    assert row == ["4", "700, 300, 200, 100", "250", "0", "250 899"]
+
 
 def test_learning_modes_run_the_script_and_config_of_their_observations(tmp_path):
     """Pixel learning modes run topdown_sac.py on the DrQ-style 84x84 config with the mode's
     overrides (checked on the config the script's own parser and config reader build); vector
     modes still run vector_sac.py on the level's default config."""
+    import dataclasses
     from pathlib import Path
 
     from benchmarks import e2e_throughput as e2e
@@ -281,6 +295,12 @@ def test_learning_modes_run_the_script_and_config_of_their_observations(tmp_path
     assert shipped.train.learning_starts == 5000
     assert (fast.train.n_envs, fast.train.envs_per_worker, fast.train.eval_workers) == (32, 2, 5)
     assert fast.train.eval_in_background and fast.agent.bf16_encoder and fast.train.learning_starts == 500
+    # The fast setting's two parts apart: each differs from the shipped config by its part alone.
+    _, _, bf16 = config_of(e2e.learning_command("drq84_bf16", 2, 150_000, tmp_path / "e", eval_freq=10_000))
+    _, _, envs32 = config_of(e2e.learning_command("drq84_32envs", 2, 150_000, tmp_path / "f", eval_freq=10_000))
+    assert bf16.agent.bf16_encoder and bf16.train == shipped.train and bf16.env == shipped.env
+    assert not envs32.agent.bf16_encoder and envs32.agent == shipped.agent
+    assert envs32.train == dataclasses.replace(fast.train, learning_starts=shipped.train.learning_starts)
 
     script, args, plain = config_of(e2e.learning_command("plain", 0, 100_000, tmp_path / "c", level=2))
     assert script == "vector_sac.py" and args.config is None and plain.env.obs_mode == "vector"
