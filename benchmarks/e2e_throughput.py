@@ -551,7 +551,7 @@ def plot_learning(json_path: Path, png: Path) -> str:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
-    return "\n".join(rows + ([""] + by_rows if by_steps else []))
+    return "\n".join(rows)
 
 
 def best_by(runs: list[list[tuple[int, float]]], step: int, freq: int) -> list[float]:

@@ -264,6 +264,23 @@ def test_learning_summary_buckets_evals_and_counts_runs_reaching_900(tmp_path):
     assert row == ["4", "700, 300, 200, 100", "250", "0", "250 899"]
 
 
+def test_learning_plot_tables_every_run_with_the_longest_runs_columns(tmp_path):
+    """plot_learning (--plot-learning): one row per run, columns at the longest run's evaluations,
+    '-' where a run stopped early; a failed run (no evals) is left out; the plot is written."""
+    from benchmarks import e2e_throughput
+
+    data = {"level": 1, "curves": {
+        "drq84": {"0": {"eval": [(10_000, -20.4), (20_000, 350.0), (30_000, 700.2)], "wall_s": 300.4}},
+        "drq84_bf16": {"0": {"eval": [(10_000, 5.0)], "wall_s": 99.6}, "1": {"error": "exit 1"}},
+    }}
+    path = tmp_path / "learning.json"
+    path.write_text(json.dumps(data))
+    table = e2e_throughput.plot_learning(path, tmp_path / "learning.png").splitlines()
+    assert table[0] == "| mode | seed | 10000 | 20000 | 30000 | wall s |"
+    assert table[2:] == ["| drq84 | 0 | -20 | 350 | 700 | 300 |", "| drq84_bf16 | 0 | 5 | - | - | 100 |"]
+    assert (tmp_path / "learning.png").stat().st_size > 10_000
+
+
 def test_learning_modes_run_the_script_and_config_of_their_observations(tmp_path):
     """Pixel learning modes run topdown_sac.py on the DrQ-style 84x84 config with the mode's
     overrides (checked on the config the script's own parser and config reader build); vector
