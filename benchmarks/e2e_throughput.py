@@ -567,9 +567,9 @@ def plot_learning_summary(json_paths: list[Path], png: Path,
     """Several learning.json files (one per mode, e.g. plain and fast256) on one plot: each mode's
     median eval return over its runs that got to each point, with the min-max band; returns a
     markdown table of the best eval of each run over the steps all of the mode's runs reached,
-    how many reach 900, and the median curve; then, with ``by_steps``, a table of each mode's best evals by each of
-    those steps, over the runs that got there (modes whose runs stopped at different points are
-    compared at equal steps there)."""
+    how many reach 900, and the median curve; then, with ``by_steps``, a table of each mode's
+    best evals by each of those steps, over the runs that got there (modes whose runs stopped at
+    different points are compared at equal steps there)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -225,6 +225,12 @@ def test_suite_learning_runs_train_the_shipped_agent_of_each_level():
     assert pixels.agent.symmetry == "d4" and pixels.agent.augmentation is True  # sac_topdown_cnn_hard
 
 
+def markdown_rows(table: str) -> dict[str, list[str]]:
+    """A markdown table's body rows (after its header and rule), by first cell: the other cells."""
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines()[2:]}
+
+
 def test_learning_summary_buckets_evals_and_counts_runs_reaching_900(tmp_path):
     """Modes whose evaluations land on different steps (64 vs 256 envs overshoot the eval
     frequency differently) share a grid; medians and best-of-run counts are hand-checkable."""
@@ -245,7 +251,7 @@ def test_learning_summary_buckets_evals_and_counts_runs_reaching_900(tmp_path):
         paths.append(tmp_path / name)
         paths[-1].write_text(json.dumps(data))
     table = e2e_throughput.plot_learning_summary(paths, tmp_path / "summary.png")
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:]}
+    rows = markdown_rows(table)
     assert rows["plain"] == ["3", "950, 899, 500", "899", "1", "200 899"]
     assert rows["fast256"] == ["2", "920, 40", "480", "1", "20 480"]
     assert (tmp_path / "summary.png").stat().st_size > 10_000
@@ -254,13 +260,11 @@ def test_learning_summary_buckets_evals_and_counts_runs_reaching_900(tmp_path):
     a["curves"]["plain"]["4"] = {"eval": [(10_000, 700.0)]}
     paths[0].write_text(json.dumps(a))
     table = e2e_throughput.plot_learning_summary(paths, tmp_path / "summary.png", by_steps=(10_000, 20_000))
-    by = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-          for line in table.split("\n\n")[1].splitlines()[2:]}
+    by = markdown_rows(table.split("\n\n")[1])
     assert by["plain"] == ["4: 700, 300, 200, 100 (250)", "3: 950, 899, 500 (899)"]
     assert by["fast256"] == ["2: 30, 10 (20)", "2: 920, 40 (480)"]
     # The median curve goes on past the shortest run, over the runs still there (10K: 4 runs).
-    row = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-           for line in table.split("\n\n")[0].splitlines()[2:]}["plain"]
+    row = markdown_rows(table.split("\n\n")[0])["plain"]
     assert row == ["4", "700, 300, 200, 100", "250", "0", "250 899"]
 
 
