@@ -1,8 +1,15 @@
-"""Command line of the experiment scripts (``experiments/topdown_sac.py``, ``vector_sac.py``)."""
+"""Command line of the experiment scripts (``experiments/topdown_sac.py``, ``vector_sac.py``) and
+of the ``dodgerl-train`` console script.
+
+Every error a user can cause or meet (a bad config, a damaged checkpoint or replay, a full disk)
+ends as one ``error: ...`` line naming the file or key, with exit code 2; ``--debug`` shows the
+traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -35,6 +42,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         "saved after it moves to RUN_DIR/abandoned/ and the replay is rewound to it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. agent.batch_size=128 (repeatable)")
+    parser.add_argument("--fresh-replay", action="store_true",
+                        help="with --resume: set the run's replay buffer aside (to "
+                        "RUN_DIR/abandoned/) and start an empty one, keeping the agent")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line")
     return parser
 
 
@@ -54,6 +66,28 @@ def config_from_args(kind: str, args: argparse.Namespace) -> RunConfig:
     return config_from_dict(apply_overrides(raw, args.overrides))
 
 
+USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT)
+"""OSErrors that are the user's machine's, not a bug: said in one line."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that end a command with one ``error:`` line."""
+    from dodgerl.checkpoint import CheckpointError
+    from dodgerl.replay.buffer import ReplayError
+
+    return (ConfigError, CheckpointError, ReplayError)
+
+
+def one_line(err: BaseException) -> str | None:
+    """The ``error: ...`` line of an error a user can cause or meet, else None (a bug)."""
+    if isinstance(err, user_errors()):
+        return f"error: {err}"
+    if isinstance(err, OSError) and err.errno in USER_ERRNOS:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"error: {where}{err.strerror or err}"
+    return None
+
+
 def main(kind: str, argv: list[str] | None = None) -> int:
     parser = build_parser(
         f"Train SAC from {'top-down images' if kind == 'topdown' else 'the 65-dim state vector'} "
@@ -62,25 +96,35 @@ def main(kind: str, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.total_timesteps is not None and args.total_timesteps < 1:
         parser.error("--total-timesteps must be >= 1")
+    if args.resume is not None and (args.overrides or args.config or args.seed is not None):
+        parser.error("--resume continues a run with its own config.yaml; "
+                     "--config, --seed and --set cannot be combined with it")
+    if args.fresh_replay and args.resume is None:
+        parser.error("--fresh-replay applies to --resume")
     try:
-        if args.resume is not None:
-            if args.overrides or args.config or args.seed is not None:
-                parser.error("--resume continues a run with its own config.yaml; "
-                             "--config, --seed and --set cannot be combined with it")
-            config = None
-        else:
-            config = config_from_args(kind, args)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+        config = None if args.resume is not None else config_from_args(kind, args)
+        from dodgerl.train import train
 
-    from dodgerl.checkpoint import CheckpointError
-    from dodgerl.train import train
-
-    try:
         train(config, results_dir=args.results_dir, resume=args.resume,
-              total_timesteps=args.total_timesteps)
-    except (CheckpointError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
+              total_timesteps=args.total_timesteps, fresh_replay=args.fresh_replay)
+    except Exception as err:  # noqa: BLE001  (a bug is re-raised below)
+        line = one_line(err)
+        if line is None or args.debug:
+            raise
+        print(line, file=sys.stderr)
         return 2
     return 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """``dodgerl-train [--kind topdown|vector] ...``: the experiment scripts' command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    kind = "topdown"
+    if "--kind" in argv:
+        i = argv.index("--kind")
+        if i + 1 >= len(argv) or argv[i + 1] not in ("topdown", "vector"):
+            print("error: --kind takes topdown or vector", file=sys.stderr)
+            return 2
+        kind = argv[i + 1]
+        del argv[i:i + 2]
+    return main(kind, argv)

@@ -30,8 +30,9 @@ import jax
 import numpy as np
 
 from dodgerl.checkpoint import WHICH, CheckpointError, find_checkpoint, restore
-from dodgerl.config import ConfigError, EnvConfig, RunConfig
-from dodgerl.train import EvalResult, Evaluator, load_run_config, make_env, write_gif
+from dodgerl.config import ConfigError, EnvConfig, RunConfig, load_run_config
+from dodgerl.envs.make import make_env, observation_structure
+from dodgerl.episodes import EvalResult, Evaluator, write_gif
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +58,14 @@ def load_agent(path: str | Path, which: str = "best") -> LoadedAgent:
         config = load_run_config(run_dir)
     except (OSError, ConfigError) as err:
         raise CheckpointError(f"{run_dir / 'config.yaml'}: {err}") from err
+    agent_config = config.agent
+    structure = observation_structure(config.env)
+    if structure is not None:  # a config.yaml that leaves them out (written by hand)
+        agent_config = sac.with_observation_structure(agent_config, structure)
     env = make_env(config.env)
     try:
         template = sac.create(jax.random.PRNGKey(0), env.observation_space, env.action_space,
-                              config.agent)
+                              agent_config)
     finally:
         env.close()
     agent, meta = restore(step_dir, template)

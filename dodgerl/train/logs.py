@@ -1,0 +1,163 @@
+"""Logs of a run: progress.csv and eval.csv (append-only, rewound on resume), the progress bar
+with an ETA from the recent rate, and the pace notice of a pixel run on a machine without an
+accelerator."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+PROGRESS_FIELDS = (
+    "step", "episodes", "updates", "train_return", "train_length", "critic_loss", "actor_loss",
+    "temperature", "entropy", "q_mean", "env_steps_per_s", "wall_time_s",
+    "time_act_s", "time_env_s", "time_insert_s", "time_sample_s", "time_update_s", "time_eval_s",
+    "time_checkpoint_s", "time_compile_s",
+)
+EVAL_FIELDS = (
+    "step", "mean_return", "std_return", "min_return", "max_return", "mean_length",
+    "episodes", "wall_time_s",
+)
+METRIC_FIELDS = ("critic_loss", "actor_loss", "temperature", "entropy", "q_mean")
+TIMED_PHASES = ("act", "env", "insert", "sample", "update", "eval", "checkpoint", "compile")
+"""Cumulative wall-clock seconds of the loop's thread per phase. ``update`` is the update's
+dispatch plus the time spent waiting for the device to finish it (with overlap, only the part
+the env step did not hide); ``compile`` is the first update call (tracing, compilation, one
+run)."""
+
+
+class CsvLog:
+    """An append-only CSV that, on resume, drops rows written after the restored step."""
+
+    def __init__(self, path: Path, fields: tuple[str, ...], resume_step: int | None) -> None:
+        self.path = path
+        self.fields = fields
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as f:
+                rows = [  # a row cut short by a crash has missing fields: drop it
+                    r for r in csv.DictReader(f)
+                    if None not in r.values() and r["step"].isdigit() and int(r["step"]) <= resume_step
+                ]
+            tmp = path.with_suffix(".tmp")
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fields)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, path)
+        elif not path.exists():
+            with path.open("w", newline="") as f:
+                csv.DictWriter(f, fields).writeheader()
+        self._file = path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fields)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._writer.writerow({k: row.get(k, "") for k in self.fields})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+
+def progress_row(state: Any, steps_per_s: float, now: float, timings: dict[str, float],
+                 metrics: dict[str, Any], episode_stats: dict[str, Any]) -> dict[str, Any]:
+    """A progress.csv row: counters, the latest update's metrics, rate and time split."""
+    return {
+        "step": state.step, "episodes": state.episodes, "updates": state.updates,
+        **episode_stats,
+        "env_steps_per_s": round(steps_per_s, 1),
+        "wall_time_s": round(state.wall_time(now), 3),
+        **{f"time_{k}_s": round(v, 3) for k, v in timings.items()},
+        **{k: float(metrics[k]) for k in METRIC_FIELDS if k in metrics},
+    }
+
+
+def eval_log_has(path: Path, step: int) -> bool:
+    """Whether eval.csv at ``path`` has a row of ``step``."""
+    with Path(path).open(newline="") as f:
+        return any(int(r["step"]) == step for r in csv.DictReader(f))
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def format_duration(seconds: float) -> str:
+    """``3d 4h``, ``5h 12m``, ``7m 30s``, ``45s``."""
+    seconds = max(0.0, seconds)
+    days, rest = divmod(int(round(seconds)), 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+class ProgressBar:
+    """A tqdm bar of env steps whose ETA comes from the rate of the last progress row, not from
+    tqdm's running average (which, after a fast warm-up, promises far too much)."""
+
+    def __init__(self, total: int, initial: int) -> None:
+        from tqdm import tqdm
+
+        self.total = total
+        self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        self._postfix: dict[str, str] = {}
+
+    def update(self, n: int) -> None:
+        self._bar.update(n)
+
+    def show(self, step: int, steps_per_s: float | None = None, eval_return: float | None = None) -> None:
+        """Set the rate, the ETA at that rate and the last evaluation's return."""
+        if steps_per_s is not None:
+            self._postfix["sps"] = f"{steps_per_s:.0f}"
+            if steps_per_s > 0:
+                self._postfix["eta"] = format_duration((self.total - step) / steps_per_s)
+        self._postfix["eval"] = fmt(eval_return)
+        self._bar.set_postfix(self._postfix, refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class PaceNotice:
+    """On a machine without an accelerator, a pixel run prints once, after its first update
+    calls, the gradient steps per second it measured and what the whole budget will take at
+    that rate, and names what fits this machine instead."""
+
+    MIN_SECONDS = 20.0
+    """Update time measured before the notice is printed."""
+
+    def __init__(self, applies: bool, total_timesteps: int, utd: int) -> None:
+        self.pending = applies
+        self.total_timesteps = total_timesteps
+        self.utd = utd
+        self._start: tuple[float, int, int] | None = None  # (time, updates, step) after the compile
+
+    def observe(self, step: int, updates: int, compiled: bool) -> str | None:
+        """Called at each progress row; returns the notice once it has been measured."""
+        if not self.pending or not compiled:
+            return None
+        now = time.perf_counter()
+        if self._start is None:
+            self._start = (now, updates, step)
+            return None
+        t0, updates0, step0 = self._start
+        if now - t0 < self.MIN_SECONDS or updates <= updates0:
+            return None
+        self.pending = False
+        grad_per_s = (updates - updates0) / (now - t0)
+        env_per_s = (step - step0) / (now - t0)
+        remaining = max(self.total_timesteps - step, 0)
+        return (f"note: this machine has no accelerator; this pixel run makes {grad_per_s:.2f} "
+                f"gradient steps/s ({env_per_s:.2f} env steps/s), so the remaining {remaining:,} "
+                f"env steps would take about {format_duration(remaining / max(env_per_s, 1e-9))}. "
+                "What fits here: the state-vector configs (experiments/vector_sac.py), a smaller "
+                "image (--set env.image_size=64), or a GPU (pip install -e '.[gpu]').")

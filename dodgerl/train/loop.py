@@ -1,0 +1,251 @@
+"""The training loop: act, step the envs into the replay, update, log, checkpoint, evaluate.
+
+``train()`` is the one place that knows the env, the replay buffer, the agent and the files of a
+run; each part it calls has one job (``collector``, ``dispatcher``, ``evaluation``,
+``checkpointing``, ``logs``), and how fast it runs is the execution plan's (``plan``)::
+
+    results/<experiment>/<YYYYmmdd_HHMMSS>/
+        config.yaml  plan.json  progress.csv  eval.csv
+        checkpoints/<step>/  best/<step>/  replay/  videos/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from dodgerl.checkpoint import resolve_resume
+from dodgerl.config import RunConfig, load_run_config, save_config
+from dodgerl.envs.make import make_vector_env
+from dodgerl.train.checkpointing import (Checkpointer, RunState, new_run_dir, resume_state,
+                                         set_aside_replay)
+from dodgerl.train.collector import Collector
+from dodgerl.train.dispatcher import Dispatcher, resolved
+from dodgerl.train.evaluation import TrainingEvaluation
+from dodgerl.train.logs import (EVAL_FIELDS, PROGRESS_FIELDS, TIMED_PHASES, CsvLog, PaceNotice,
+                                ProgressBar, eval_log_has, fmt, progress_row)
+from dodgerl.train.plan import choose_plan
+from dodgerl.train.setup import agent_for, open_replay, with_env_structure
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    episodes: int
+    updates: int
+    best_eval_return: float | None
+    interrupted: bool
+    timings: dict[str, float]
+
+
+def train(config: RunConfig, results_dir: str | Path = "results", resume: str | Path | None = None,
+          total_timesteps: int | None = None, on_start: Callable[[Path], None] | None = None,
+          fresh_replay: bool = False) -> TrainResult:
+    """Train (or resume) a SAC agent as ``config`` says; returns where it went and how far.
+
+    With ``resume``, the run directory's own ``config.yaml`` is used (``config`` is ignored);
+    ``total_timesteps`` sets a new budget, which config.yaml then records. ``fresh_replay``
+    (with ``resume``): the run's replay buffer is set aside and an empty one started; the agent
+    and counters are restored as usual, and updates go on once the new buffer holds a batch.
+    """
+    run_dir, config, candidates = _open_run(config, results_dir, resume, total_timesteps)
+    if fresh_replay and resume is not None:
+        set_aside_replay(run_dir)
+    if on_start is not None:
+        on_start(run_dir)
+    tc, ec = config.train, config.env
+    plan = choose_plan(config)
+    print(plan.summary(), flush=True)
+    plan.write(run_dir)
+    timings = dict.fromkeys(TIMED_PHASES, 0.0)
+    with contextlib.ExitStack() as cleanup:
+        envs = make_vector_env(ec, tc.n_envs, plan.async_envs, plan.envs_per_worker)
+        cleanup.callback(envs.close)
+        state = RunState(key=jax.random.PRNGKey(config.seed), np_rng=np.random.default_rng(config.seed))
+        agent = agent_for(envs, config, state.split_key())
+        eval_due = False
+        if candidates:
+            agent, eval_due = resume_state(run_dir, candidates, agent, state, tc.eval_freq)
+        if state.next_eval is None and tc.eval_freq:
+            state.next_eval = (state.step // tc.eval_freq + 1) * tc.eval_freq
+        checkpointer = Checkpointer(run_dir, tc.keep_checkpoints, cleanup)
+        replay = open_replay(run_dir, config, plan, envs, cleanup)
+        resume_step = state.step if candidates else None
+        progress_log = cleanup.enter_context(contextlib.closing(
+            CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)))
+        # A row of the evaluation due at the resumed step (written after its checkpoint, before
+        # the kill) is dropped: that evaluation runs again, on the same agent.
+        eval_log = cleanup.enter_context(contextlib.closing(CsvLog(
+            run_dir / "eval.csv", EVAL_FIELDS, None if resume_step is None else resume_step - eval_due)))
+        steps_per_call = tc.utd * tc.n_envs * tc.update_every
+        dispatcher = Dispatcher(agent, replay, plan, config.agent.batch_size, steps_per_call,
+                                tc.update_every, timings, cleanup)
+        evaluation = TrainingEvaluation(ec, tc, plan, dispatcher, state, checkpointer, eval_log,
+                                        run_dir, envs.single_observation_space, timings, cleanup)
+        pace = PaceNotice(ec.obs_mode == "topdown" and not plan.machine.accelerator,
+                          tc.total_timesteps, tc.utd)
+
+        def choose_actions(observations: np.ndarray) -> Any:
+            """Uniform random actions during warm-up, then the policy's (not waited for)."""
+            if state.step < tc.learning_starts:
+                return resolved(state.np_rng.uniform(-1.0, 1.0, size=envs.action_space.shape).astype(np.float32))
+            t0 = time.perf_counter()
+            future = dispatcher.act(observations, state.split_key())
+            timings["act"] += time.perf_counter() - t0
+            return future
+
+        def update(block: bool) -> None:
+            if dispatcher.update_due():
+                state.updates += dispatcher.update(state.split_key(), block)
+
+        def evaluate() -> None:
+            evaluation.finish()  # at most one in flight
+            evaluation.start(state.split_key(), state.meta(len(replay)))
+
+        def save_checkpoint(wait: bool) -> None:
+            """Commit the replay, then save the agent of this step (from a copy, in the
+            background unless ``wait``)."""
+            evaluation.finish()  # a checkpoint's best_eval and eval.csv cover every evaluation up to it
+            t0 = time.perf_counter()
+            # The checkpoint keeps the header of this commit: a resume can rewind the buffer to it.
+            meta = {**state.meta(len(replay)), "replay_header": replay.commit()}
+            checkpointer.save(state.step, dispatcher.copy_agent(), meta, wait=wait)
+            timings["checkpoint"] += time.perf_counter() - t0
+
+        print(f"run directory: {run_dir}", flush=True)
+        state.t_start = time.perf_counter()
+        collector = Collector(envs, replay, ec, [config.seed * 10_007 + state.resumes * 1_000 + i
+                                                 for i in range(tc.n_envs)])
+        bar = None
+        if tc.progress_bar:
+            bar = ProgressBar(tc.total_timesteps, state.step)
+            cleanup.callback(bar.close)
+        next_log = (state.step // tc.log_freq + 1) * tc.log_freq
+        next_ckpt = (state.step // tc.checkpoint_freq + 1) * tc.checkpoint_freq
+        last_log = (time.perf_counter(), state.step)
+        interrupted = False
+        with StopFlag() as stop:
+            if eval_due:  # before the first act: the same key split as the run before
+                state.next_eval += tc.eval_freq
+                evaluate()
+            actions = choose_actions(collector.observations)
+            while state.step < tc.total_timesteps:
+                if stop.requested:
+                    interrupted = True
+                    print(f"\n{stop.requested} received: saving a checkpoint at step {state.step}", flush=True)
+                    break
+                t0 = time.perf_counter()
+                chosen = np.asarray(actions.result())  # waits for the device's act, not the update
+                t1 = time.perf_counter()
+                finished, env_s = collector.step(chosen)
+                dispatcher.stored()
+                timings["act"] += t1 - t0
+                timings["env"] += env_s
+                timings["insert"] += time.perf_counter() - t1 - env_s
+                state.step += tc.n_envs
+                state.episodes += finished
+                if state.step > tc.learning_starts:
+                    dispatcher.collected()
+                if plan.overlap:
+                    # The next action is queued before the update: fetching it does not wait
+                    # for the update, which then runs while the envs step.
+                    actions = choose_actions(collector.observations)
+                    update(block=False)
+                else:
+                    update(block=True)
+                    actions = choose_actions(collector.observations)
+                if bar is not None:
+                    bar.update(tc.n_envs)
+                if state.step >= next_log:
+                    next_log += tc.log_freq
+                    now = time.perf_counter()
+                    sps = (state.step - last_log[1]) / max(now - last_log[0], 1e-9)
+                    last_log = (now, state.step)
+                    progress_log.write(progress_row(state, sps, now, timings, dispatcher.metrics,
+                                                    collector.episode_stats()))
+                    checkpointer.check()  # a failed background save stops the run now
+                    evaluation.poll()  # a background evaluation that has finished: its row, best/
+                    notice = pace.observe(state.step, state.updates, timings["compile"] > 0)
+                    if notice:
+                        print(f"\n{notice}", flush=True)
+                    if bar is not None:
+                        bar.show(state.step, sps, evaluation.last_return)
+                # The checkpoint before the evaluation of the same step: it then waits only for
+                # evaluations started at least eval_freq env steps ago.
+                if state.step >= next_ckpt:
+                    next_ckpt += tc.checkpoint_freq
+                    if state.step < tc.total_timesteps:  # the last one comes after the final evaluation
+                        save_checkpoint(wait=False)
+                if state.next_eval is not None and state.step >= state.next_eval:
+                    state.next_eval += tc.eval_freq
+                    evaluate()
+                    if bar is not None:
+                        bar.show(state.step, eval_return=evaluation.last_return)
+            evaluation.finish()
+            if not interrupted and (state.next_eval is None or not eval_log_has(run_dir / "eval.csv", state.step)):
+                evaluate()
+            save_checkpoint(wait=True)
+        dispatcher.finish()
+        # Leaving the stack closes, newest first: the progress bar, the evaluation's threads and
+        # processes, the dispatch thread, the sampler and the mirror, the logs, the replay files,
+        # the checkpoint manager (after its saves) and the envs. On an exception (a second
+        # Ctrl-C too) the same happens, evaluation processes stopped without waiting and the
+        # replay uncommitted, and the exception goes on up: no subprocess outlives it, and the
+        # files are as a kill -9 would have left them.
+    result = TrainResult(run_dir, state.step, state.episodes, state.updates, state.best_eval,
+                         interrupted, dict(timings))
+    print(f"{'stopped' if interrupted else 'done'}: {state.step} env steps, {state.episodes} episodes, "
+          f"{state.updates} gradient steps; best eval return {fmt(state.best_eval)}; "
+          f"run directory {run_dir}", flush=True)
+    return result
+
+
+def _open_run(config: RunConfig, results_dir: str | Path, resume: str | Path | None,
+              total_timesteps: int | None) -> tuple[Path, RunConfig, list[Path]]:
+    """The run directory, its config (the effective budget recorded in config.yaml), and the
+    checkpoints to resume from (none for a new run)."""
+    candidates: list[Path] = []
+    if resume is not None:
+        run_dir, candidates = resolve_resume(resume)
+        config = load_run_config(run_dir)
+    else:
+        config = with_env_structure(config)  # before the directory: a bad config leaves none
+        run_dir = new_run_dir(results_dir, config.experiment)
+    if total_timesteps is not None:
+        config = config.with_total_timesteps(total_timesteps)
+    if resume is None or total_timesteps is not None:
+        save_config(config, run_dir / "config.yaml")
+    return run_dir, config, candidates
+
+
+class StopFlag:
+    """Turns SIGINT / SIGTERM into a flag the loop checks, so it can checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
