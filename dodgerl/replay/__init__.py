@@ -8,15 +8,22 @@ tests' child writers) do not pay for importing JAX.
 from typing import Any
 
 from dodgerl.replay.buffer import (
+    CONFIG_KEYS,
+    FRESH_REPLAY_HINT,
+    DiskSpaceWarning,
     ReplayBuffer,
+    ReplayCorruptError,
+    ReplayError,
     ReplayMismatchError,
+    read_header,
     required_bytes,
     rewind_check,
     rewind_header,
 )
 
-__all__ = ["ReplayBuffer", "ReplayMismatchError", "DeviceSampler", "DeviceMirror", "gather_batch",
-           "required_bytes", "rewind_check", "rewind_header"]
+__all__ = ["ReplayBuffer", "ReplayError", "ReplayMismatchError", "ReplayCorruptError",
+           "DiskSpaceWarning", "CONFIG_KEYS", "FRESH_REPLAY_HINT", "DeviceSampler", "DeviceMirror",
+           "gather_batch", "read_header", "required_bytes", "rewind_check", "rewind_header"]
 
 
 def __getattr__(name: str) -> Any:

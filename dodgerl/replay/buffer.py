@@ -14,7 +14,12 @@ Layout (see docs/replay.md for the full rationale):
   written last: a slot whose ``frame_index`` disagrees with the header was overwritten by writes
   that were never committed, and is discarded on reopen).
 * ``header.json`` describes what is committed; it is replaced atomically after the data it
-  declares has been flushed.
+  declares has been flushed. It also holds a CRC32 per chunk of ``checksum_chunk_slots`` slots
+  of every env (``checksums``), over the committed data of those slots in every file; a commit
+  recomputes only the chunks written since the previous one.
+* Reopening verifies every file against the header before mapping it (present, a readable .npy
+  of the declared shape and dtype, of the size that implies) and then the checksums; a damaged
+  directory raises :class:`ReplayCorruptError`, never reads as data.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import json
 import os
 import shutil
 import threading
+import warnings
 import weakref
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +47,151 @@ START = np.uint8(2)  # this slot holds the first frame of an episode
 _DISK_MARGIN_BYTES = 64 << 20  # free space kept beyond the buffer itself (headers, logs, fs slack)
 
 
-class ReplayMismatchError(ValueError):
-    """The buffer on disk was created with a different shape, dtype, capacity, ... than requested."""
+FRESH_REPLAY_HINT = "resume with --fresh-replay to drop the buffer and keep the agent"
+"""What every damaged- or mismatched-replay error tells the user to do."""
+
+_CHUNK_BYTES = 4 << 20  # a checksum covers at most about this many bytes of frames per env
+_CHECKED_FIELDS = ("observations", "frame_index", "episode_start_index")
+"""Fields of a slot written with its frame (``_write_frames``), fixed once it is committed."""
+_TRANSITION_FIELDS = ("actions", "rewards", "terminated", "truncated", "flags")
+"""Fields of a slot that the add after the one writing its frame may still change (the
+transition starting there, its VALID bit): not checksummed for an env's newest frame."""
+
+CONFIG_KEYS = {
+    "capacity": "replay.buffer_size",
+    "n_envs": "train.n_envs",
+    "observation_shape": "observation_shape (env.image_size, env.observation, env.frame_stack)",
+    "observation_dtype": "observation_dtype (env.observation)",
+    "action_dim": "action_dim (the env's action space)",
+}
+"""The configuration key behind each setting of a buffer, named by ReplayMismatchError."""
+
+
+class ReplayError(Exception):
+    """The replay directory cannot be used as it is."""
+
+
+class ReplayMismatchError(ReplayError, ValueError):
+    """The buffer on disk was created with a different shape, dtype, capacity, ... than requested.
+
+    ``key`` is the configuration key that changed (``CONFIG_KEYS``), ``field`` the buffer's
+    setting, ``written`` and ``requested`` its value on disk and now (None where the error is
+    not about one setting)."""
+
+    def __init__(self, message: str, key: str | None = None, field: str | None = None,
+                 written: Any = None, requested: Any = None) -> None:
+        super().__init__(message)
+        self.key, self.field, self.written, self.requested = key, field, written, requested
+
+
+class ReplayCorruptError(ReplayError):
+    """A file of the replay directory is missing, truncated, unreadable or fails its checksum.
+
+    ``path`` is the file; the message names it, says what is wrong and how to go on."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}; the replay buffer is damaged: {FRESH_REPLAY_HINT}")
+        self.path = path
+
+
+class DiskSpaceWarning(UserWarning):
+    """The disk holds the replay buffer but not what the run will write beside it (checkpoints)."""
+
+
+_HEADER_TYPES: dict[str, type | tuple[type, ...]] = {
+    "format": str, "version": int, "capacity": int, "n_envs": int, "slots_per_env": int,
+    "observation_shape": list, "observation_dtype": str, "action_dim": int, "files": dict,
+    "envs": list, "transitions_added": int, "commits": int, "rng_state": dict,
+}
+_ENV_TYPES = {"frames_written": int, "oldest_frame": int}
+
+
+def read_header(directory: str | Path) -> dict[str, Any]:
+    """The header of the buffer in ``directory``, checked to be one: a JSON object with every key
+    a reopen reads, of the right type. Raises ReplayCorruptError naming the file and the problem
+    (ReplayMismatchError for a header of another format version)."""
+    path = Path(directory) / HEADER_NAME
+    if not path.is_file():
+        raise ReplayCorruptError(path, "is missing")
+    try:
+        header = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ReplayCorruptError(path, f"is not valid JSON (not UTF-8 text: {err})") from None
+    except json.JSONDecodeError as err:
+        raise ReplayCorruptError(path, f"is not valid JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise ReplayCorruptError(path, f"is not a JSON object (it holds a {type(header).__name__})")
+    if header.get("format") != FORMAT_NAME:
+        raise ReplayCorruptError(path, f"is not a {FORMAT_NAME} header (format "
+                                       f"{header.get('format')!r})")
+    if header.get("version") != FORMAT_VERSION:
+        raise ReplayMismatchError(
+            f"{path}: version: on disk {header.get('version')!r}, this code reads "
+            f"{FORMAT_VERSION}; {FRESH_REPLAY_HINT}", field="version",
+            written=header.get("version"), requested=FORMAT_VERSION)
+    for key, kind in _HEADER_TYPES.items():
+        if key not in header:
+            raise ReplayCorruptError(path, f"has no {key!r}")
+        if not isinstance(header[key], kind) or isinstance(header[key], bool):
+            raise ReplayCorruptError(path, f"{key!r} is {header[key]!r}, not of type {kind}")
+    if len(header["envs"]) != header["n_envs"]:
+        raise ReplayCorruptError(path, f"'envs' has {len(header['envs'])} entries for "
+                                       f"n_envs={header['n_envs']}")
+    for e, env in enumerate(header["envs"]):
+        for key, kind in _ENV_TYPES.items():
+            value = env.get(key) if isinstance(env, dict) else None
+            if not isinstance(value, kind) or isinstance(value, bool) or value < 0:
+                raise ReplayCorruptError(path, f"envs[{e}].{key} is {value!r}, not a count")
+        if env["oldest_frame"] > env["frames_written"]:
+            raise ReplayCorruptError(path, f"envs[{e}]: oldest_frame {env['oldest_frame']} is "
+                                           f"after frames_written {env['frames_written']}")
+    return header
+
+
+def _open_field(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
+    """Map an existing .npy data file read-write, after checking that it is one of ``shape`` and
+    ``dtype`` and of the size they imply: numpy's memmap would extend a short file with zeros."""
+    if not path.is_file():
+        raise ReplayCorruptError(path, "is missing")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                on_disk, fortran, on_disk_dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                on_disk, fortran, on_disk_dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except (ValueError, SyntaxError, OSError) as err:
+        raise ReplayCorruptError(path, f"is not a readable .npy file ({err})") from None
+    if tuple(on_disk) != tuple(shape) or np.dtype(on_disk_dtype) != dtype or fortran:
+        raise ReplayCorruptError(
+            path, f"holds {tuple(on_disk)} {np.dtype(on_disk_dtype)}"
+                  f"{' (Fortran order)' if fortran else ''}, header.json declares {tuple(shape)} {dtype}")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != expected:
+        raise ReplayCorruptError(
+            path, f"is {size:,} bytes where header.json implies {expected:,} ({tuple(shape)} "
+                  f"{dtype}): {'truncated' if size < expected else 'too long'}")
+    return np.memmap(path, dtype=dtype, mode="r+", offset=offset, shape=shape)
+
+
+def chunk_slots(observation_shape: tuple[int, ...], observation_dtype: Any, slots_per_env: int) -> int:
+    """Slots per checksum chunk: as many as hold about ``_CHUNK_BYTES`` of frames (at least 1,
+    at most a whole sub-ring). A commit re-reads at most one partial chunk per env beyond what
+    it adds."""
+    frame = int(np.prod(observation_shape, dtype=np.int64)) * np.dtype(observation_dtype).itemsize
+    return max(1, min(int(slots_per_env), _CHUNK_BYTES // max(frame, 1)))
 
 
 def _rewind_plan(directory: Path, header: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """(the buffer's current header, transitions a rewind to ``header`` drops: < 0 when the
     buffer is behind ``header``); raises ReplayMismatchError if ``header`` is not of this buffer."""
-    path = directory / HEADER_NAME
-    if not path.is_file():
+    if not (directory / HEADER_NAME).is_file():
         raise ReplayMismatchError(f"cannot rewind {directory}: no {HEADER_NAME}")
-    current = json.loads(path.read_text())
+    current = read_header(directory)
     for field in ("format", "version", "capacity", "n_envs", "slots_per_env", "observation_shape",
                   "observation_dtype", "action_dim", "files"):
         if header.get(field) != current.get(field):
@@ -194,6 +335,13 @@ class ReplayBuffer:
     the episode terminated at t+m, and ``discounts`` = gamma**m (the factor of the bootstrapped
     value; ``sac.Batch.discounts``). ``n_step = 1`` samples one-step transitions, no discounts.
     Pass the agent's gamma (``train`` does): the buffer cannot check that they agree.
+
+    Creating a buffer fails with ENOSPC (writing nothing) when the disk cannot hold it, and
+    warns with a :class:`DiskSpaceWarning` when it cannot also hold ``extra_bytes``, the bytes
+    the run will write beside it (its kept checkpoints and best/: the caller computes them).
+    Reopening verifies the files against the header (see the module docstring) and raises
+    :class:`ReplayCorruptError` for a damaged directory, :class:`ReplayMismatchError` for one
+    written with other settings; :meth:`discard` moves a damaged one aside.
     """
 
     def __init__(
@@ -210,6 +358,7 @@ class ReplayBuffer:
         n_step: int = 1,
         gamma: float = 0.99,
         writeback_s: float | None = 2.0,
+        extra_bytes: int = 0,
     ) -> None:
         if writeback_s is not None and not writeback_s > 0:
             raise ValueError(f"writeback_s must be > 0 or None, got {writeback_s!r}")
@@ -245,11 +394,17 @@ class ReplayBuffer:
         self._written: list[np.ndarray] | None = None  # (env, slot) rows written, for a device mirror
 
         self._obs_fd: int | None = None  # set below, after the files exist
+        # Checksums of the last commit ({field: {"chunk_slots", "crc32": per env, per chunk}}),
+        # the frames_written it declared, and chunks whose stored CRC is out of date (found
+        # overwritten by uncommitted writes on reopen): a commit recomputes only what changed.
+        self._checksums: dict[str, Any] | None = None
+        self._committed_w: np.ndarray | None = None
+        self._stale: dict[str, list[set[int]]] = {}
         header_path = self.directory / HEADER_NAME
         if header_path.exists():
             self._reopen(header_path)
         else:
-            self._create(seed, preallocate)
+            self._create(seed, preallocate, int(extra_bytes))
         # Image frames are written with pwrite through this descriptor, not through the mapping:
         # the first write to a page of a preallocated file through a mapping faults it in page
         # by page, 13-15 ms per 16 256x256 frames on the CI box against 1.8 ms with pwrite,
@@ -274,7 +429,7 @@ class ReplayBuffer:
         return _field_specs(self.n_envs, self.slots_per_env, self.observation_shape,
                             self.observation_dtype, self.action_dim)
 
-    def _create(self, seed: int, preallocate: bool) -> None:
+    def _create(self, seed: int, preallocate: bool, extra_bytes: int) -> None:
         need = required_bytes(self.capacity, self.observation_shape, self.observation_dtype,
                               self.action_dim, self.n_envs)
         free = shutil.disk_usage(_existing_ancestor(self.directory)).free
@@ -285,6 +440,13 @@ class ReplayBuffer:
                 f"{self.capacity}, observation {self.observation_shape} {self.observation_dtype}) "
                 f"plus a {_fmt_bytes(_DISK_MARGIN_BYTES)} margin, but only {_fmt_bytes(free)} "
                 "are free; nothing was written")
+        if extra_bytes > 0 and need + extra_bytes + _DISK_MARGIN_BYTES > free:
+            warnings.warn(DiskSpaceWarning(
+                f"the disk will fill during the run: the replay buffer at {self.directory} needs "
+                f"{_fmt_bytes(need)} and the run's checkpoints (kept + best/) "
+                f"{_fmt_bytes(extra_bytes)}, plus a {_fmt_bytes(_DISK_MARGIN_BYTES)} margin, but "
+                f"only {_fmt_bytes(free)} are free; free space, or lower replay.buffer_size or "
+                "train.keep_checkpoints"), stacklevel=3)
         created_dir = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
         made: list[Path] = []
@@ -320,12 +482,7 @@ class ReplayBuffer:
             raise
 
     def _reopen(self, header_path: Path) -> None:
-        header = json.loads(header_path.read_text())
-        if header.get("format") != FORMAT_NAME:
-            raise ReplayMismatchError(f"{header_path} is not a {FORMAT_NAME} header")
-        if header.get("version") != FORMAT_VERSION:
-            raise ReplayMismatchError(
-                f"version: on disk {header.get('version')!r}, this code reads {FORMAT_VERSION}")
+        header = read_header(self.directory)
         wanted = {
             "observation_shape": list(self.observation_shape),
             "observation_dtype": self.observation_dtype.str,
@@ -335,42 +492,176 @@ class ReplayBuffer:
         }
         for field, value in wanted.items():
             if header.get(field) != value:
+                key = CONFIG_KEYS[field]
                 raise ReplayMismatchError(
-                    f"{field}: buffer at {self.directory} has {header.get(field)!r}, "
-                    f"requested {value!r}; nothing was changed")
-        arrays = {}
-        for name, (shape, dtype) in self._specs().items():
-            arr = np.lib.format.open_memmap(self.directory / f"{name}.npy", mode="r+")
-            if arr.shape != shape or arr.dtype != dtype:
-                raise ReplayMismatchError(
-                    f"{name}.npy: on disk {arr.shape} {arr.dtype}, header implies {shape} {dtype}")
-            arrays[name] = arr
-        self._arrays = arrays
+                    f"{key}: the replay at {self.directory} was written with {header.get(field)}, "
+                    f"the config now says {value} (the buffer's {field}); nothing was changed: "
+                    f"resume with the settings it was written with, or {FRESH_REPLAY_HINT}",
+                    key=key, field=field, written=header.get(field), requested=value)
+        specs = self._specs()
+        declared = {name: {"shape": list(shape), "dtype": dtype.str} for name, (shape, dtype) in specs.items()}
+        if header["files"] != declared or header["slots_per_env"] != self.slots_per_env:
+            raise ReplayCorruptError(header_path, "its 'files' or 'slots_per_env' disagree with "
+                                                  "its capacity, n_envs and observation settings")
+        self._arrays = {name: _open_field(self.directory / f"{name}.npy", shape, dtype)
+                        for name, (shape, dtype) in specs.items()}
         envs = header["envs"]
         self._frames_written = np.array([e["frames_written"] for e in envs], np.int64)
         self._oldest = np.array([e["oldest_frame"] for e in envs], np.int64)
         self._transitions_added = int(header["transitions_added"])
         self._commits = int(header["commits"])
         self.rng = np.random.Generator(np.random.PCG64())
-        self.rng.bit_generator.state = header["rng_state"]
+        try:
+            self.rng.bit_generator.state = header["rng_state"]
+        except (ValueError, TypeError, KeyError) as err:
+            raise ReplayCorruptError(header_path, f"'rng_state' is not a PCG64 state ({err})") from None
         # Every open episode is cut: its last stored frame has no committed next, and the next add
         # starts a new episode. Slots overwritten by writes that never got committed (they carry
         # another frame_index) are dropped from the front of the window.
         self._episode_open = np.zeros(self.n_envs, bool)
         self._episode_start = np.zeros(self.n_envs, np.int64)
-        frame_index = self._arrays["frame_index"]
+        overwritten = [self._overwritten_slots(e) for e in range(self.n_envs)]
+        self._verify_checksums(header, overwritten)
         for e in range(self.n_envs):
             w = int(self._frames_written[e])
-            lo = max(int(self._oldest[e]), w - self.slots_per_env, 0)
-            window = np.arange(lo, w, dtype=np.int64)
-            bad = np.flatnonzero(frame_index[e, window % self.slots_per_env] != window)
-            if bad.size:
-                lo = int(window[bad[-1]]) + 1
-            self._oldest[e] = lo
+            self._oldest[e] = max(int(self._oldest[e]), w - self.slots_per_env, 0) + overwritten[e].size
             if w > 0:
                 # The last frame may carry a VALID flag set by an uncommitted add; its next is gone.
                 self._arrays["flags"][e, (w - 1) % self.slots_per_env] &= ~VALID
         self._ok = self._scan_sampleable()
+
+    def _overwritten_slots(self, e: int) -> np.ndarray:
+        """Slots of env ``e``'s committed window that writes made after the commit overwrote:
+        the frames at the front of the window, where the ring went on. Any other slot whose
+        ``frame_index`` disagrees with the header is damage (ReplayCorruptError)."""
+        S = self.slots_per_env
+        w = int(self._frames_written[e])
+        window = np.arange(max(int(self._oldest[e]), w - S, 0), w, dtype=np.int64)
+        held = np.asarray(self._arrays["frame_index"][e, window % S])
+        bad = np.flatnonzero(held != window)
+        if bad.size == 0:
+            return bad
+        # A write in progress sets -1, a finished one the later frame of the slot (a rewind to an
+        # older header may find frames several laps on). They are a prefix of the window.
+        later = (held[bad] == -1) | ((held[bad] > window[bad]) & ((held[bad] - window[bad]) % S == 0))
+        wrong = np.flatnonzero((bad != np.arange(bad.size)) | ~later)
+        if wrong.size:
+            i = bad[wrong[0]]
+            raise ReplayCorruptError(
+                self.directory / "frame_index.npy",
+                f"env {e} slot {int(window[i] % S)} holds frame {int(held[i])} where header.json "
+                f"declares frame {int(window[i])}")
+        return window[bad] % S
+
+    # ------------------------------------------------------------------ checksums
+
+    def _chunk_slots(self, name: str) -> int:
+        if name == "observations":
+            return chunk_slots(self.observation_shape, self.observation_dtype, self.slots_per_env)
+        return min(self.slots_per_env, 1024)
+
+    def _chunk_crc(self, name: str, e: int, c: int, w: int) -> int:
+        """CRC32 of chunk ``c`` of env ``e``'s slots in file ``name``, over the slots a commit
+        declaring ``w`` frames written holds committed data in: the slots written, without the
+        transition fields of the newest frame (the next add writes them)."""
+        S, C = self.slots_per_env, self._chunk_slots(name)
+        lo, hi = c * C, min((c + 1) * C, S, w)
+        if hi <= lo:
+            return 0
+        row = self._arrays[name][e]
+        newest = (w - 1) % S
+        if name in _TRANSITION_FIELDS and lo <= newest < hi:
+            return zlib.crc32(row[newest + 1:hi], zlib.crc32(row[lo:newest]))
+        return zlib.crc32(row[lo:hi])
+
+    def _n_chunks(self, name: str) -> int:
+        return -(-self.slots_per_env // self._chunk_slots(name))
+
+    def _full_checksums(self, w: np.ndarray | None = None) -> dict[str, Any]:
+        """Every chunk's CRC32, computed from the files (for frames_written ``w``: now)."""
+        w = self._frames_written if w is None else w
+        return {name: {"chunk_slots": self._chunk_slots(name),
+                       "crc32": [[self._chunk_crc(name, e, c, int(w[e])) for c in range(self._n_chunks(name))]
+                                 for e in range(self.n_envs)]}
+                for name in self._arrays}
+
+    def _chunks_of(self, name: str, slots: np.ndarray) -> set[int]:
+        return set((np.asarray(slots) // self._chunk_slots(name)).tolist())
+
+    def _updated_checksums(self, w: np.ndarray) -> dict[str, Any]:
+        """The checksums for a commit declaring ``w``: the last commit's, with the chunks written
+        since (its newest frame's slot on: the add after it wrote that slot's transition) and
+        the stale ones recomputed."""
+        if self._checksums is None or self._committed_w is None:
+            return self._full_checksums(w)
+        S = self.slots_per_env
+        out = {}
+        for name, table in self._checksums.items():
+            rows = []
+            for e in range(self.n_envs):
+                row = list(table["crc32"][e])
+                prev, now = int(self._committed_w[e]), int(w[e])
+                dirty = set(self._stale.get(name, [set()] * self.n_envs)[e])
+                if now > prev:
+                    first = max(prev - 1, 0)
+                    dirty |= (set(range(len(row))) if now - first >= S else
+                              self._chunks_of(name, np.arange(first, now) % S))
+                for c in dirty:
+                    row[c] = self._chunk_crc(name, e, c, now)
+                rows.append(row)
+            out[name] = {"chunk_slots": table["chunk_slots"], "crc32": rows}
+        return out
+
+    def _verify_checksums(self, header: dict[str, Any], overwritten: list[np.ndarray]) -> None:
+        """Check every chunk's CRC32 against the header, except chunks holding slots that writes
+        after the commit overwrote (``overwritten``; they are recomputed at the next commit).
+        A header without checksums (written before they existed) is taken as it is."""
+        self._committed_w = self._frames_written.copy()
+        stored = header.get("checksums")
+        if not isinstance(stored, dict) or set(stored) != set(self._arrays):
+            return
+        for name, table in stored.items():
+            rows = table.get("crc32") if isinstance(table, dict) else None
+            if (not isinstance(rows, list) or table.get("chunk_slots") != self._chunk_slots(name)
+                    or len(rows) != self.n_envs
+                    or any(not isinstance(row, list) or len(row) != self._n_chunks(name)
+                           or not all(isinstance(x, int) for x in row) for row in rows)):
+                raise ReplayCorruptError(self.directory / HEADER_NAME,
+                                         f"'checksums' of {name} do not fit the buffer")
+        self._stale = {name: [self._chunks_of(name, overwritten[e]) for e in range(self.n_envs)]
+                       for name in stored}
+        C = {name: self._chunk_slots(name) for name in stored}
+        for e in range(self.n_envs):
+            w = int(self._frames_written[e])
+            for name, table in stored.items():
+                for c, expected in enumerate(table["crc32"][e]):
+                    if c in self._stale[name][e]:
+                        continue
+                    got = self._chunk_crc(name, e, c, w)
+                    if got != expected:
+                        lo, hi = c * C[name], min((c + 1) * C[name], self.slots_per_env, w)
+                        raise ReplayCorruptError(
+                            self.directory / f"{name}.npy",
+                            f"env {e} slots {lo}..{hi - 1} fail their checksum (CRC32 {got:#010x}, "
+                            f"header.json recorded {expected:#010x} at commit): the data changed "
+                            "after it was committed")
+        self._checksums = stored
+
+    @staticmethod
+    def discard(directory: str | os.PathLike) -> Path:
+        """Move the replay directory ``directory`` aside (to ``<directory>.discarded-<n>``, the
+        first free n) so that a fresh buffer can be created in its place; returns where it went.
+        Nothing is deleted. Used to resume a run whose buffer is damaged or was written with
+        other settings (``--fresh-replay``): the agent is kept, the buffer starts empty."""
+        directory = Path(directory)
+        if not directory.exists():
+            raise FileNotFoundError(errno.ENOENT, "no replay directory to discard", str(directory))
+        n = 1
+        while (target := directory.with_name(f"{directory.name}.discarded-{n}")).exists():
+            n += 1
+        os.replace(directory, target)
+        _fsync_dir(directory.parent)
+        return target
 
     # ------------------------------------------------------------------ writing
 
@@ -482,6 +773,10 @@ class ReplayBuffer:
         with self._lock:
             self._commits += 1
             header = self._header()  # a consistent snapshot of the write state and the rng
+            w = self._frames_written.copy()
+        # Adds come from this thread: nothing is written while the checksums are computed.
+        checksums = self._updated_checksums(w)
+        header["checksums"] = checksums
         for arr in self._arrays.values():
             arr.flush()  # msync: data reaches the disk before the header that declares it
         if self._obs_fd is not None:
@@ -492,6 +787,7 @@ class ReplayBuffer:
             with self._lock:
                 self._commits -= 1
             raise
+        self._checksums, self._committed_w, self._stale = checksums, w, {}
         _fsync_dir(self.directory)
         return header
 
@@ -702,22 +998,48 @@ class ReplayBuffer:
         frames are copied outside it, and any sample whose slots the writer reached meanwhile is
         drawn again (rare: it needs the writer to lap onto the oldest frames during one copy).
         """
-        batch_size = int(batch_size)
+        drawn = self.draw(batch_size)
+        out = self.gather(drawn)
+        self.repair(drawn, out)
+        return out
+
+    def draw(self, batch_size: int) -> tuple[np.ndarray, ...]:
+        """Choose ``batch_size`` transitions with the seeded Generator; the first half of
+        ``sample``. Call it from the thread that adds, in program order, so that the draws do
+        not depend on thread timing; :meth:`gather` may then run in any thread, and
+        :meth:`repair` in the drawing thread once it returned."""
         with self._lock:
             if self._closed:
                 raise ValueError("sample on a closed ReplayBuffer")
-            env, a, stack, next_stack, m, lowest = self._draw(batch_size)
-        out = self._gather(env, a, stack, next_stack, m)
+            return self._draw(int(batch_size))
+
+    def gather(self, drawn: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
+        """Copy the frames and fields of the transitions :meth:`draw` chose (``sample``'s batch
+        layout); safe in any thread while another adds (rows it overwrote meanwhile are found
+        and replaced by :meth:`repair`)."""
+        env, a, stack, next_stack, m, _ = drawn
+        return self._gather(env, a, stack, next_stack, m)
+
+    def repair(self, drawn: tuple[np.ndarray, ...], out: dict[str, np.ndarray]) -> int:
+        """Replace, in ``out`` (``gather(drawn)``) and ``drawn``, every transition whose slots the
+        writer has reached since it was drawn, with transitions drawn again; returns how many.
+
+        Whether a row is replaced depends only on the adds made before this call, not on when
+        the gather ran: called from the thread that adds, the result is the same whatever the
+        thread timing."""
+        env, lowest = drawn[0], drawn[5]
+        replaced = 0
         while True:
             with self._lock:
                 torn = np.flatnonzero(lowest + self.slots_per_env < self._frames_written[env])
                 if torn.size == 0:
-                    return out
+                    return replaced
                 env2, a2, stack2, next2, m2, lowest2 = self._draw(torn.size)
             redo = self._gather(env2, a2, stack2, next2, m2)
             for key in out:
                 out[key][torn] = redo[key]
             env[torn], lowest[torn] = env2, lowest2
+            replaced += int(torn.size)
 
     def sample_indices(self, batch_size: int) -> dict[str, np.ndarray]:
         """Like ``sample`` but without the frames: where they are, for a copy of the frames kept
