@@ -198,8 +198,21 @@ class PerfConfig(Validated):
         self.require(self.writeback_s is None or (math.isfinite(self.writeback_s)
                                                   and self.writeback_s >= 0), "writeback_s",
                      f"must be a finite number >= 0 (0: off), got {self.writeback_s}")
-        self.require(self.eval_workers is None or self.eval_workers >= 0, "eval_workers",
-                     f"must be >= 0, got {self.eval_workers}")
+
+    def check_with(self, train: TrainConfig) -> None:
+        """The overrides that contradict the run's train section or each other (the plan
+        resolves what they leave open)."""
+        episodes = train.eval_episodes
+        self.require(self.envs_per_worker is None or train.n_envs % self.envs_per_worker == 0,
+                     "envs_per_worker", f"must divide train.n_envs ({train.n_envs}), got {self.envs_per_worker}")
+        self.require(self.eval_workers is None or 0 <= self.eval_workers <= episodes, "eval_workers",
+                     f"must be in [0, train.eval_episodes={episodes}], got {self.eval_workers}")
+        self.require(not (self.eval_workers and self.eval_async_envs), "eval_workers",
+                     "evaluation processes and perf.eval_async_envs exclude each other: set one")
+        self.require(not self.eval_on_device or (self.eval_in_background is not False
+                                                 and not self.eval_workers), "eval_on_device",
+                     "needs perf.eval_in_background and no perf.eval_workers (it keeps the "
+                     "background evaluation's copy on the training device)")
 
 
 _SECTIONS = {"env": EnvConfig, "replay": ReplayConfig, "train": TrainConfig, "perf": PerfConfig}
@@ -274,6 +287,7 @@ def config_from_dict(raw: Mapping[str, Any], migrate: bool = False) -> RunConfig
         raise ConfigError(f"unknown config key {unknown[0]!r} (top-level keys: {', '.join(sorted(known))})")
     raw = _moved_speed_keys(raw, migrate)
     sections = {name: build(cls, raw.get(name), name) for name, cls in _SECTIONS.items()}
+    sections["perf"].check_with(sections["train"])
     agent = build(SACConfig, raw.get("agent"), "agent")
     experiment = coerce(raw.get("experiment", "dodgerl"), str, "experiment")
     seed = coerce(raw.get("seed", 0), int, "seed")

@@ -11,7 +11,9 @@ import pytest
 from flax import struct
 
 from dodgerl.config import EnvConfig
-from dodgerl.train import EvalProcesses, Evaluator, make_env, write_gif
+from dodgerl.envs.make import make_env
+from dodgerl.episodes import Evaluator, write_gif
+from dodgerl.train.eval_processes import EvalProcesses
 
 
 def row_policy(obs: np.ndarray, key: jax.Array) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 
 from dodgerl.config import ConfigError, EnvConfig, config_from_dict
 from dodgerl.envs.grouped import GroupedAsyncVectorEnv
-from dodgerl.train import make_env, make_vector_env
+from dodgerl.envs.make import make_env, make_vector_env
 
 
 @pytest.mark.parametrize("obs_mode", ["vector", "topdown"])
@@ -52,10 +52,10 @@ def test_grouped_envs_step_exactly_like_one_process(obs_mode):
 def test_envs_per_worker_must_divide_n_envs():
     with pytest.raises(ValueError, match="multiple of envs_per_worker"):
         GroupedAsyncVectorEnv(functools.partial(make_env, EnvConfig(obs_mode="vector")), 6, 4)
-    with pytest.raises(ConfigError, match="train.envs_per_worker"):
-        config_from_dict({"train": {"n_envs": 6, "envs_per_worker": 4}})
-    with pytest.raises(ConfigError, match="train.envs_per_worker"):
-        config_from_dict({"train": {"envs_per_worker": 0}})
+    with pytest.raises(ConfigError, match="perf.envs_per_worker"):
+        config_from_dict({"train": {"n_envs": 6}, "perf": {"envs_per_worker": 4}})
+    with pytest.raises(ConfigError, match="perf.envs_per_worker"):
+        config_from_dict({"perf": {"envs_per_worker": 0}})
 
 
 def test_grouped_reset_rejects_a_wrong_number_of_seeds():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -19,14 +20,18 @@ import yaml
 
 from dodgerl.checkpoint import complete_checkpoints, read_meta
 from dodgerl.cli import main as cli_main
-from dodgerl.config import ConfigError, config_from_dict, load_config
+from dodgerl.config import ConfigError, PerfConfig, config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parent.parent
+PERF_KEYS = {f.name for f in dataclasses.fields(PerfConfig)}
 
 
 def tiny_raw(obs_mode: str = "topdown", total: int = 240, **train) -> dict:
-    """A run small enough for CI: 64x64 images, 2 envs, a tiny network, a few hundred steps."""
+    """A run small enough for CI: 64x64 images, 2 envs, a tiny network, a few hundred steps.
+    Keyword arguments are train keys, or perf keys (execution plan overrides)."""
+    perf = {k: train.pop(k) for k in list(train) if k in PERF_KEYS}
     return {
+        "perf": perf,
         "experiment": f"test_{obs_mode}",
         "seed": 3,
         "env": {"level": 1, "obs_mode": obs_mode, "image_size": 64, "max_episode_steps": 60},
@@ -97,7 +102,7 @@ def test_fast_path_switches_keep_the_update_count_and_resume(tmp_path, mirror, o
     n-step sampling goes through both batch paths (mirror and host sampler)."""
     raw = tiny_raw("topdown", total=120, update_every=update_every, overlap=overlap)
     raw["env"]["frame_stack"] = 2
-    raw["replay"]["device_mirror"] = mirror
+    raw["perf"]["device_mirror"] = mirror
     raw["replay"]["n_step"] = n_step
     results = tmp_path / "r"
     assert cli_main("topdown", ["--config", str(write_config(tmp_path, raw)),
@@ -132,7 +137,7 @@ def test_the_dispatch_thread_changes_no_result(tmp_path, obs_mode):
         raw = tiny_raw(obs_mode, total=160, dispatch_thread=threaded, overlap=True,
                        updates_in_flight=in_flight)
         raw["env"]["level"] = 2  # episodes end within the run
-        raw["replay"]["device_mirror"] = True
+        raw["perf"]["device_mirror"] = True
         results = tmp_path / f"r{int(threaded)}{in_flight}"
         assert cli_main(obs_mode, ["--config", str(write_config(tmp_path, raw)),
                                    "--results-dir", str(results)]) == 0
@@ -183,7 +188,7 @@ def test_env_subprocesses_and_background_evaluation_do_not_change_a_run(tmp_path
         raw["env"]["level"] = 2  # episodes end within the run
         # Batches drawn on the loop's thread (the mirror), not by prefetching sampler threads,
         # whose draws depend on how much of the buffer they happened to see.
-        raw["replay"]["device_mirror"] = True
+        raw["perf"]["device_mirror"] = True
         results = tmp_path / f"r{i}"
         assert cli_main("vector", ["--config", str(write_config(tmp_path, raw)),
                                    "--results-dir", str(results)]) == 0
@@ -381,7 +386,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, to_group, thread
     # made by the dispatch thread (with the replay mirror), whose queue the checkpoint drains.
     raw = tiny_raw("vector", total=1_000_000, checkpoint_freq=100_000, eval_freq=0,
                    async_envs=to_group, dispatch_thread=threaded)
-    raw["replay"]["device_mirror"] = threaded
+    raw["perf"]["device_mirror"] = threaded
     config = write_config(tmp_path, raw)
     results = tmp_path / "r"
     env = dict(os.environ, SDL_VIDEODRIVER="dummy", PYTHONUNBUFFERED="1")
@@ -419,16 +424,16 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, to_group, thread
         ("train.n_envs=two", "train.n_envs: expected an integer"),
         ("train.n_envs=0", "train.n_envs: must be >= 1"),
         ("replay.n_step=0", "replay.n_step: must be >= 1"),
-        ("replay.writeback_s=-1", "replay.writeback_s: must be a finite number >= 0"),
+        ("perf.writeback_s=-1", "perf.writeback_s: must be a finite number >= 0"),
         ("env.image_size=32", "env.image_size: must be in 64..256"),
         ("env.obs_mode=lidar", "env.obs_mode"),
         ("agent.actor_lr=-1", "actor_lr"),
         ("agent.no_such_key=1", "no_such_key"),
         ("bogus=1", "unknown config key 'bogus'"),
         ("train.total_timesteps", "expected key=value"),
-        ("train.eval_on_device=true", "train.eval_on_device: needs train.eval_in_background"),
-        ("train.updates_in_flight=3", "train.updates_in_flight: must be 1 or 2"),
-        ("train.dispatch_thread=sometimes", "train.dispatch_thread"),
+        ("perf.envs_per_worker=3", "perf.envs_per_worker: must divide train.n_envs (1), got 3"),
+        ("perf.updates_in_flight=3", "perf.updates_in_flight: must be 1 or 2"),
+        ("perf.dispatch_thread=sometimes", "perf.dispatch_thread"),
     ],
 )
 def test_bad_set_values_fail_before_any_work(tmp_path, capsys, override, message):
@@ -456,11 +461,15 @@ def test_bad_config_file_names_the_key(tmp_path):
     raw["train"]["video"] = "yes"
     with pytest.raises(ConfigError, match="train.video: expected true or false"):
         config_from_dict(raw)
-    for train, message in [({"eval_workers": 11}, r"train.eval_workers: must be in \[0, train.eval_episodes=10\]"),
-                           ({"eval_workers": -1}, "train.eval_workers: must be in"),
-                           ({"eval_workers": 2, "eval_async_envs": True}, "train.eval_workers: .*exclude each other")]:
+    for perf, message in [({"eval_workers": 11}, r"perf.eval_workers: must be in \[0, train.eval_episodes=10\]"),
+                           ({"eval_workers": -1}, "perf.eval_workers: must be in"),
+                           ({"eval_workers": 2, "eval_async_envs": True}, "perf.eval_workers: .*exclude each other")]:
         with pytest.raises(ConfigError, match=message):
-            config_from_dict({"train": train})
+            config_from_dict({"perf": perf})
+    with pytest.raises(ConfigError, match="perf.eval_on_device: needs perf.eval_in_background"):
+        config_from_dict({"perf": {"eval_on_device": True, "eval_in_background": False}})
+    with pytest.raises(ConfigError, match=r"train.overlap: a speed setting.*perf.overlap"):
+        config_from_dict({"train": {"overlap": False}})
 
 
 def test_shipped_configs_load_and_match_the_seed():
@@ -497,11 +506,11 @@ def test_a_failed_device_call_on_the_dispatch_thread_reaches_the_caller(tmp_path
     complete."""
     import threading
 
-    from dodgerl import train as train_module
+    from dodgerl.train import train
     from dodgerl.agents import sac
 
     raw = tiny_raw("topdown", total=400, dispatch_thread=True, checkpoint_freq=100, eval_freq=0)
-    raw["replay"]["device_mirror"] = True
+    raw["perf"]["device_mirror"] = True
     original, calls = sac.SACAgent.update_from, [0]
 
     def update_then_fail(self, *args, **kwargs):
@@ -514,7 +523,7 @@ def test_a_failed_device_call_on_the_dispatch_thread_reaches_the_caller(tmp_path
 
     monkeypatch.setattr(sac.SACAgent, "update_from", update_then_fail)
     with pytest.raises(RuntimeError, match="device refused the update"):
-        train_module.train(config_from_dict(raw), results_dir=tmp_path / "r")
+        train(config_from_dict(raw), results_dir=tmp_path / "r")
     assert calls[0] == 31  # stopped at the first failure
     assert not [t for t in threading.enumerate() if t.name.startswith("dispatch")]
     run_dir = only_run_dir(tmp_path / "r")
@@ -523,25 +532,13 @@ def test_a_failed_device_call_on_the_dispatch_thread_reaches_the_caller(tmp_path
     assert int(rows[-1]["step"]) <= 140  # the loop did not run on long after the failure
 
 
-def test_dispatch_thread_auto_means_images_on_an_accelerator(monkeypatch):
-    from dodgerl import train as train_module
-    from dodgerl.config import EnvConfig
-
-    image, vector = EnvConfig(obs_mode="topdown"), EnvConfig(obs_mode="vector")
-    for backend, expected in (("cpu", (False, False)), ("gpu", (True, False))):
-        monkeypatch.setattr(train_module.jax, "default_backend", lambda: backend)
-        assert (train_module.use_dispatch_thread("auto", image),
-                train_module.use_dispatch_thread("auto", vector)) == expected
-        assert train_module.use_dispatch_thread(True, vector) and not train_module.use_dispatch_thread(False, image)
-
-
 def test_an_exception_mid_run_leaves_no_process_and_keeps_the_checkpoints(tmp_path, monkeypatch):
     """A failure inside the loop (here the replay refusing a write) reaches the caller of
     train(), no env or evaluation process outlives the call, and the checkpoint saved before the
     failure stays complete (a researcher's notebook is not left with orphaned processes)."""
     import multiprocessing
 
-    from dodgerl import train as train_module
+    from dodgerl.train import train
     from dodgerl.replay import ReplayBuffer
 
     raw = tiny_raw("vector", total=400, n_envs=4, async_envs=True, envs_per_worker=2,
@@ -557,7 +554,7 @@ def test_an_exception_mid_run_leaves_no_process_and_keeps_the_checkpoints(tmp_pa
     monkeypatch.setattr(ReplayBuffer, "add", add_then_fail)
     before = set(multiprocessing.active_children())
     with pytest.raises(RuntimeError, match="replay refused the write"):
-        train_module.train(config_from_dict(raw), results_dir=tmp_path / "r")
+        train(config_from_dict(raw), results_dir=tmp_path / "r")
     assert set(multiprocessing.active_children()) - before == set()
     run_dir = only_run_dir(tmp_path / "r")
     assert [int(p.name) for p in complete_checkpoints(run_dir / "checkpoints")] == [100]
