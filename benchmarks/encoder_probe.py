@@ -36,7 +36,7 @@ import optax  # noqa: E402
 
 from dodgerl.envs.dodge_env import DodgeEnv  # noqa: E402
 from dodgerl.envs.policies import LookaheadPolicy, run_episode  # noqa: E402
-from dodgerl.agents.sac import SACConfig  # noqa: E402
+from dodgerl.envs.dodge_env import DODGE_OBS_LAYOUT  # noqa: E402
 from dodgerl.networks import MLP, MLPEncoder, SetEncoder  # noqa: E402
 
 EVAL_SEED = 1_000_000
@@ -57,7 +57,7 @@ def make_encoder(name: str, set_arch: tuple[int, ...]) -> nn.Module:
     if name == "mlp":
         return MLPEncoder()  # the identity: the shipped vector config's encoder
     if name == "set":
-        return SetEncoder(*SACConfig().set_layout, features=set_arch)  # the dodge obs layout
+        return SetEncoder(*DODGE_OBS_LAYOUT, features=set_arch)
     raise ValueError(f"unknown encoder {name!r}: expected mlp or set")
 
 

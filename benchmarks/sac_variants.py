@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import update_throughput as ut  # noqa: E402
 
 from dodgerl.agents import sac  # noqa: E402
+from dodgerl.envs.dodge_env import DODGE_ACTION_XY, DODGE_OBS_XY  # noqa: E402
 from dodgerl.networks import NatureCNN  # noqa: E402
 
 RESULTS: dict = {"encoder": [], "variants": [], "profile": {}}
@@ -82,6 +83,11 @@ def encoder_bench():
                         f"  fwd+bwd {r['fwd_bwd_ms']:.3f} ms")
 
 
+def _with_impl(opts, overrides):
+    """``overrides`` with the implementation options ``opts`` as its ``impl`` (SACConfig.impl)."""
+    return {**overrides, "impl": sac.ImplOptions(**opts)}
+
+
 def _agent(case, bf16, config_overrides=None):
     shape, dtype, batch_size = ut.CASES[case]
     import gymnasium
@@ -96,7 +102,7 @@ def profile(case, bf16, k=8, calls=4, top=30, variant=""):
     overrides = {}
     if variant:
         opts, overrides = split_variant(variant)
-        sac.set_impl_options(**opts)
+        overrides = _with_impl(opts, overrides)
     agent, shape, dtype, b = _agent(case, bf16, overrides)
     batch = ut._batch(shape, dtype, k, b)
     key = jax.random.key(1)
@@ -114,7 +120,6 @@ def profile(case, bf16, k=8, calls=4, top=30, variant=""):
     path = sorted(glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True))[-1]
     data = jax.profiler.ProfileData.from_file(path)
     name = f"{case}_{'bf16' if bf16 else 'fp32'}_k{k}" + (f"_{variant}" if variant else "")
-    sac.set_impl_options(**dataclasses_defaults())
     out = {"wall_ms_per_step": 1e3 * wall / (calls * k), "lines": {}}
     log(f"== profile {name}: wall {out['wall_ms_per_step']:.3f} ms/step (traced)")
     for plane in data.planes:
@@ -164,7 +169,9 @@ MODIFIERS = {
     "todepth": ({"conv1_space_to_depth": True}, {}),
     "stacknext": ({"stack_next": True}, {}),
     "conv": ({"conv_gemm": False}, {}),
-    "d4": ({}, {"symmetry": "d4"}),
+    # The dodge env's planar pairs (its vector observation's; the images are rotated whole).
+    "d4": ({}, {"symmetry": "d4", "symmetry_obs_xy": DODGE_OBS_XY,
+                "symmetry_action_xy": DODGE_ACTION_XY}),
     "shift": ({}, {"augmentation": True}),
 }
 
@@ -176,7 +183,7 @@ def split_variant(name):
     mods = []
     while parts and parts[-1] in MODIFIERS:
         mods.insert(0, parts.pop())
-    opts, overrides = {**dataclasses_defaults(), **VARIANTS["+".join(parts)]}, {}
+    opts, overrides = dict(VARIANTS["+".join(parts)]), {}
     for m in mods:
         opts.update(MODIFIERS[m][0])
         overrides.update(MODIFIERS[m][1])
@@ -187,18 +194,11 @@ def variants(plan, k, repeats, min_steps=200):
     for case, dtype, names in plan:
         for name in names:
             opts, overrides = split_variant(name)
-            sac.set_impl_options(**opts)
-            r = ut.measure(case, k, dtype == "bf16", repeats, min_steps, overrides)
+            r = ut.measure(case, k, dtype == "bf16", repeats, min_steps, _with_impl(opts, overrides))
             r["variant"] = name
             RESULTS["variants"].append(r)
             log(f"variant {case} {dtype} K={k} {name}: {r['grad_steps_per_s']:.1f} steps/s "
                 f"({1e3 * r['median_s_per_step']:.3f} ms/step, first call {r['first_call_s']:.1f} s)")
-    sac.set_impl_options(**dataclasses_defaults())
-
-
-def dataclasses_defaults():
-    import dataclasses
-    return {f.name: f.default for f in dataclasses.fields(sac.ImplOptions)}
 
 
 def main():
@@ -215,7 +215,7 @@ def main():
                    help="grad steps per timed repeat of a variant (1: one call, for slow CPU cases)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    log(f"devices {jax.devices()} jax {jax.__version__} impl {sac.impl_options()}")
+    log(f"devices {jax.devices()} jax {jax.__version__} impl defaults {sac.ImplOptions()}")
 
     def dump():
         if args.json:

@@ -384,7 +384,7 @@ def test_agent_symmetry_pairs_are_the_observation_of_the_transformed_world(eleme
     # the observation the env computes for the rotated / reflected world.
     import jax.numpy as jnp
 
-    from dodgerl.agents.sac import DODGE_OBS_XY
+    from dodgerl.envs.dodge_env import DODGE_OBS_XY
     from dodgerl.networks import apply_planar_symmetries
 
     env = DodgeEnv(level=2)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dodgerl.agents import sac
+from dodgerl.envs.dodge_env import DODGE_OBS_XY
 from dodgerl.networks import tanh_gaussian_log_prob
 
 ACTION_SPACE = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -17,6 +18,7 @@ VECTOR_SPACE = gymnasium.spaces.Box(-np.inf, np.inf, (6,), np.float32)
 IMAGE_SPACE = gymnasium.spaces.Box(0, 255, (40, 40, 6), np.uint8)  # two stacked RGB frames
 SET_SPACE = gymnasium.spaces.Box(-np.inf, np.inf, (5 + 3 * 6,), np.float32)  # dodge layout, 3 items
 TINY = dict(net_arch=(16, 16), encoder_features=16, batch_size=8)
+ACTION_XY = (0,)  # ACTION_SPACE's planar pair, as the dodge env publishes it
 
 
 def random_batch(space, k, b, seed=0, action_dim=2, terminated_fraction=0.3):
@@ -212,7 +214,8 @@ def _encoder_config(space, **kw):
     """TINY with a parameterised encoder: NatureCNN for images, an (8,) MLP for VECTOR_SPACE,
     the set encoder for SET_SPACE."""
     if space is SET_SPACE:
-        return sac.SACConfig(**TINY, vector_encoder="set", set_encoder_arch=(8,), **kw)
+        return sac.SACConfig(**TINY, vector_encoder="set", set_layout=(5, 6), set_encoder_arch=(8,),
+                             **kw)
     return sac.SACConfig(**TINY, vector_encoder_arch=(8,), **kw)
 
 
@@ -397,19 +400,24 @@ def test_from_dict_accepts_yaml_lists():
 def test_create_rejects_symmetry_it_cannot_apply():
     wide = gymnasium.spaces.Box(0, 255, (40, 48, 3), np.uint8)
     with pytest.raises(ValueError, match="symmetry='d4': the images must be square"):
-        sac.create(jax.random.key(0), wide, ACTION_SPACE, sac.SACConfig(**TINY, symmetry="d4"))
+        sac.create(jax.random.key(0), wide, ACTION_SPACE,
+                   sac.SACConfig(**TINY, symmetry="d4", symmetry_action_xy=ACTION_XY))
     with pytest.raises(ValueError, match="symmetry_action_xy=\\[1\\].*the action has 2"):
         sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE,
                    sac.SACConfig(**TINY, symmetry="d4", symmetry_action_xy=(1,)))
-    sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, sac.SACConfig(**TINY, symmetry="d4"))
-    # The default pairs are the 65-dim dodge observation's: a 6-dim one does not have them.
+    sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE,
+               sac.SACConfig(**TINY, symmetry="d4", symmetry_action_xy=ACTION_XY))
+    # The pairs of the 65-dim dodge observation: a 6-dim one does not have them.
     with pytest.raises(ValueError, match="symmetry_obs_xy=.*the observation has 6"):
-        sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE, sac.SACConfig(**TINY, symmetry="d4"))
+        sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE,
+                   sac.SACConfig(**TINY, symmetry="d4", symmetry_obs_xy=DODGE_OBS_XY,
+                                 symmetry_action_xy=ACTION_XY))
     with pytest.raises(ValueError, match="symmetry_action_xy=\\[1\\].*the action has 2"):
         sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE,
                    sac.SACConfig(**TINY, symmetry="d4", symmetry_obs_xy=(0,), symmetry_action_xy=(1,)))
     sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE,
-               sac.SACConfig(**TINY, symmetry="d4", symmetry_obs_xy=(0, 2)))  # fits: fine
+               sac.SACConfig(**TINY, symmetry="d4", symmetry_obs_xy=(0, 2),
+                             symmetry_action_xy=ACTION_XY))  # fits: fine
 
 
 @pytest.mark.parametrize(
@@ -464,19 +472,15 @@ def test_impl_options_do_not_change_the_update(space, vector_arch, sharing):
                         augmentation=True, actor_lr=1e-3, critic_lr=1e-3, temperature_lr=1e-3)
     batch, key = random_batch(space, 3, 8, seed=2), jax.random.key(3)
     results = []
-    defaults = sac.impl_options()
-    try:
-        # NatureCNN options: the same program for vector observations, so not compared there.
-        image_only = ({"conv1_space_to_depth": True}, {"conv_gemm": False})
-        for changes in ({}, {"concat_online": True}, {"scan_unroll": 1}, {"scan_unroll": 8},
-                        {"stack_next": True}, *(image_only if space is IMAGE_SPACE else ())):
-            sac.set_impl_options(**dataclasses.asdict(defaults))
-            sac.set_impl_options(**changes)
-            agent = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)
-            agent, metrics = agent.update(batch, key)
-            results.append((to_numpy(agent), to_numpy(metrics)))
-    finally:
-        sac.set_impl_options(**dataclasses.asdict(defaults))
+    # NatureCNN options: the same program for vector observations, so not compared there.
+    image_only = ({"conv1_space_to_depth": True}, {"conv_gemm": False})
+    for changes in ({}, {"concat_online": True}, {"scan_unroll": 1}, {"scan_unroll": 8},
+                    {"stack_next": True}, *(image_only if space is IMAGE_SPACE else ())):
+        with_impl = dataclasses.replace(cfg, impl=sac.ImplOptions(**changes))
+        agent = sac.create(jax.random.key(0), space, ACTION_SPACE, with_impl)
+        agent, metrics = agent.update(batch, key)
+        # The agents differ in their static config (impl) only: compare the arrays.
+        results.append((jax.tree.leaves(to_numpy(agent)), to_numpy(metrics)))
     # atol: Adam divides by sqrt(v), so a gradient entry near zero turns float-rounding noise
     # into a visible fraction of one step (lr 1e-3); 1e-4 is a tenth of a step.
     for other in results[1:]:
@@ -489,19 +493,14 @@ def test_convs_are_gemms_by_default_where_measured_faster(backend, monkeypatch):
     """``conv_gemm=None`` picks the GEMM form up to CONV_GEMM_MAX_SIDE on a GPU and cuDNN
     convolutions above, GEMMs at every size on the CPU (where each was measured faster); an
     explicit setting wins."""
-    monkeypatch.setattr(sac.jax, "default_backend", lambda: backend)
-    cfg = sac.SACConfig(**TINY)
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
     side = sac.CONV_GEMM_MAX_SIDE
-    defaults = sac.impl_options()
     auto = (True, True, backend == "cpu")
-    try:
-        for conv_gemm, expected in ((None, auto), (False, (False,) * 3), (True, (True,) * 3)):
-            sac.set_impl_options(conv_gemm=conv_gemm)  # also empties build_networks' cache
-            got = tuple(sac.build_networks(cfg, (s, s, 3), 2).encoder.conv_gemm
-                        for s in (84, side, side + 1))
-            assert got == expected, (conv_gemm, got)
-    finally:
-        sac.set_impl_options(**dataclasses.asdict(defaults))
+    for conv_gemm, expected in ((None, auto), (False, (False,) * 3), (True, (True,) * 3)):
+        cfg = sac.SACConfig(**TINY, impl=sac.ImplOptions(conv_gemm=conv_gemm))
+        got = tuple(sac.build_networks(cfg, (s, s, 3), 2).encoder.conv_gemm
+                    for s in (84, side, side + 1))
+        assert got == expected, (conv_gemm, got)
 
 
 @pytest.mark.parametrize("sharing, bf16_dense", [("critic", True), ("separate", False)])
@@ -512,28 +511,26 @@ def test_precast_encoder_gives_the_same_bf16_update(sharing, bf16_dense):
     cfg = sac.SACConfig(**TINY, bf16_encoder=True, encoder_sharing=sharing, augmentation=True,
                         actor_lr=1e-3, critic_lr=1e-3, temperature_lr=1e-3)
     batch, key = random_batch(IMAGE_SPACE, 3, 8, seed=4), jax.random.key(5)
-    defaults = sac.impl_options()
     results = []
-    try:
-        for precast in (False, True):
-            sac.set_impl_options(precast_encoder=precast, bf16_dense=bf16_dense)
-            agent = sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, cfg)
-            carried = sac._precast(agent)
-            assert (carried is not None) == precast
-            if precast:
-                dense = carried["target"]["Dense_0"]["kernel"]
-                assert dense.dtype == (jnp.bfloat16 if bf16_dense else jnp.float32)
-                assert carried["critic"]["Conv_0"]["kernel"].dtype == jnp.bfloat16
-                assert ("actor" in carried) == (sharing == "separate")
-            agent, metrics = agent.update(batch, key)
-            results.append((to_numpy(agent), to_numpy(metrics)))
-    finally:
-        sac.set_impl_options(**dataclasses.asdict(defaults))
-    before, after = results
+    for precast in (False, True):
+        with_impl = dataclasses.replace(
+            cfg, impl=sac.ImplOptions(precast_encoder=precast, bf16_dense=bf16_dense))
+        agent = sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, with_impl)
+        carried = sac.precast_encoders(agent)
+        assert (carried is not None) == precast
+        if precast:
+            dense = carried["target"]["Dense_0"]["kernel"]
+            assert dense.dtype == (jnp.bfloat16 if bf16_dense else jnp.float32)
+            assert carried["critic"]["Conv_0"]["kernel"].dtype == jnp.bfloat16
+            assert ("actor" in carried) == (sharing == "separate")
+        agent, metrics = agent.update(batch, key)
+        results.append((agent, to_numpy(metrics)))
     # The encoder moved (so equality is not two untouched copies of the initial parameters).
     initial = to_numpy(sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, cfg))
     assert not np.array_equal(initial.critic.params["encoder"]["Conv_0"]["kernel"],
-                              after[0].critic.params["encoder"]["Conv_0"]["kernel"])
+                              np.asarray(results[1][0].critic.params["encoder"]["Conv_0"]["kernel"]))
+    # The agents differ in their static config (impl) only: compare the arrays.
+    before, after = ((jax.tree.leaves(to_numpy(a)), m) for a, m in results)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                  before, after)
 
@@ -561,7 +558,8 @@ SET_XY = (0, 2) + tuple(5 + 6 * row + j for row in range(3) for j in (0, 2))  # 
 
 @pytest.mark.parametrize("group", ["flip_x", "d4"])
 def test_symmetry_moves_observation_next_observation_and_action_together(group):
-    cfg = sac.SACConfig(**TINY, symmetry=group, symmetry_obs_xy=SET_XY)
+    cfg = sac.SACConfig(**TINY, symmetry=group, symmetry_obs_xy=SET_XY,
+                        symmetry_action_xy=ACTION_XY)
     batch = jax.tree.map(lambda x: x[0], random_batch(SET_SPACE, 1, 256))
     obs = np.asarray(batch.observations)
     # The action is the player's position and the next observation twice the observation, so
@@ -589,7 +587,7 @@ def test_image_symmetry_moves_observation_next_observation_and_action_together(g
     # along the columns, y against the rows) and the next observation's pixel is the same, so
     # whether one element moved all three shows.
     size, b, rng = 40, 256, np.random.default_rng(1)
-    cfg = sac.SACConfig(**TINY, symmetry=group)
+    cfg = sac.SACConfig(**TINY, symmetry=group, symmetry_action_xy=ACTION_XY)
     rc = rng.integers(0, size, (b, 2))
     obs = np.zeros((b, size, size, 6), np.uint8)
     obs[np.arange(b), rc[:, 0], rc[:, 1], :] = 255
@@ -617,7 +615,7 @@ def test_update_with_symmetry_is_the_plain_update_of_the_transformed_batch(space
                     else (IMAGE_SPACE, {"augmentation": True}))
     plain = sac.create(jax.random.key(0), space, ACTION_SPACE,
                        sac.SACConfig(**TINY, augmentation=extra.get("augmentation", False)))
-    cfg = sac.SACConfig(**TINY, symmetry="d4", **extra)
+    cfg = sac.SACConfig(**TINY, symmetry="d4", symmetry_action_xy=ACTION_XY, **extra)
     agent = sac.create(jax.random.key(0), space, ACTION_SPACE, cfg)
     batch = jax.tree.map(lambda x: x[0], random_batch(space, 1, 8))
     key = jax.random.key(3)

@@ -22,7 +22,9 @@ Vector observation (all float32, clipped to the observation space bounds):
 
 ``info`` holds ``steps`` (control steps since reset) and ``projectiles``
 (live projectile count). ``env.unwrapped.state()`` gives the true world state
-for scripted policies and tests.
+for scripted policies and tests. ``env.unwrapped.observation_structure`` publishes the vector
+observation's layout and the planar (x, y) pairs of observation and action, which an agent's
+set encoder and symmetry augmentation need (``sac.with_observation_structure``).
 
 Levels (``level=1|2|3`` or a :class:`~dodgerl.envs.levels.LevelSpec`) are
 described in :mod:`dodgerl.envs.levels`.
@@ -47,6 +49,7 @@ from dodgerl.envs.arena import (
 )
 from dodgerl.envs.levels import LevelSpec, resolve_level
 from dodgerl.envs.rasterizer import Rasterizer, check_image_size
+from dodgerl.envs.structure import ObservationStructure
 
 OBS_MODES = ("vector", "topdown")
 ACTION_SPACE_TYPES = ("basic", "dash")
@@ -58,6 +61,16 @@ REL_VEL_SCALE = 30.0
 DIST_SCALE = ARENA_SIZE * math.sqrt(2.0)
 _PLAYER_SCALE = np.array([1.0 / ARENA_HALF] * 2 + [1.0 / MAX_PLAYER_SPEED] * 2)
 _REL_SCALE = np.array([1.0 / ARENA_SIZE] * 2 + [1.0 / REL_VEL_SCALE] * 2)
+# The vector observation's structure (the table above): the player's features, then one row
+# per projectile whose last feature is its presence flag.
+DODGE_OBS_LAYOUT = (PLAYER_FEATURES, PROJECTILE_FEATURES)
+# Its planar (x, y) vectors, by the index of their x component: the player's position and
+# velocity, then each projectile row's relative position and velocity.
+DODGE_OBS_XY = (0, 2) + tuple(
+    PLAYER_FEATURES + PROJECTILE_FEATURES * row + j for row in range(NUM_NEAREST) for j in (0, 2)
+)
+# The action's: the desired velocity (a dash trigger, if any, is invariant).
+DODGE_ACTION_XY = (0,)
 HIT_REWARD = -100.0
 ALIVE_REWARD = 1.0
 
@@ -172,6 +185,14 @@ class DodgeEnv(gymnasium.Env):
 
             pygame.display.quit()
             self._window = None
+
+    @property
+    def observation_structure(self) -> ObservationStructure:
+        """The observation's set layout and planar pairs (vector observations; None for images)
+        and the action's planar pair, for agents that use them (``sac.with_observation_structure``)."""
+        if self.obs_mode == "vector":
+            return ObservationStructure(DODGE_OBS_LAYOUT, DODGE_OBS_XY, DODGE_ACTION_XY)
+        return ObservationStructure(None, None, DODGE_ACTION_XY)
 
     def state(self) -> dict[str, Any]:
         """The true world state (metres, m/s, world frame: x east, y north, origin at the centre).
