@@ -7,7 +7,7 @@ does the job; the ratio of the two rates is printed, with the job's time beside 
 and alone. Work kinds: pure interpreter work, and small numpy calls (like the loop's host side).
 Jobs:
 
-- ``gif``: ``dodgerl.train.write_gif`` of ``--frames`` 256x256 frames.
+- ``gif``: ``dodgerl.episodes.write_gif`` of ``--frames`` 256x256 frames.
 - ``checkpoint``: ``--saves`` saves of a SAC agent for ``--image-size`` images (0: the 65-dim
   vector) through ``dodgerl.checkpoint.RunCheckpoints``, as the loop's checkpoint thread makes
   them: ``save(wait=False)`` (Orbax copies the arrays to the host, then writes them in its own
@@ -54,7 +54,7 @@ def spin(done: list[bool], work) -> float:
 
 
 def gif_job(args: argparse.Namespace, workdir: Path) -> tuple[Callable[[], None], str]:
-    from dodgerl.train import write_gif
+    from dodgerl.episodes import write_gif
 
     frames = arena_like_frames(args.frames)
     return (lambda: write_gif(frames, workdir / "x.gif")), f"GIF of {args.frames} 256x256 frames"

@@ -12,7 +12,7 @@ call (so compile time, reported apart, and the random warm-up are excluded) to t
 The breakdown (ms per 1000 env steps over the same window) comes from the loop's own timers:
 act (fetching the actions from the device), env (``envs.step``), insert (replay add + mirror
 sync), sample (drawing indices / taking a prefetched batch), update (dispatch + waiting for the
-device beyond what the env step hid), eval, checkpoint. With ``train.dispatch_thread`` (on for
+device beyond what the env step hid), eval, checkpoint. With ``perf.dispatch_thread`` (on for
 images on an accelerator) the device calls are made by a background thread: insert and update
 then count only the loop thread's part (reading the new frames, submitting, waiting).
 
@@ -74,19 +74,15 @@ from benchmarks.suite.measure import read_csv, steady_window  # noqa: E402
 from dodgerl.agents import sac  # noqa: E402
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-IMPL_PREFIX = "impl."
-"""Overrides ``impl.NAME=VALUE`` of a case set ``sac.ImplOptions`` for that case (update ceiling
-included), not the config: how the update is computed, e.g. ``impl.conv_gemm=false``."""
-
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-FAST_IMG = ["train.n_envs=16", "train.async_envs=true", "train.overlap=true"]
+FAST_IMG = ["train.n_envs=16", "perf.async_envs=true", "perf.overlap=true"]
 # 84x84 with the evaluation in 5 background processes (CPU JAX), the base of the img84_evalproc* cases.
-IMG84_EVALPROC = FAST_IMG + ["env.image_size=84", "train.eval_workers=5", "train.eval_in_background=true"]
+IMG84_EVALPROC = FAST_IMG + ["env.image_size=84", "perf.eval_workers=5", "perf.eval_in_background=true"]
 # Vector cases with envs in subprocesses (groups of envs_per_worker), evaluation episodes too,
 # evaluations of a CPU copy of the agent in a background thread.
-FAST_VEC = ["train.async_envs=true", "train.overlap=true", "train.eval_async_envs=true",
-            "train.eval_in_background=true"]
-FAST_VEC_PROC = ["train.async_envs=true", "train.overlap=true", "train.eval_in_background=true"]
+FAST_VEC = ["perf.async_envs=true", "perf.overlap=true", "perf.eval_async_envs=true",
+            "perf.eval_in_background=true"]
+FAST_VEC_PROC = ["perf.async_envs=true", "perf.overlap=true", "perf.eval_in_background=true"]
 
 
 def utd1_unless_set(overrides: list[str]) -> list[str]:
@@ -99,48 +95,56 @@ def utd1_unless_set(overrides: list[str]) -> list[str]:
 
 def envs_in_workers(n_envs: int, envs_per_worker: int) -> list[str]:
     """Overrides for ``n_envs`` training envs stepped by subprocesses of ``envs_per_worker``."""
-    return [f"train.n_envs={n_envs}", f"train.envs_per_worker={envs_per_worker}"]
+    return [f"train.n_envs={n_envs}", f"perf.envs_per_worker={envs_per_worker}"]
 
 
 def fast_vec_proc(n_envs: int, envs_per_worker: int, eval_workers: int = 2) -> list[str]:
     """Overrides of the fastest vector setting: ``n_envs`` envs in subprocesses of
     ``envs_per_worker``, the evaluation in ``eval_workers`` background processes."""
-    return FAST_VEC_PROC + envs_in_workers(n_envs, envs_per_worker) + [f"train.eval_workers={eval_workers}"]
+    return FAST_VEC_PROC + envs_in_workers(n_envs, envs_per_worker) + [f"perf.eval_workers={eval_workers}"]
 
 
 # name: (config file, overrides, description)
 CASES: dict[str, tuple[str, list[str], str]] = {
+    # Learning keys only: every speed setting is the execution plan's (dodgerl/train/plan.py).
+    "img256_plan": ("sac_topdown_cnn_easy.yaml", ["train.n_envs=16", "agent.bf16_encoder=true"],
+                    "256x256, 16 envs, bf16 encoder; the machine's plan, no perf override"),
+    "img84_plan_32envs": ("sac_topdown_cnn_easy.yaml",
+                          ["env.image_size=84", "train.n_envs=32", "agent.bf16_encoder=true"],
+                          "84x84, 32 envs, bf16 encoder; the machine's plan, no perf override"),
+    "vector_plan_64envs": ("sac_vector_easy.yaml", ["train.n_envs=64"],
+                           "65-dim state, batch 256, 64 envs; the machine's plan, no perf override"),
     "img256": ("sac_topdown_cnn_easy.yaml", FAST_IMG,
                "256x256, default config, 16 async envs, overlap, mirror auto"),
     "img256_bf16": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true"],
                     "as img256, bf16 encoder compute"),
-    "img256_bf16_nothread": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.dispatch_thread=false"],
+    "img256_bf16_nothread": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "perf.dispatch_thread=false"],
                              "as img256_bf16, device calls from the loop's thread (before v10)"),
-    "img256_bf16_if1": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.updates_in_flight=1"],
+    "img256_bf16_if1": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "perf.updates_in_flight=1"],
                         "as img256_bf16, one update in flight (wait for it before queuing the next)"),
     "img256_bf16_evalbg": ("sac_topdown_cnn_easy.yaml",
-                           FAST_IMG + ["agent.bf16_encoder=true", "train.eval_in_background=true",
-                                       "train.eval_on_device=true", "train.eval_async_envs=true"],
+                           FAST_IMG + ["agent.bf16_encoder=true", "perf.eval_in_background=true",
+                                       "perf.eval_on_device=true", "perf.eval_async_envs=true"],
                            "as img256_bf16, evaluations of a device copy in a background thread, episodes "
                            "in subprocesses"),
     "img256_bf16_evalbg_nowb": ("sac_topdown_cnn_easy.yaml",
-                                FAST_IMG + ["agent.bf16_encoder=true", "train.eval_in_background=true",
-                                            "train.eval_on_device=true", "train.eval_async_envs=true",
-                                            "replay.writeback_s=0"],
+                                FAST_IMG + ["agent.bf16_encoder=true", "perf.eval_in_background=true",
+                                            "perf.eval_on_device=true", "perf.eval_async_envs=true",
+                                            "perf.writeback_s=0"],
                                 "as img256_bf16_evalbg, without the replay's background writeback"),
     "img256_utd2": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["agent.bf16_encoder=true", "train.utd=2"],
                     "as img256_bf16, UTD 2"),
     "img256_utd2_evalbg": ("sac_topdown_cnn_easy.yaml",
-                           FAST_IMG + ["agent.bf16_encoder=true", "train.eval_in_background=true",
-                                       "train.eval_on_device=true", "train.eval_async_envs=true", "train.utd=2"],
+                           FAST_IMG + ["agent.bf16_encoder=true", "perf.eval_in_background=true",
+                                       "perf.eval_on_device=true", "perf.eval_async_envs=true", "train.utd=2"],
                            "as img256_bf16_evalbg, UTD 2 (the issue's stretch)"),
     "img84": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84"],
               "84x84, default config otherwise, 16 async envs, overlap"),
     "img84_evalproc": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC,
                        "as img84, the evaluation in 5 background processes of 2 episodes (CPU JAX)"),
-    "img84_evalproc_conv": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC + ["impl.conv_gemm=false"],
+    "img84_evalproc_conv": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC + ["agent.impl.conv_gemm=false"],
                             "as img84_evalproc, the convs as cuDNN convolutions (before v15)"),
-    "img84_evalproc_nothread": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC + ["train.dispatch_thread=false"],
+    "img84_evalproc_nothread": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC + ["perf.dispatch_thread=false"],
                                 "as img84_evalproc, device calls from the loop's thread (before v10)"),
     "img84_bf16": ("sac_topdown_cnn_easy.yaml", FAST_IMG + ["env.image_size=84", "agent.bf16_encoder=true"],
                    "as img84, bf16 encoder compute"),
@@ -154,27 +158,27 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                                    "as img84_bf16_evalproc, 64 envs in 16 processes of 4 (64 gradient steps per call)"),
     "img84_evalproc_32envs": ("sac_topdown_cnn_easy.yaml", IMG84_EVALPROC + envs_in_workers(32, 2),
                               "as img84_evalproc, 32 envs in 16 processes of 2 (32 gradient steps per call)"),
-    "vector": ("sac_vector_easy.yaml", ["train.n_envs=16", "train.overlap=true", "train.eval_async_envs=true"],
+    "vector": ("sac_vector_easy.yaml", ["train.n_envs=16", "perf.overlap=true", "perf.eval_async_envs=true"],
                "65-dim state, batch 256, 16 in-process envs, overlap"),
-    "vector_64envs": ("sac_vector_easy.yaml", ["train.n_envs=64", "train.overlap=true", "train.eval_async_envs=true"],
+    "vector_64envs": ("sac_vector_easy.yaml", ["train.n_envs=64", "perf.overlap=true", "perf.eval_async_envs=true"],
                       "65-dim state, batch 256, 64 in-process envs (64 gradient steps per call), overlap"),
-    "vector_128envs": ("sac_vector_easy.yaml", ["train.n_envs=128", "train.overlap=true", "train.eval_async_envs=true"],
+    "vector_128envs": ("sac_vector_easy.yaml", ["train.n_envs=128", "perf.overlap=true", "perf.eval_async_envs=true"],
                        "65-dim state, batch 256, 128 in-process envs (128 gradient steps per call), overlap"),
-    "vector_128envs_grouped": ("sac_vector_easy.yaml", FAST_VEC + ["train.n_envs=128", "train.envs_per_worker=8"],
+    "vector_128envs_grouped": ("sac_vector_easy.yaml", FAST_VEC + ["train.n_envs=128", "perf.envs_per_worker=8"],
                                "65-dim state, batch 256, 128 envs in 16 subprocesses of 8 (128 gradient "
                                "steps per call), overlap"),
-    "vector_256envs_grouped": ("sac_vector_easy.yaml", FAST_VEC + ["train.n_envs=256", "train.envs_per_worker=16"],
+    "vector_256envs_grouped": ("sac_vector_easy.yaml", FAST_VEC + ["train.n_envs=256", "perf.envs_per_worker=16"],
                                "65-dim state, batch 256, 256 envs in 16 subprocesses of 16 (256 gradient "
                                "steps per call), overlap"),
     "vector_256envs_grouped_eval_here": (
-        "sac_vector_easy.yaml", FAST_VEC + ["train.n_envs=256", "train.envs_per_worker=16",
-                                            "train.eval_async_envs=false"],
+        "sac_vector_easy.yaml", FAST_VEC + ["train.n_envs=256", "perf.envs_per_worker=16",
+                                            "perf.eval_async_envs=false"],
         "as vector_256envs_grouped, the background evaluation's episodes stepped in its thread"),
     # Evaluation in its own processes (each a CPU JAX runtime) in the background: no GIL shared
     # with the loop. Workers split the 10 episodes.
     "vector_256envs_evalproc": ("sac_vector_easy.yaml", fast_vec_proc(256, 16),
                                 "as vector_256envs_grouped, the background evaluation in 2 processes of 5 episodes"),
-    "vector_256envs_evalproc_nothread": ("sac_vector_easy.yaml", fast_vec_proc(256, 16) + ["train.dispatch_thread=false"],
+    "vector_256envs_evalproc_nothread": ("sac_vector_easy.yaml", fast_vec_proc(256, 16) + ["perf.dispatch_thread=false"],
                                          "as vector_256envs_evalproc, device calls from the loop's thread (before v10)"),
     "vector_256envs_evalproc5": ("sac_vector_easy.yaml", fast_vec_proc(256, 16, eval_workers=5),
                                  "as vector_256envs_grouped, the background evaluation in 5 processes of 2 episodes"),
@@ -190,11 +194,11 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                                "65-dim state, batch 256, 16 envs in 16 subprocesses, the background "
                                "evaluation in 2 processes of 5 episodes"),
     "img256_plain": ("sac_topdown_cnn_easy.yaml",
-                     ["train.n_envs=1", "train.overlap=false", "replay.device_mirror=false"],
+                     ["train.n_envs=1", "perf.overlap=false", "perf.device_mirror=false"],
                      "256x256, default config, the plain loop: 1 env, no overlap, host sampler"),
-    "cpu_vector": ("sac_vector_easy.yaml", ["train.n_envs=1", "train.update_every=8", "train.overlap=true"],
+    "cpu_vector": ("sac_vector_easy.yaml", ["train.n_envs=1", "train.update_every=8", "perf.overlap=true"],
                    "65-dim state, batch 256, 1 env, 8 env steps per 8-step update call"),
-    "cpu_vector_plain": ("sac_vector_easy.yaml", ["train.n_envs=1", "train.overlap=false"],
+    "cpu_vector_plain": ("sac_vector_easy.yaml", ["train.n_envs=1", "perf.overlap=false"],
                          "65-dim state, batch 256, the plain loop: 1 env, an update call per step"),
 }
 # The vector cases measure the MLP agent, one update call per vector-env step unless they say
@@ -235,21 +239,6 @@ def peer_compares(case: str, peer: str) -> bool:
 E2E_PHASES = ("act", "env", "insert", "sample", "update", "eval", "checkpoint")
 
 
-def split_impl(overrides: list[str]) -> tuple[list[str], dict]:
-    """(the config overrides, the ``impl.NAME=VALUE`` ones as ImplOptions changes, values parsed
-    as YAML); an unknown option name is an error that names it."""
-    known = [f.name for f in dataclasses.fields(sac.ImplOptions)]
-    impl = {}
-    for o in overrides:
-        if o.startswith(IMPL_PREFIX):
-            name, _, value = o[len(IMPL_PREFIX):].partition("=")
-            if name not in known:
-                raise SystemExit(f"unknown implementation option {name!r} in {o!r}; known: "
-                                 f"{', '.join(known)}")
-            impl[name] = yaml.safe_load(value)
-    return [o for o in overrides if not o.startswith(IMPL_PREFIX)], impl
-
-
 def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -> dict:
     from dodgerl.config import apply_overrides, config_from_dict, read_yaml
     from dodgerl.train import train
@@ -258,22 +247,18 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
     raw = read_yaml(CONFIGS / config_file)
     raw["experiment"] = f"e2e_{name}"
     overrides = overrides + ["train.progress_bar=false", "train.log_freq=1000"] + extra
-    config_overrides, impl = split_impl(overrides)
-    config = config_from_dict(apply_overrides(raw, config_overrides))
+    config = config_from_dict(apply_overrides(raw, overrides))
     total = config.train.learning_starts + steps
-    previous = sac.set_impl_options(**impl)
-    try:
-        t0 = time.perf_counter()
-        result = train(config, results_dir=workdir, total_timesteps=total)
-        wall = time.perf_counter() - t0
-        ceiling = update_ceiling(config)
-    finally:
-        sac.set_impl_options(**dataclasses.asdict(previous))
+    t0 = time.perf_counter()
+    result = train(config, results_dir=workdir, total_timesteps=total)
+    wall = time.perf_counter() - t0
+    ceiling = update_ceiling(config)
+    plan = json.loads((result.run_dir / "plan.json").read_text())
     progress = read_csv(result.run_dir / "progress.csv")
     evals = read_csv(result.run_dir / "eval.csv")
     case_out = out / name
     case_out.mkdir(parents=True, exist_ok=True)
-    for f in ("progress.csv", "eval.csv", "config.yaml"):
+    for f in ("progress.csv", "eval.csv", "config.yaml", "plan.json"):
         shutil.copy(result.run_dir / f, case_out / f)
     shutil.rmtree(result.run_dir, ignore_errors=True)
 
@@ -289,7 +274,8 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
         "description": description,
         "config": config_file,
         "overrides": overrides,
-        "impl_options": dataclasses.asdict(sac.impl_options()) | impl,
+        "impl_options": dataclasses.asdict(config.agent.impl),
+        "plan": plan,
         "env_steps_timed": n,
         "window_s": round(wall_window, 2),
         "env_steps_per_s": round(n / wall_window, 1),
@@ -317,7 +303,7 @@ def measure_sb3(name: str, steps: int, out: Path, warmup: int = 1000) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
 
     from dodgerl.config import apply_overrides, config_from_dict, read_yaml
-    from dodgerl.train import make_env
+    from dodgerl.envs.make import make_env
 
     config_file, overrides, description = SB3_CASES[name]
     config = config_from_dict(apply_overrides(read_yaml(CONFIGS / config_file), overrides))
@@ -370,21 +356,21 @@ def sb3_table(peers: list[dict], by_name: dict[str, dict]) -> str:
 
 
 # 1 env with the plain loop's data: overlap, an update call every 8 env steps, the device mirror.
-FAST_1ENV = ["train.overlap=true", "train.update_every=8", "replay.device_mirror=true"]
+FAST_1ENV = ["perf.overlap=true", "train.update_every=8", "perf.device_mirror=true"]
 
 LEARNING_MODES = {
     # Same config (sac_vector_easy.yaml, n_envs 1), same seeds; only the loop's fast-path switches differ.
-    "plain": ["train.overlap=false", "train.update_every=1", "replay.device_mirror=false"],
+    "plain": ["perf.overlap=false", "train.update_every=1", "perf.device_mirror=false"],
     "fast": FAST_1ENV,
     # The fastest vector setting (case vector_256envs_evalproc): 256 envs, still UTD 1, so 256
     # gradient steps per call and every env only ~400 steps into its episodes after 100K steps.
-    "fast256": ["replay.device_mirror=true", *fast_vec_proc(256, 16)],
-    "fast128": ["replay.device_mirror=true", *fast_vec_proc(128, 8)],
+    "fast256": ["perf.device_mirror=true", *fast_vec_proc(256, 16)],
+    "fast128": ["perf.device_mirror=true", *fast_vec_proc(128, 8)],
     # 1 env, but the update schedule of 256 envs: 256 gradient steps every 256 env steps (the same
     # policy lag, full-depth episodes): tells the lag apart from the many-envs data.
-    "lag256": ["train.overlap=true", "replay.device_mirror=true", "train.update_every=256"],
-    "fast64": ["replay.device_mirror=true", *fast_vec_proc(64, 4)],
-    "fast32": ["replay.device_mirror=true", *fast_vec_proc(32, 2)],
+    "lag256": ["perf.overlap=true", "perf.device_mirror=true", "train.update_every=256"],
+    "fast64": ["perf.device_mirror=true", *fast_vec_proc(64, 4)],
+    "fast32": ["perf.device_mirror=true", *fast_vec_proc(32, 2)],
     # Level-2 exploration (the shipped config's learning is far from issue 5's target there): the
     # "fast" loop (1 env, the plain loop's data) with n-step returns and/or two gradient steps
     # per env step.
@@ -407,13 +393,13 @@ IMAGE_LEARNING_MODES: dict[str, tuple[str, list[str]]] = {
     # subprocesses of 2 (32 gradient steps per update call), the evaluation in 5 background
     # processes (CPU JAX), bf16 encoder compute.
     "drq84_fast32": ("sac_topdown_drq84_easy.yaml",
-                     [*envs_in_workers(32, 2), "train.eval_workers=5", "train.eval_in_background=true",
+                     [*envs_in_workers(32, 2), "perf.eval_workers=5", "perf.eval_in_background=true",
                       "agent.bf16_encoder=true"]),
     # Its two parts apart, to tell which (if either) changes learning: bf16 alone (16 envs, the
     # evaluation in the loop, as shipped), and 32 envs with background evaluation in fp32.
     "drq84_bf16": ("sac_topdown_drq84_easy.yaml", ["agent.bf16_encoder=true"]),
     "drq84_32envs": ("sac_topdown_drq84_easy.yaml",
-                     [*envs_in_workers(32, 2), "train.eval_workers=5", "train.eval_in_background=true"]),
+                     [*envs_in_workers(32, 2), "perf.eval_workers=5", "perf.eval_in_background=true"]),
 }
 LEARNING_MODES.update({mode: overrides for mode, (_, overrides) in IMAGE_LEARNING_MODES.items()})
 
@@ -640,7 +626,7 @@ def update_ceiling(config) -> float | None:
     agent = config.agent
     k = tc.utd * tc.n_envs * tc.update_every
     overrides = {f: getattr(agent, f) for f in ("net_arch", "n_critics", "encoder_sharing",
-                                               "augmentation", "encoder_features")}
+                                               "augmentation", "encoder_features", "impl")}
     out = update_throughput.measure(case, k, agent.bf16_encoder, repeats=3,
                                     min_steps=max(8 * k, 200 if case == "vector" else 64),
                                     config_overrides=overrides)

@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         shape, dtype = (ec.image_size, ec.image_size, 3), np.uint8
         space = gymnasium.spaces.Box(0, 255, shape, dtype)
     action_space = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
-    agent = sac.create(jax.random.key(0), space, action_space, config.agent)
+    from dodgerl.envs.make import observation_structure
+
+    agent_config = sac.with_observation_structure(config.agent, observation_structure(ec))
+    agent = sac.create(jax.random.key(0), space, action_space, agent_config)
     rng = np.random.default_rng(0)
 
     def frames(count: int) -> np.ndarray:

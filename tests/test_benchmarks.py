@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from dodgerl.config import ConfigError, config_from_dict
 from benchmarks.suite.stats import bootstrap_ci, bootstrap_replicates, curve_iqm_ci, iqm, trim_count
 
 
@@ -311,11 +312,12 @@ def test_learning_modes_run_the_script_and_config_of_their_observations(tmp_path
     for c in (shipped, fast):
         assert (c.env.obs_mode, c.env.image_size, c.env.frame_stack, c.agent.augmentation) == ("topdown", 84, 3, True)
         assert (c.train.utd, c.train.update_every, c.train.eval_freq, c.train.video) == (1, 1, 10_000, False)
-    assert (shipped.train.n_envs, shipped.train.envs_per_worker, shipped.train.eval_workers) == (16, 1, 0)
-    assert not shipped.train.eval_in_background and not shipped.agent.bf16_encoder
+    # The shipped config leaves every speed setting to the machine's plan.
+    assert shipped.train.n_envs == 16 and shipped.perf == type(shipped.perf)()
+    assert not shipped.agent.bf16_encoder
     assert shipped.train.learning_starts == 5000
-    assert (fast.train.n_envs, fast.train.envs_per_worker, fast.train.eval_workers) == (32, 2, 5)
-    assert fast.train.eval_in_background and fast.agent.bf16_encoder and fast.train.learning_starts == 500
+    assert (fast.train.n_envs, fast.perf.envs_per_worker, fast.perf.eval_workers) == (32, 2, 5)
+    assert fast.perf.eval_in_background and fast.agent.bf16_encoder and fast.train.learning_starts == 500
     # The fast setting's two parts apart: each differs from the shipped config by its part alone.
     _, _, bf16 = config_of(e2e.learning_command("drq84_bf16", 2, 150_000, tmp_path / "e", eval_freq=10_000))
     _, _, envs32 = config_of(e2e.learning_command("drq84_32envs", 2, 150_000, tmp_path / "f", eval_freq=10_000))
@@ -325,7 +327,7 @@ def test_learning_modes_run_the_script_and_config_of_their_observations(tmp_path
 
     script, args, plain = config_of(e2e.learning_command("plain", 0, 100_000, tmp_path / "c", level=2))
     assert script == "vector_sac.py" and args.config is None and plain.env.obs_mode == "vector"
-    assert plain.env.level == 2 and not plain.train.overlap and plain.train.update_every == 1
+    assert plain.env.level == 2 and not plain.perf.overlap and plain.train.update_every == 1
     assert config_of(e2e.learning_command("fast256", 0, 100_000, tmp_path / "d"))[2].train.n_envs == 256
     assert e2e.learning_obs(["drq84", "drq84_fast32"]) == "84x84 pixels"
     assert e2e.learning_obs(["plain", "fast256"]) == "vector obs"
@@ -334,18 +336,20 @@ def test_learning_modes_run_the_script_and_config_of_their_observations(tmp_path
     assert all(m in e2e.LEARNING_COLORS for m in e2e.IMAGE_LEARNING_MODES)
 
 
-def test_e2e_cases_split_implementation_options_from_config_overrides():
-    from benchmarks import e2e_throughput
+def test_e2e_cases_build_valid_configs_and_set_implementation_options_through_the_config():
+    """Every case's overrides make a valid run config; how the update is computed is set per
+    case through ``agent.impl`` (no process-global options), and a misspelt option is named."""
+    from benchmarks import e2e_throughput as e2e
+    from dodgerl.config import apply_overrides, read_yaml
 
-    config, impl = e2e_throughput.split_impl(
-        ["env.image_size=84", "impl.conv_gemm=false", "impl.scan_unroll=4", "train.utd=2"])
-    assert config == ["env.image_size=84", "train.utd=2"]
-    assert impl == {"conv_gemm": False, "scan_unroll": 4}
-    with pytest.raises(SystemExit, match="'conv_gem'"):
-        e2e_throughput.split_impl(["impl.conv_gem=false"])
-    # Every case's impl options exist.
-    for _, overrides, _ in e2e_throughput.CASES.values():
-        e2e_throughput.split_impl(overrides)
+    configs = {name: config_from_dict(apply_overrides(read_yaml(e2e.CONFIGS / file), overrides))
+               for name, (file, overrides, _) in e2e.CASES.items()}
+    assert configs["img84_evalproc_conv"].agent.impl.conv_gemm is False
+    assert configs["img84_evalproc"].agent.impl.conv_gemm is None  # chosen when the networks are built
+    for name in ("img256_plan", "img84_plan_32envs", "vector_plan_64envs"):  # the plan decides all
+        assert configs[name].perf == type(configs[name].perf)()
+    with pytest.raises(ConfigError, match="agent.impl.conv_gem"):
+        config_from_dict(apply_overrides({}, ["agent.impl.conv_gem=false"]))
 
 
 def test_e2e_cases_are_compared_with_the_sb3_peer_of_their_env_image_size_and_batch():

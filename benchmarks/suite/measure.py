@@ -75,9 +75,9 @@ def parallel_env_rate(obs: ObsSetting, n: int, steps: int, seed: int = 0) -> flo
 
     import gymnasium
 
-    from dodgerl.train import make_env
+    from dodgerl.envs.make import make_env
 
-    # As dodgerl.train.make_vector_env, but workers are spawned, not forked: this process has
+    # As dodgerl.envs.make.make_vector_env, but workers are spawned, not forked: this process has
     # JAX's threads running, and fork() under threads can deadlock.
     envs = gymnasium.vector.AsyncVectorEnv(
         [functools.partial(make_env, env_config(obs))] * n, context="spawn",
@@ -335,7 +335,7 @@ def learning(settings: SuiteSettings, scratch: Path) -> list[dict[str, Any]]:
 def reference_returns(settings: SuiteSettings, eval_seed: int = 1_000_000) -> list[dict[str, Any]]:
     """Random and heuristic policies on each level, episodes on the evaluation seeds."""
     from dodgerl.envs.policies import HeuristicPolicy, RandomPolicy, run_episode
-    from dodgerl.train import make_env
+    from dodgerl.envs.make import make_env
 
     from benchmarks.suite.settings import VECTOR
 
@@ -366,7 +366,7 @@ def peer_sb3(settings: SuiteSettings, device: str, ours: list[dict[str, Any]]) -
     try:
         from stable_baselines3 import SAC
 
-        from dodgerl.train import make_env
+        from dodgerl.envs.make import make_env
 
         rows = []
         for obs in settings.learning_obs:
