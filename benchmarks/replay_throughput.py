@@ -17,6 +17,11 @@
     adds, beside the disk's own sequential write rate (1 MiB blocks, fdatasync) measured in the
     same run. At 256x256 the loop writes 196,608 B per env step: 1,000 env steps/s is ~197 MB/s
     of frames, which the disk has to absorb once the page cache's dirty limits are reached.
+(f) ``--only-checksum``: the loop's inserts and commits, ``--checksum-adds`` adds of 16 envs'
+    256x256 frames with a commit every ``--checksum-commit-every`` adds, with the commit's
+    CRC32s of the data written since the previous commit (the default) and without them (the
+    same code with the checksum step skipped), alternating rounds of the same run: env steps/s
+    over adds + commits, ms per commit, and the checksums' own share of it.
 Everything is written under --dir and deleted afterwards.
 """
 
@@ -178,6 +183,58 @@ def bench_insert(root: Path, adds: int, rounds: int = 3, n_envs: int = 16) -> di
             "ms_per_add_mapping": statistics.median(out["mapping"]), "all": out}
 
 
+def bench_checksum(root: Path, adds: int, commit_every: int, rounds: int = 3, n_envs: int = 16) -> dict:
+    """Env steps/s of adds + commits of n_envs 256x256 frames, with the commit's checksums and
+    without (alternating rounds, fresh buffers), and the seconds the checksums took."""
+    frames = _random_frames(3, 4, n_envs)
+    actions, rewards, no = _small_fields(n_envs)
+    original = ReplayBuffer._updated_checksums
+    out: dict[str, list[dict]] = {"with": [], "without": []}
+    spent = [0.0]
+
+    def timed(self, w):
+        t0 = time.perf_counter()
+        try:
+            return original(self, w)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    try:
+        for r in range(rounds):
+            for mode in ("with", "without"):
+                ReplayBuffer._updated_checksums = timed if mode == "with" else (lambda self, w: {})
+                directory = root / f"checksum_{mode}_{r}"
+                buf = _frame_buffer(directory, adds, n_envs, writeback_s=2.0)
+                spent[0] = 0.0
+                commit_s = 0.0
+                t0 = time.perf_counter()
+                for i in range(adds):
+                    f = frames[i % len(frames)]
+                    buf.add(f, actions, rewards, f, no, no)
+                    if (i + 1) % commit_every == 0:
+                        t1 = time.perf_counter()
+                        buf.commit()
+                        commit_s += time.perf_counter() - t1
+                total = time.perf_counter() - t0
+                commits = adds // commit_every
+                out[mode].append({"env_steps_per_s": adds * n_envs / total,
+                                  "ms_per_commit": commit_s / max(commits, 1) * 1e3,
+                                  "checksum_s": spent[0], "total_s": total})
+                buf.close()
+                shutil.rmtree(directory)
+    finally:
+        ReplayBuffer._updated_checksums = original
+
+    def med(mode: str, key: str) -> float:
+        return statistics.median(row[key] for row in out[mode])
+
+    return {"adds": adds, "n_envs": n_envs, "commit_every": commit_every, "rounds": rounds,
+            "frames_per_commit": commit_every * n_envs,
+            **{f"{key}_{mode}": med(mode, key) for mode in out
+               for key in ("env_steps_per_s", "ms_per_commit", "checksum_s", "total_s")},
+            "all": out}
+
+
 def disk_write_mb_s(root: Path, mib: int = 2048) -> float:
     """Sequential write rate of the disk under ``root``: ``mib`` MiB in 1 MiB blocks, then
     fdatasync (the page cache does not flatter it)."""
@@ -268,6 +325,9 @@ def main() -> None:
     parser.add_argument("--sustained-adds", type=int, default=2400, help="adds of 16 frames in (e)")
     parser.add_argument("--sustained-pause-ms", type=float, default=10.0,
                         help="pause after each add in (e): the rest of a loop iteration")
+    parser.add_argument("--only-checksum", action="store_true", help="run (f) only")
+    parser.add_argument("--checksum-adds", type=int, default=200, help="adds of 16 frames per round in (f)")
+    parser.add_argument("--checksum-commit-every", type=int, default=50, help="adds between commits in (f)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--workers", type=str, default="1",
                         help="comma-separated DeviceSampler worker counts for extra K=1 rows")
@@ -303,6 +363,21 @@ def main() -> None:
                 print("| adds | median ms | p90 ms |\n| --- | --- | --- |")
                 for lo, med, p90 in r["buckets"]:
                     print(f"| {lo}-{lo + 150} | {med:.2f} | {p90:.2f} |")
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+            return
+        if args.only_checksum:
+            c = results["checksum"] = bench_checksum(root, args.checksum_adds, args.checksum_commit_every)
+            print(f"## Replay commit checksums, 256x256x3 ({results['machine']['device']}, "
+                  f"{os.cpu_count()} CPUs)\n")
+            print(f"{c['adds']} adds of {c['n_envs']} envs, a commit every {c['commit_every']} adds "
+                  f"({c['frames_per_commit']} frames, {c['frames_per_commit'] * FRAME_256 / 1e6:.0f} MB), "
+                  f"median of {c['rounds']} alternating rounds\n")
+            print("| commit | env steps/s (adds + commits) | ms per commit | of which checksums, s per round |")
+            print("| --- | --- | --- | --- |")
+            for mode in ("with", "without"):
+                print(f"| {mode} checksums | {c[f'env_steps_per_s_{mode}']:,.0f} | "
+                      f"{c[f'ms_per_commit_{mode}']:,.1f} | {c[f'checksum_s_{mode}']:.3f} |")
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
             return
