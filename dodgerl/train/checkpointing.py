@@ -43,6 +43,9 @@ class RunState:
     """The first evaluation not yet started: one due at a checkpoint's own step (a checkpoint
     comes before the evaluation of its step) runs first thing on resume."""
     t_start: float = dataclasses.field(default_factory=time.perf_counter)
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The run's config as plain data: every checkpoint records it, so that a resume can name
+    a key of config.yaml that changed since."""
 
     def split_key(self) -> jax.Array:
         """A fresh key for one use; the run's key moves on."""
@@ -58,7 +61,7 @@ class RunState:
             "best_eval": self.best_eval, "key": np.asarray(self.key).tolist(),
             "np_rng": self.np_rng.bit_generator.state, "wall_time_s": self.wall_time(),
             "replay_transitions": replay_transitions, "resumes": self.resumes,
-            "next_eval": self.next_eval,
+            "next_eval": self.next_eval, "config": self.config,
         }
 
 
@@ -86,21 +89,20 @@ def abandoned_dir(run_dir: Path, name: str) -> Path:
 
 
 def set_aside_replay(run_dir: Path) -> None:
-    """Move the run's replay buffer to ``abandoned/<time>_fresh_replay/replay`` (never deleted):
+    """Move the run's replay buffer aside (``ReplayBuffer.discard``: never deleted), so that
     the resumed run starts an empty one."""
-    replay_dir = run_dir / "replay"
-    if not replay_dir.exists():
-        return
-    destination = abandoned_dir(run_dir, "fresh_replay")
-    destination.mkdir(parents=True)
-    shutil.move(str(replay_dir), str(destination / "replay"))
-    print(f"replay buffer set aside in {destination / 'replay'}; starting an empty one", flush=True)
+    from dodgerl.replay import ReplayBuffer
+
+    if (run_dir / "replay").exists():
+        where = ReplayBuffer.discard(run_dir / "replay")
+        print(f"replay buffer set aside in {where}; starting an empty one", flush=True)
 
 
 def resume_state(run_dir: Path, candidates: list[Path], agent: Any, state: RunState,
                  eval_freq: int) -> tuple[Any, bool]:
     """Restore the newest good checkpoint of ``candidates`` into ``agent`` and ``state``;
     returns the agent and whether the evaluation of the restored step is still due."""
+    check_same_config(candidates, state.config)
     agent, meta, restored_from = restore_first_good(candidates, agent)
     state.step, state.episodes, state.updates = meta["step"], meta["episodes"], meta["updates"]
     state.best_eval = meta.get("best_eval")
@@ -127,6 +129,52 @@ def resume_state(run_dir: Path, candidates: list[Path], agent: Any, state: RunSt
         state.next_eval = meta["next_eval"]
         eval_due = state.step >= state.next_eval
     return agent, eval_due
+
+
+FIXED_ON_RESUME = ("env", "agent", "replay.buffer_size", "replay.n_step", "train.n_envs")
+"""Config keys a resumed run cannot change: they shape the agent, the replay or the envs."""
+
+
+def changed_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, value in ``saved``, value in ``now``) for each key of ``FIXED_ON_RESUME`` that
+    differs (the agent's ``impl``, how its update is computed, may change)."""
+    def leaves(d: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        return {k: v for key, value in d.items() for k, v in leaves(value, f"{prefix}.{key}").items()}
+
+    out = []
+    for fixed in FIXED_ON_RESUME:
+        section, _, name = fixed.partition(".")
+        a, b = saved.get(section, {}), now.get(section, {})
+        if name:
+            a, b = {name: a.get(name)}, {name: b.get(name)}
+        a, b = leaves(a, section), leaves(b, section)
+        for key in sorted(set(a) | set(b)):
+            if not key.startswith("agent.impl.") and a.get(key) != b.get(key):
+                out.append((key, a.get(key), b.get(key)))
+    return out
+
+
+def check_same_config(candidates: list[Path], now: dict[str, Any]) -> None:
+    """Raise a ConfigError naming the first key of config.yaml that differs from what the
+    newest checkpoint recorded (checkpoints from before it was recorded are not checked)."""
+    from dodgerl.config import ConfigError
+
+    for step_dir in candidates:
+        try:
+            saved = read_meta(step_dir).get("config")
+        except CheckpointError:
+            continue  # an unreadable checkpoint is skipped by the restore, with its warning
+        if not saved:
+            return
+        changed = changed_keys(saved, now)
+        if changed:
+            key, was, says = changed[0]
+            raise ConfigError(f"{key}: the run was {was!r}, config.yaml now says {says!r}; a "
+                              "resumed run keeps the settings its checkpoints were made with "
+                              "(restore config.yaml, or start a new run)")
+        return
 
 
 class Checkpointer:

@@ -14,7 +14,6 @@ flight, so rows stay in step order.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor

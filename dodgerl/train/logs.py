@@ -135,10 +135,9 @@ class PaceNotice:
     MIN_SECONDS = 20.0
     """Update time measured before the notice is printed."""
 
-    def __init__(self, applies: bool, total_timesteps: int, utd: int) -> None:
+    def __init__(self, applies: bool, total_timesteps: int) -> None:
         self.pending = applies
         self.total_timesteps = total_timesteps
-        self.utd = utd
         self._start: tuple[float, int, int] | None = None  # (time, updates, step) after the compile
 
     def observe(self, step: int, updates: int, compiled: bool) -> str | None:

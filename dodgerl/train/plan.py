@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dodgerl.config import ConfigError, PerfConfig, RunConfig
+from dodgerl.config import ConfigError, RunConfig
 
 LARGE_IMAGE_SIDE = 128
 """Above this side, an image policy acts too slowly on a CPU for evaluation processes: its

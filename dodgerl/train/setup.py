@@ -33,11 +33,19 @@ def agent_for(envs: Any, config: RunConfig, key: jax.Array) -> Any:
     return sac.create(key, envs.single_observation_space, envs.single_action_space, config.agent)
 
 
-def open_replay(run_dir: Path, config: RunConfig, plan: ExecutionPlan, envs: Any,
+def checkpoint_bytes(agent: Any, keep: int) -> int:
+    """Disk the run's checkpoints will take at most: ``keep`` kept, one being written, and
+    best/, each the whole agent (parameters, targets, optimiser states)."""
+    one = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(agent) if hasattr(leaf, "nbytes"))
+    return one * (keep + 2)
+
+
+def open_replay(run_dir: Path, config: RunConfig, plan: ExecutionPlan, envs: Any, agent: Any,
                 cleanup: contextlib.ExitStack) -> Any:
-    """The run's replay buffer (``run_dir/replay``), created or reopened in place. On an
-    exception it is released uncommitted, so that it declares what the last checkpoint saw, as
-    after a kill -9 (every clean path commits it with the final checkpoint)."""
+    """The run's replay buffer (``run_dir/replay``), created or reopened in place; creating it
+    warns when the disk cannot also hold the run's checkpoints. On an exception it is released
+    uncommitted, so that it declares what the last checkpoint saw, as after a kill -9 (every
+    clean path commits it with the final checkpoint)."""
     from dodgerl.replay import ReplayBuffer
 
     space = envs.single_observation_space
@@ -54,6 +62,7 @@ def open_replay(run_dir: Path, config: RunConfig, plan: ExecutionPlan, envs: Any
         n_step=config.replay.n_step,
         gamma=config.agent.gamma,
         writeback_s=plan.writeback_s or None,
+        extra_bytes=checkpoint_bytes(agent, config.train.keep_checkpoints),
     )
     cleanup.push(lambda exc_type, *_: replay.close(commit=exc_type is None))
     return replay
