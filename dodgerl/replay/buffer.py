@@ -520,11 +520,17 @@ class ReplayBuffer:
         # another frame_index) are dropped from the front of the window.
         self._episode_open = np.zeros(self.n_envs, bool)
         self._episode_start = np.zeros(self.n_envs, np.int64)
-        overwritten = [self._overwritten_slots(e) for e in range(self.n_envs)]
-        self._verify_checksums(header, overwritten)
+        S = self.slots_per_env
         for e in range(self.n_envs):
             w = int(self._frames_written[e])
-            self._oldest[e] = max(int(self._oldest[e]), w - self.slots_per_env, 0) + overwritten[e].size
+            self._oldest[e] = max(int(self._oldest[e]), w - S, 0) + self._overwritten_slots(e).size
+        # Slots of frames before the oldest one kept hold nothing the buffer reads, and writes
+        # after the commit may have changed them: their chunks are not verified (but recomputed).
+        unused = [np.arange(max(int(self._frames_written[e]) - S, 0), int(self._oldest[e])) % S
+                  for e in range(self.n_envs)]
+        self._verify_checksums(header, unused)
+        for e in range(self.n_envs):
+            w = int(self._frames_written[e])
             if w > 0:
                 # The last frame may carry a VALID flag set by an uncommitted add; its next is gone.
                 self._arrays["flags"][e, (w - 1) % self.slots_per_env] &= ~VALID
@@ -614,7 +620,8 @@ class ReplayBuffer:
 
     def _verify_checksums(self, header: dict[str, Any], overwritten: list[np.ndarray]) -> None:
         """Check every chunk's CRC32 against the header, except chunks holding slots that writes
-        after the commit overwrote (``overwritten``; they are recomputed at the next commit).
+        after the commit may have overwritten (``overwritten``: those of frames before the oldest
+        kept; they are recomputed at the next commit).
         A header without checksums (written before they existed) is taken as it is."""
         self._committed_w = self._frames_written.copy()
         stored = header.get("checksums")
@@ -680,10 +687,11 @@ class ReplayBuffer:
         arr = self._arrays
         # Invalidate first, data next, identity last, each for all envs before the next: a kill at
         # any instruction leaves each slot with either its old frame intact or a frame_index that
-        # says it does not hold frame a.
+        # says it does not hold frame a. frame_index goes first: a slot whose committed data
+        # (flags included) changed must never still declare its committed frame (the checksums).
+        arr["frame_index"][env, s] = -1
         arr["flags"][env, s] = 0
         self._ok[env, s] = False  # no transition starts at an overwritten slot until it is VALID again
-        arr["frame_index"][env, s] = -1
         if self._obs_fd is None:
             arr["observations"][env, s] = frames
         else:
