@@ -232,7 +232,7 @@ class RunCheckpoints:
                 reason = str(err)
         else:
             reason = f"{step_dir}: incomplete (no {'_CHECKPOINT_METADATA' if step_dir.is_dir() else 'directory'})"
-        target = _move_aside(step_dir, _abandoned_dir(self._run_dir, f"broken-checkpoint-{step}"))
+        target = _move_aside(step_dir, abandoned_dir(self._run_dir, f"broken-checkpoint-{step}"))
         log.warning("moved the checkpoint that cannot be restored aside to %s: %s", target, reason)
         self._latest.reload()
 
@@ -322,7 +322,7 @@ def set_aside_after(run_dir: str | Path, step: int, destination: str | Path) -> 
     return moved
 
 
-def _abandoned_dir(run_dir: Path, name: str) -> Path:
+def abandoned_dir(run_dir: Path, name: str) -> Path:
     """A new directory name ``run_dir/abandoned/<time>_<name>`` (not created)."""
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{name}"
     destination, n = run_dir / ABANDONED_DIR / stem, 1
@@ -363,7 +363,7 @@ def set_aside_broken(run_dir: str | Path, destination: str | Path | None = None)
         except CheckpointError as err:
             reason = str(err)
         if destination is None:
-            destination = _abandoned_dir(run_dir, "broken-checkpoints")
+            destination = abandoned_dir(run_dir, "broken-checkpoints")
         target = _move_aside(path, Path(destination))
         log.warning("moved the checkpoint that cannot be restored aside to %s: %s", target, reason)
         moved.append(target)

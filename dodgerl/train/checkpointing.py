@@ -22,8 +22,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from dodgerl.checkpoint import (BEST_DIR, CheckpointError, RunCheckpoints, complete_checkpoints,
-                                read_meta, restore_first_good, set_aside_after)
+from dodgerl.checkpoint import (BEST_DIR, CheckpointError, RunCheckpoints, abandoned_dir,
+                                complete_checkpoints, read_meta, restore_first_good,
+                                set_aside_after)
 
 
 @dataclasses.dataclass
@@ -76,16 +77,6 @@ def new_run_dir(results_dir: str | Path, experiment: str) -> Path:
         suffix += 1
     run_dir.mkdir(parents=True)
     return run_dir
-
-
-def abandoned_dir(run_dir: Path, name: str) -> Path:
-    """A new directory name ``run_dir/abandoned/<time>_<name>`` (not created)."""
-    stem = f"{datetime.now():%Y%m%d_%H%M%S}_{name}"
-    destination, n = run_dir / "abandoned" / stem, 1
-    while destination.exists():  # two within one second
-        n += 1
-        destination = run_dir / "abandoned" / f"{stem}_{n}"
-    return destination
 
 
 def set_aside_replay(run_dir: Path) -> None:
