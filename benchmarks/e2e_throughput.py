@@ -66,12 +66,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # update_throughput
 from benchmarks.suite.measure import read_csv, steady_window  # noqa: E402
-from dodgerl.agents import sac  # noqa: E402
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
