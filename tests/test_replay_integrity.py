@@ -277,3 +277,56 @@ def test_the_sampler_draws_in_the_callers_thread(tmp_path):
             writer.step()
     assert threads and set(threads) == {threading.main_thread()}
     buf.close()
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Checksum chunks of a few slots, so that SETTINGS' small frames fill many of them."""
+    from dodgerl.replay import checksums
+
+    monkeypatch.setattr(checksums, "_CHUNK_BYTES", 3 * 108)  # 3 slots of 6x6x3 uint8 frames
+    monkeypatch.setattr(checksums, "_SMALL_CHUNK_SLOTS", 4)
+
+
+def test_a_chunk_rewritten_after_it_was_hashed_ahead_is_hashed_again(tmp_path, small_chunks):
+    buf = ReplayBuffer(tmp_path / "buf", **SETTINGS, writeback_s=None)
+    writer = ScriptedWriter(buf)
+    for _ in range(40):
+        writer.step()
+    assert buf._checksums.hash_ahead(threading.Event()) > 0  # what a background pass does
+    assert buf.commit()["checksums"] == buf._full_checksums()
+    assert buf._checksums.hashed_ahead > 0
+    buf._checksums.hash_ahead(threading.Event())
+    for _ in range(45):
+        writer.step()  # laps the ring: every chunk hashed ahead is written again
+    assert buf.commit()["checksums"] == buf._full_checksums()
+    buf.close()
+    ReplayBuffer(tmp_path / "buf", **SETTINGS).close()  # and verifies on reopen
+
+
+def test_checksums_hashed_in_the_background_while_adding_equal_a_full_recompute(tmp_path, small_chunks):
+    buf = ReplayBuffer(tmp_path / "buf", **SETTINGS, writeback_s=0.0005)  # passes every 0.5 ms
+    writer = ScriptedWriter(buf)
+    rnd = random.Random(1)
+    for _ in range(60):
+        for _ in range(rnd.randint(1, 12)):
+            writer.step()
+            time.sleep(rnd.choice([0, 0, 0.001]))
+        assert buf.commit()["checksums"] == buf._full_checksums()
+    assert buf._checksums.hashed_ahead > 0 and buf._hasher.kept > 0
+    buf.close()
+    buf = ReplayBuffer(tmp_path / "buf", **SETTINGS)
+    assert audit(buf) == len(buf) > 0
+    buf.close()
+
+
+def test_without_writeback_no_thread_hashes_and_commit_computes_every_checksum(tmp_path, small_chunks):
+    buf = ReplayBuffer(tmp_path / "buf", **SETTINGS, writeback_s=None)
+    writer = ScriptedWriter(buf)
+    for _ in range(30):
+        writer.step()
+    time.sleep(0.05)
+    assert buf.commit()["checksums"] == buf._full_checksums()
+    assert buf._hasher is None and buf._checksums.hashed_ahead == 0
+    assert not any(t.name.startswith("replay-checksums") for t in threading.enumerate())
+    buf.close()
