@@ -4,8 +4,12 @@
 
 (a) fills a 256x256x3 buffer and reports allocated (st_blocks) and apparent bytes per stored
     transition against one frame (196,608 B);
-(b) times the reopen of a 100K-slot 256x256x3 buffer (~20 GB, preallocated; its metadata is
-    filled as if full, frames left as allocated zeros: reopen never reads frames);
+(b) times the reopen of a 100K-slot buffer (``--reopen-shape``, 256x256x3 by default: ~20 GB,
+    preallocated) declared full (its metadata filled as if by adds, frames left as allocated
+    zeros) and committed: reopen verifies every file against the header and checks every
+    chunk's CRC32, so it reads every committed byte, the frames included (from the page cache
+    when they are still there: ``reopen_cold_s`` is a reopen after the files were evicted with
+    ``posix_fadvise(DONTNEED)``, ~ a reopen after a reboot);
 (c) batches/s of ``buf.sample`` on the host, and of ``DeviceSampler`` delivering (K, B, ...)
     batches to ``jax.devices()[0]`` for K=1 and K=8, i.e. the update rate the sampler keeps fed;
 (d) the training loop's insert: ``add`` of one step of 16 envs' 256x256 frames into a fresh
@@ -18,10 +22,13 @@
     same run. At 256x256 the loop writes 196,608 B per env step: 1,000 env steps/s is ~197 MB/s
     of frames, which the disk has to absorb once the page cache's dirty limits are reached.
 (f) ``--only-checksum``: the loop's inserts and commits, ``--checksum-adds`` adds of 16 envs'
-    256x256 frames with a commit every ``--checksum-commit-every`` adds, with the commit's
-    CRC32s of the data written since the previous commit (the default) and without them (the
-    same code with the checksum step skipped), alternating rounds of the same run: env steps/s
-    over adds + commits, ms per commit, and the checksums' own share of it.
+    256x256 frames with a commit every ``--checksum-commit-every`` adds, writeback on
+    (``writeback_s=2``), in alternating rounds of the same run: the chunks' CRC32s hashed ahead
+    by the background thread (the default), all hashed inside ``commit`` (the background hasher
+    stopped, as with ``writeback_s=None``), and no checksums (the step skipped): env steps/s of
+    the adding thread over adds + commits, ms per commit, the hashing done inside ``commit``, and
+    the hasher thread's CPU time (on a machine with few cores it competes with the adds).
+    ``--checksum-pause-ms`` paces the adds like the rest of a loop iteration would.
 Everything is written under --dir and deleted afterwards.
 """
 
@@ -97,14 +104,26 @@ def bench_disk(root: Path, n_frames: int, episode_length: int) -> tuple[dict, Re
     }, buf
 
 
-def bench_reopen(root: Path, capacity: int, repeats: int = 5) -> dict:
+def _evict(directory: Path) -> None:
+    """Drop the directory's files from the page cache (they are on disk: commit flushed them)."""
+    for p in directory.iterdir():
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def bench_reopen(root: Path, capacity: int, shape: tuple[int, ...] = (256, 256, 3),
+                 repeats: int = 5) -> dict:
     directory = root / "reopen"
-    kw = dict(capacity=capacity, observation_shape=(256, 256, 3), action_dim=2, n_envs=1)
+    kw = dict(capacity=capacity, observation_shape=shape, action_dim=2, n_envs=1, writeback_s=None)
     t0 = time.perf_counter()
     buf = ReplayBuffer(directory, **kw)
     create_s = time.perf_counter() - t0
     # Declare the buffer full: one truncated episode of 1000 steps after another. Frames stay the
-    # allocated zeros; reopen reads only metadata and header.
+    # allocated zeros (the checksums of commit and reopen read them all the same).
     arr = buf._arrays
     frames = np.arange(capacity, dtype=np.int64)
     starts = frames - frames % 1001
@@ -131,9 +150,18 @@ def bench_reopen(root: Path, capacity: int, repeats: int = 5) -> dict:
         first_sample.append(time.perf_counter() - t0)
         buf.close()
         del buf
+    cold = []
+    for _ in range(2):
+        _evict(directory)
+        t0 = time.perf_counter()
+        buf = ReplayBuffer(directory, **kw)
+        cold.append(time.perf_counter() - t0)
+        buf.close(commit=False)
+        del buf
     allocated, apparent = dir_bytes(directory)
     shutil.rmtree(directory)
-    return {"capacity": capacity, "transitions": n, "apparent_bytes": apparent,
+    return {"capacity": capacity, "shape": list(shape), "transitions": n, "apparent_bytes": apparent,
+            "reopen_cold_s": statistics.median(cold),
             "allocated_bytes": allocated, "create_s": create_s,
             "reopen_s_median": statistics.median(times), "reopen_s_max": max(times),
             "first_sample_s_median": statistics.median(first_sample)}
@@ -183,56 +211,79 @@ def bench_insert(root: Path, adds: int, rounds: int = 3, n_envs: int = 16) -> di
             "ms_per_add_mapping": statistics.median(out["mapping"]), "all": out}
 
 
-def bench_checksum(root: Path, adds: int, commit_every: int, rounds: int = 3, n_envs: int = 16) -> dict:
-    """Env steps/s of adds + commits of n_envs 256x256 frames, with the commit's checksums and
-    without (alternating rounds, fresh buffers), and the seconds the checksums took."""
-    frames = _random_frames(3, 4, n_envs)
+CHECKSUM_MODES = ("background", "commit", "none")
+"""(f)'s cases: CRC32s hashed ahead by the background thread (the default), all at commit (the
+background hasher stopped: what writeback_s=None does), no checksums (the step skipped)."""
+
+
+def _checksum_round(directory: Path, mode: str, frames: list[np.ndarray], adds: int,
+                    commit_every: int, n_envs: int, pause_ms: float) -> dict:
+    """One round of (f): adds + commits into a fresh buffer in ``mode``."""
     actions, rewards, no = _small_fields(n_envs)
     original = ReplayBuffer._updated_checksums
-    out: dict[str, list[dict]] = {"with": [], "without": []}
     spent = [0.0]
 
     def timed(self, w):
         t0 = time.perf_counter()
         try:
-            return original(self, w)
+            return original(self, w) if mode != "none" else {}
         finally:
             spent[0] += time.perf_counter() - t0
 
+    ReplayBuffer._updated_checksums = timed
     try:
-        for r in range(rounds):
-            for mode in ("with", "without"):
-                ReplayBuffer._updated_checksums = timed if mode == "with" else (lambda self, w: {})
-                directory = root / f"checksum_{mode}_{r}"
-                buf = _frame_buffer(directory, adds, n_envs, writeback_s=2.0)
-                spent[0] = 0.0
-                commit_s = 0.0
-                t0 = time.perf_counter()
-                for i in range(adds):
-                    f = frames[i % len(frames)]
-                    buf.add(f, actions, rewards, f, no, no)
-                    if (i + 1) % commit_every == 0:
-                        t1 = time.perf_counter()
-                        buf.commit()
-                        commit_s += time.perf_counter() - t1
-                total = time.perf_counter() - t0
-                commits = adds // commit_every
-                out[mode].append({"env_steps_per_s": adds * n_envs / total,
-                                  "ms_per_commit": commit_s / max(commits, 1) * 1e3,
-                                  "checksum_s": spent[0], "total_s": total})
-                buf.close()
-                shutil.rmtree(directory)
+        buf = _frame_buffer(directory, adds, n_envs, writeback_s=2.0)
+        if mode != "background":  # a private hook of this benchmark: stop the hasher only
+            buf._hasher.stop()
+            buf._hasher = None
+        commit_s = 0.0
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for i in range(adds):
+            f = frames[i % len(frames)]
+            buf.add(f, actions, rewards, f, no, no)
+            if pause_ms:
+                time.sleep(pause_ms / 1e3)  # the rest of a loop iteration
+            if (i + 1) % commit_every == 0:
+                t1 = time.perf_counter()
+                buf.commit()
+                commit_s += time.perf_counter() - t1
+        total, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        hasher = buf._hasher
+        if hasher is not None:
+            hasher.stop()  # close() would; read its CPU time first
+        buf.close()
     finally:
         ReplayBuffer._updated_checksums = original
+    commits = adds // commit_every
+    return {"env_steps_per_s": adds * n_envs / total,
+            "ms_per_commit": commit_s / max(commits, 1) * 1e3,
+            "checksum_at_commit_s": spent[0] if mode != "none" else 0.0,
+            "hasher_cpu_s": hasher.cpu_s if hasher is not None else 0.0,
+            "process_cpu_s": cpu, "total_s": total}
+
+
+def bench_checksum(root: Path, adds: int, commit_every: int, pause_ms: float = 0.0, rounds: int = 3,
+                   n_envs: int = 16) -> dict:
+    """Env steps/s of adds + commits of n_envs 256x256 frames, checksums hashed in the background,
+    at commit, or not at all (alternating rounds, fresh buffers), and the time the hashing took
+    (at commit, on the adding thread; the hasher thread's CPU time)."""
+    frames = _random_frames(3, 4, n_envs)
+    out: dict[str, list[dict]] = {mode: [] for mode in CHECKSUM_MODES}
+    for r in range(rounds):
+        for mode in CHECKSUM_MODES:
+            directory = root / f"checksum_{mode}_{r}"
+            out[mode].append(_checksum_round(directory, mode, frames, adds, commit_every, n_envs,
+                                             pause_ms))
+            shutil.rmtree(directory)
 
     def med(mode: str, key: str) -> float:
         return statistics.median(row[key] for row in out[mode])
 
+    keys = ("env_steps_per_s", "ms_per_commit", "checksum_at_commit_s", "hasher_cpu_s",
+            "process_cpu_s", "total_s")
     return {"adds": adds, "n_envs": n_envs, "commit_every": commit_every, "rounds": rounds,
-            "frames_per_commit": commit_every * n_envs,
-            **{f"{key}_{mode}": med(mode, key) for mode in out
-               for key in ("env_steps_per_s", "ms_per_commit", "checksum_s", "total_s")},
-            "all": out}
+            "frames_per_commit": commit_every * n_envs, "pause_ms": pause_ms,
+            **{f"{key}_{mode}": med(mode, key) for mode in out for key in keys}, "all": out}
 
 
 def disk_write_mb_s(root: Path, mib: int = 2048) -> float:
@@ -317,6 +368,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=20_000, help="256x256 frames to fill in (a)")
     parser.add_argument("--episode-length", type=int, default=1000, help="steps per episode in (a)")
     parser.add_argument("--reopen-capacity", type=int, default=100_000)
+    parser.add_argument("--reopen-shape", type=str, default="256,256,3",
+                        help="frame shape of the buffer reopened in (b), e.g. 84,84,3")
+    parser.add_argument("--only-reopen", action="store_true", help="run (b) only")
     parser.add_argument("--frames-84", type=int, default=50_000, help="84x84 frames for (c)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
     parser.add_argument("--insert-adds", type=int, default=300, help="adds of 16 frames per round in (d)")
@@ -328,11 +382,14 @@ def main() -> None:
     parser.add_argument("--only-checksum", action="store_true", help="run (f) only")
     parser.add_argument("--checksum-adds", type=int, default=200, help="adds of 16 frames per round in (f)")
     parser.add_argument("--checksum-commit-every", type=int, default=50, help="adds between commits in (f)")
+    parser.add_argument("--checksum-pause-ms", type=float, default=0.0,
+                        help="pause after each add in (f): the rest of a loop iteration")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--workers", type=str, default="1",
                         help="comma-separated DeviceSampler worker counts for extra K=1 rows")
     args = parser.parse_args()
     WORKERS[:] = [int(w) for w in args.workers.split(",")]
+    reopen_shape = tuple(int(d) for d in args.reopen_shape.split(","))
     if args.quick:
         args.frames, args.reopen_capacity, args.frames_84, args.seconds = 2000, 5000, 2000, 0.5
     if args.dir:
@@ -366,18 +423,32 @@ def main() -> None:
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
             return
+        if args.only_reopen:
+            r = results["reopen"] = bench_reopen(root, args.reopen_capacity, reopen_shape)
+            print(f"reopen of a verified {r['transitions']:,}-transition buffer of "
+                  f"{'x'.join(map(str, r['shape']))} frames ({r['apparent_bytes'] / 1e9:.2f} GB): "
+                  f"{r['reopen_s_median']:.2f} s median, {r['reopen_s_max']:.2f} s max (page cache "
+                  f"warm), {r['reopen_cold_s']:.2f} s cold (files evicted); create "
+                  f"{r['create_s']:.2f} s; first sample {r['first_sample_s_median'] * 1e3:.1f} ms")
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+            return
         if args.only_checksum:
-            c = results["checksum"] = bench_checksum(root, args.checksum_adds, args.checksum_commit_every)
+            c = results["checksum"] = bench_checksum(root, args.checksum_adds, args.checksum_commit_every,
+                                                      args.checksum_pause_ms)
             print(f"## Replay commit checksums, 256x256x3 ({results['machine']['device']}, "
                   f"{os.cpu_count()} CPUs)\n")
             print(f"{c['adds']} adds of {c['n_envs']} envs, a commit every {c['commit_every']} adds "
                   f"({c['frames_per_commit']} frames, {c['frames_per_commit'] * FRAME_256 / 1e6:.0f} MB), "
+                  f"{c['pause_ms']:g} ms pause after each add, "
                   f"median of {c['rounds']} alternating rounds\n")
-            print("| commit | env steps/s (adds + commits) | ms per commit | of which checksums, s per round |")
-            print("| --- | --- | --- | --- |")
-            for mode in ("with", "without"):
-                print(f"| {mode} checksums | {c[f'env_steps_per_s_{mode}']:,.0f} | "
-                      f"{c[f'ms_per_commit_{mode}']:,.1f} | {c[f'checksum_s_{mode}']:.3f} |")
+            print("| checksums | env steps/s (adds + commits) | ms per commit | hashing at commit, "
+                  "s per round | hasher thread CPU, s per round | process CPU, s per round |")
+            print("| --- | --- | --- | --- | --- | --- |")
+            for mode in CHECKSUM_MODES:
+                print(f"| {mode} | {c[f'env_steps_per_s_{mode}']:,.0f} | "
+                      f"{c[f'ms_per_commit_{mode}']:,.1f} | {c[f'checksum_at_commit_s_{mode}']:.3f} | "
+                      f"{c[f'hasher_cpu_s_{mode}']:.3f} | {c[f'process_cpu_s_{mode}']:.2f} |")
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
             return
@@ -392,7 +463,7 @@ def main() -> None:
             return
         disk, buf256 = bench_disk(root, args.frames, args.episode_length)
         results["disk"] = disk
-        results["reopen"] = bench_reopen(root, args.reopen_capacity)
+        results["reopen"] = bench_reopen(root, args.reopen_capacity, reopen_shape)
         rows = bench_sampling(buf256, "256x256x3, stack 1", 64, args.seconds)
         buf256.close()
         shutil.rmtree(root / "disk")
@@ -418,8 +489,9 @@ def main() -> None:
     print(f"| apparent bytes / transition | {d['apparent_per_transition']:,.0f} |")
     print(f"| fill rate (add, single thread, incl. commits) | "
           f"{d['fill_transitions_per_s']:,.0f} transitions/s |")
-    print(f"| reopen {r['capacity']:,}-slot buffer ({r['apparent_bytes'] / 1e9:.1f} GB) | "
-          f"{r['reopen_s_median'] * 1e3:.1f} ms median, {r['reopen_s_max'] * 1e3:.1f} ms max |")
+    print(f"| reopen {r['capacity']:,}-slot buffer ({r['apparent_bytes'] / 1e9:.1f} GB, verified) | "
+          f"{r['reopen_s_median'] * 1e3:.1f} ms median, {r['reopen_s_max'] * 1e3:.1f} ms max, "
+          f"{r['reopen_cold_s'] * 1e3:.1f} ms cold |")
     print(f"| create (preallocate) that buffer | {r['create_s']:.2f} s |")
     i = results["insert"]
     print(f"| insert: add of {i['n_envs']} 256x256x3 frames into fresh pages, pwrite / through the "
