@@ -84,6 +84,23 @@ def test_vector_dodge_env_publishes_the_layout_of_its_observation():
     assert agent.act(obs, deterministic=True).shape == (2,)
 
 
+def test_published_structure_is_the_old_sac_config_defaults_value_for_value():
+    # Before the sac package (5a32439) these were SACConfig defaults; runs of the old tree are
+    # reproduced bit for bit only if the env publishes exactly them (written out, not imported).
+    old_obs_xy = (0, 2, 5, 7, 11, 13, 17, 19, 23, 25, 29, 31, 35, 37, 41, 43, 47, 49, 53, 55,
+                  59, 61)
+    structure = DodgeEnv(level=1).observation_structure
+    filled = sac.with_observation_structure(sac.SACConfig(vector_encoder="set", symmetry="flip_x"),
+                                            structure)
+    assert (filled.set_layout, filled.symmetry_obs_xy, filled.symmetry_action_xy) == (
+        (5, 6), old_obs_xy, (0,))
+    assert all(type(i) is int for i in filled.set_layout + filled.symmetry_obs_xy
+               + filled.symmetry_action_xy)
+    # Per item of 6: relative x, y, vx, vy, distance, presence; the pairs are (x, y) and (vx, vy).
+    items = np.asarray(old_obs_xy[2:]).reshape(10, 2) - 5
+    assert (items % 6 == (0, 2)).all() and (items // 6 == np.arange(10)[:, None]).all()
+
+
 def test_topdown_dodge_env_publishes_the_action_pair_only():
     env = DodgeEnv(level=1, obs_mode="topdown", image_size=64)
     assert env.observation_structure == ObservationStructure(None, None, DODGE_ACTION_XY)
