@@ -11,11 +11,10 @@ branches on the level number. ``LEVELS`` holds the three built-in levels:
 
 Steps are control steps (1/30 s, see :mod:`dodgerl.envs.arena`). The player
 runs at 6 m/s (15 m/s during a dash), so a projectile seen more than about
-0.15 s ahead can always be sidestepped. The scripted heuristic survives all
-1000 steps in 92% of level-1 episodes and 54% of level-2 ones; level 3 is
-beyond it (mean 146 steps). The lookahead planner (a policy of the current
-state too) survives 100% / 99% / 80% on levels 1 / 2 / 3: every level can be
-played well from what the observation shows. Random play dies in about 20 steps.
+0.15 s ahead can always be sidestepped. The reference returns of the scripted
+heuristic, the lookahead planner (a policy of the current state: every level can
+be played well from what the observation shows) and random play are in
+docs/env.md (``scripts/reference_returns.py``).
 
 Pass your own ``LevelSpec`` to ``DodgeEnv(level=LevelSpec(...))`` for
 experiments; ``volley_size=0`` gives an arena with no projectiles at all

@@ -69,8 +69,8 @@ class Rasterizer:
         self.scale = size / ARENA_SIZE
         self.surface = pygame.Surface((size, size))
         # Static layer (floor + walls) drawn once; each frame starts with a
-        # memcpy of it into the surface's pixel memory, which is 2-30x faster
-        # than SDL's blit or fill at these sizes. Holding the buffer keeps the
+        # memcpy of it into the surface's pixel memory, faster than SDL's blit or
+        # fill at these sizes (docs/env.md). Holding the buffer keeps the
         # surface locked; pygame.draw and tobytes work on locked surfaces.
         self.surface.fill(BACKGROUND_COLOR)
         wall_px = max(1, round(WALL_THICKNESS_M * self.scale))

@@ -171,8 +171,9 @@ class ReplayBuffer(Sampling):
             self._create(seed, preallocate, int(extra_bytes))
         # Image frames are written with pwrite through this descriptor, not through the mapping:
         # the first write to a page of a preallocated file through a mapping faults it in page
-        # by page, 13-15 ms per 16 256x256 frames on the CI box against 1.8 ms with pwrite,
-        # which also releases the GIL. The mapping sees the same page cache. (Small frames,
+        # by page, several times slower than pwrite (docs/replay.md, "Image frames written with
+        # pwrite"), which also releases the
+        # GIL. The mapping sees the same page cache. (Small frames,
         # e.g. state vectors, go through the mapping: one write for all envs.)
         self._frame_bytes = int(np.prod(self.observation_shape)) * self.observation_dtype.itemsize
         if hasattr(os, "pwrite") and self._frame_bytes >= _PWRITE_MIN_FRAME_BYTES:
