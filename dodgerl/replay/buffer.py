@@ -172,9 +172,8 @@ class ReplayBuffer(Sampling):
         # Image frames are written with pwrite through this descriptor, not through the mapping:
         # the first write to a page of a preallocated file through a mapping faults it in page
         # by page, several times slower than pwrite (docs/replay.md, "Image frames written with
-        # pwrite"), which also releases the
-        # GIL. The mapping sees the same page cache. (Small frames,
-        # e.g. state vectors, go through the mapping: one write for all envs.)
+        # pwrite"), which also releases the GIL. The mapping sees the same page cache. (Small
+        # frames, e.g. state vectors, go through the mapping: one write for all envs.)
         self._frame_bytes = int(np.prod(self.observation_shape)) * self.observation_dtype.itemsize
         if hasattr(os, "pwrite") and self._frame_bytes >= _PWRITE_MIN_FRAME_BYTES:
             self._obs_fd = os.open(self.directory / "observations.npy", os.O_RDWR)
