@@ -9,7 +9,9 @@ Reading guide, one job per module:
 - ``agent``: ``SACAgent`` (one pytree), ``Policy``, ``build_networks``, ``create``, acting;
 - ``fast``: the encoder passes of a step, computed fast (bf16 copies, fused calls, conv forms);
 - ``transforms``: symmetry and random-shift augmentation of a sampled batch;
-- ``state``: ``Batch`` and ``CriticTrainState``.
+- ``state``: ``Batch`` and ``CriticTrainState``;
+- ``seeds``: N agents stacked on a leading seed axis, updated and acting in one vmapped call
+  (``stack``, ``create_stacked``, ``update_stacked``, ``act_stacked``, ``shard_seeds``).
 
 Typical use::
 
@@ -42,6 +44,19 @@ from dodgerl.agents.sac.losses import (
     polyak_update,
     temperature_loss,
 )
+from dodgerl.agents.sac.seeds import (
+    _act_stacked_jit,
+    _update_from_stacked_jit,
+    _update_stacked_jit,
+    act_stacked,
+    create_stacked,
+    seed_count,
+    shard_seeds,
+    stack,
+    unstack,
+    update_from_stacked,
+    update_stacked,
+)
 from dodgerl.agents.sac.state import Batch, CriticTrainState
 from dodgerl.agents.sac.transforms import SYMMETRY_KEY_SALT, apply_symmetry, augment_batch
 from dodgerl.agents.sac.update import _update_from_jit, _update_jit, check_batch, sac_step
@@ -62,6 +77,7 @@ __all__ = [
     "SACAgent",
     "SACConfig",
     "StepFeatures",
+    "act_stacked",
     "actor_loss",
     "apply_symmetry",
     "augment_batch",
@@ -69,6 +85,7 @@ __all__ = [
     "check_batch",
     "compute_losses",
     "create",
+    "create_stacked",
     "critic_loss",
     "critic_target",
     "encode_step",
@@ -76,10 +93,19 @@ __all__ = [
     "precast_encoders",
     "resolve_impl",
     "sac_step",
+    "seed_count",
+    "shard_seeds",
+    "stack",
     "temperature_loss",
+    "unstack",
+    "update_from_stacked",
+    "update_stacked",
     "with_observation_structure",
     # Compiled entry points, exported for their compile counters (``_cache_size()``).
     "_act_jit",
+    "_act_stacked_jit",
     "_update_from_jit",
+    "_update_from_stacked_jit",
     "_update_jit",
+    "_update_stacked_jit",
 ]
