@@ -58,7 +58,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/kill9_soak"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-delay-s", type=float, default=12.0)
+    parser.add_argument("--total", type=int, default=RAW["train"]["total_timesteps"],
+                        help="the run's budget in env steps")
     args = parser.parse_args()
+    RAW["train"]["total_timesteps"] = args.total
     rng = random.Random(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     config = args.out / "config.yaml"
