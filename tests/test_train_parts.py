@@ -8,6 +8,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from dodgerl.config import EnvConfig, config_from_dict
 from dodgerl.envs.make import make_vector_env
@@ -168,3 +169,15 @@ def test_the_plan_on_this_cpu_runs_everything_in_process():
                                          "train": {"n_envs": 4}}))
     assert plan.machine.backend == jax.default_backend() == "cpu"
     assert not plan.async_envs and not plan.dispatch_thread and not plan.eval_in_background
+
+
+def test_the_rate_behind_the_eta_is_the_recent_one_not_the_warm_ups():
+    from dodgerl.train.logs import RecentRate
+
+    rate = RecentRate(window_s=30)
+    for t in range(0, 10):  # a fast warm-up: 500 env steps/s for 10 s
+        rate.add(float(t), 500 * t)
+    for t in range(10, 100):  # then 1 env step/s
+        rate.add(float(t), 4500 + (t - 9))
+    assert rate.rate() == pytest.approx(1.0)
+    assert RecentRate().rate() is None

@@ -4,6 +4,7 @@ accelerator."""
 
 from __future__ import annotations
 
+import collections
 import csv
 import os
 import time
@@ -99,27 +100,61 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-class ProgressBar:
-    """A tqdm bar of env steps whose ETA comes from the rate of the last progress row, not from
-    tqdm's running average (which, after a fast warm-up, promises far too much)."""
+class RecentRate:
+    """Env steps per second over about the last ``window_s`` seconds of samples."""
 
-    def __init__(self, total: int, initial: int) -> None:
+    def __init__(self, window_s: float = 30.0) -> None:
+        self.window_s = window_s
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, now: float, step: int) -> None:
+        self._samples.append((now, step))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+
+    def rate(self) -> float | None:
+        if len(self._samples) < 2:
+            return None
+        (t0, s0), (t1, s1) = self._samples[0], self._samples[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else None
+
+
+class ProgressBar:
+    """A tqdm bar of env steps whose rate and ETA come from about the last 30 s, not from tqdm's
+    running average (which, after a fast warm-up, promises far too much); refreshed at most every
+    ``refresh_s`` seconds."""
+
+    def __init__(self, total: int, initial: int, refresh_s: float = 1.0) -> None:
         from tqdm import tqdm
 
         self.total = total
+        self.refresh_s = refresh_s
         self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                          bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         self._postfix: dict[str, str] = {}
+        self._rate = RecentRate()
+        self._step = initial
+        self._last_refresh = 0.0
 
     def update(self, n: int) -> None:
+        self._step += n
+        now = time.perf_counter()
+        self._rate.add(now, self._step)
+        if now - self._last_refresh >= self.refresh_s:
+            self._last_refresh = now
+            self._set_rate()
+            self._bar.set_postfix(self._postfix, refresh=False)
         self._bar.update(n)
 
-    def show(self, step: int, steps_per_s: float | None = None, eval_return: float | None = None) -> None:
-        """Set the rate, the ETA at that rate and the last evaluation's return."""
-        if steps_per_s is not None:
-            self._postfix["sps"] = f"{steps_per_s:.0f}"
-            if steps_per_s > 0:
-                self._postfix["eta"] = format_duration((self.total - step) / steps_per_s)
+    def _set_rate(self) -> None:
+        rate = self._rate.rate()
+        if rate is not None:
+            self._postfix["sps"] = f"{rate:.0f}" if rate >= 10 else f"{rate:.2f}"
+            if rate > 0:
+                self._postfix["eta"] = format_duration((self.total - self._step) / rate)
+
+    def show(self, eval_return: float | None) -> None:
+        """Set the last evaluation's return."""
         self._postfix["eval"] = fmt(eval_return)
         self._bar.set_postfix(self._postfix, refresh=False)
 
@@ -141,7 +176,7 @@ class PaceNotice:
         self._start: tuple[float, int, int] | None = None  # (time, updates, step) after the compile
 
     def observe(self, step: int, updates: int, compiled: bool) -> str | None:
-        """Called at each progress row; returns the notice once it has been measured."""
+        """Called after each update call; returns the notice once it has been measured."""
         if not self.pending or not compiled:
             return None
         now = time.perf_counter()

@@ -171,13 +171,16 @@ class Run:
         """The gradient steps due, if any (``block``: waited for)."""
         if self.dispatcher.update_due():
             self.state.updates += self.dispatcher.update(self.state.split_key(), block)
+            notice = self.pace.observe(self.state.step, self.state.updates, self.timings["compile"] > 0)
+            if notice:
+                print(f"\n{notice}", flush=True)
 
     def evaluate(self) -> None:
         """Start the evaluation of this step (recorded when it finishes)."""
         self.evaluation.finish()  # at most one in flight
         self.evaluation.start(self.state.split_key(), self.state.meta(len(self.replay)))
         if self.bar is not None:
-            self.bar.show(self.state.step, eval_return=self.evaluation.last_return)
+            self.bar.show(self.evaluation.last_return)
 
     def save_checkpoint(self, wait: bool) -> None:
         """Commit the replay, then save the agent of this step (from a copy, in the
@@ -199,11 +202,8 @@ class Run:
                                              self.collector.episode_stats()))
         self.checkpointer.check()  # a failed background save stops the run now
         self.evaluation.poll()
-        notice = self.pace.observe(state.step, state.updates, self.timings["compile"] > 0)
-        if notice:
-            print(f"\n{notice}", flush=True)
         if self.bar is not None:
-            self.bar.show(state.step, sps, self.evaluation.last_return)
+            self.bar.show(self.evaluation.last_return)
 
 
 def start_run(config: RunConfig, run_dir: Path, candidates: list[Path],
