@@ -13,7 +13,8 @@ import errno
 import sys
 from pathlib import Path
 
-from dodgerl.config import ConfigError, RunConfig, apply_overrides, config_from_dict, read_yaml
+from dodgerl.config import (DODGE_ID, ConfigError, RunConfig, apply_overrides, config_from_dict,
+                            read_yaml)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -25,12 +26,19 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         epilog="Config keys are documented in the YAML files under configs/. "
         "Example: --set train.total_timesteps=20000 --set agent.actor_lr=1e-4",
     )
-    parser.add_argument("--level", type=int, choices=(1, 2, 3), default=1,
+    parser.add_argument("--level", type=int, choices=(1, 2, 3), default=None,
                         help="arena difficulty: 1 one fixed direction, 2 all around, 3 harder; "
-                        "picks the default config and sets env.level")
+                        "picks the default config and sets env.level (dodge env only; default 1)")
+    parser.add_argument("--env-id", default=None, metavar="ID",
+                        help="train on this registered Gymnasium env (e.g. HalfCheetah-v5); the "
+                        "default config is the file in configs/ whose env.id is ID, else "
+                        f"{GENERIC_CONFIG.name} (docs/envs.md)")
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML config (default: the matching file in configs/ for --level)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (overrides the config's)")
+    parser.add_argument("--seeds", default=None, metavar="SEEDS",
+                        help="train several seeds at once in this process, e.g. 0-4 or 0,3,7: "
+                        "each a complete run under one group directory (see docs/runs.md)")
     parser.add_argument("--total-timesteps", type=int, default=None,
                         help="env steps to train for (overrides train.total_timesteps; "
                         "with --resume, extends the run)")
@@ -39,7 +47,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume", type=Path, default=None,
                         help="RUN_DIR (newest complete checkpoint) or RUN_DIR/checkpoints/<step>; "
                         "the run's own config.yaml is used; from an earlier checkpoint, what was "
-                        "saved after it moves to RUN_DIR/abandoned/ and the replay is rewound to it")
+                        "saved after it moves to RUN_DIR/abandoned/ and the replay is rewound to it; "
+                        "a group directory (--seeds) resumes every seed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. agent.batch_size=128 (repeatable)")
     parser.add_argument("--fresh-replay", action="store_true",
@@ -50,6 +59,19 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+GENERIC_CONFIG = CONFIG_DIR / "sac_gym.yaml"
+"""The default config of an env id that no file in configs/ names."""
+
+
+def config_for_env(env_id: str) -> Path:
+    """The file in configs/ whose ``env.id`` is ``env_id`` (the first by name), else the
+    generic one."""
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        if path != GENERIC_CONFIG and (read_yaml(path).get("env") or {}).get("id") == env_id:
+            return path
+    return GENERIC_CONFIG
+
+
 def default_config(kind: str, level: int) -> Path:
     difficulty = "easy" if level == 1 else "hard"
     name = {"topdown": f"sac_topdown_cnn_{difficulty}.yaml", "vector": f"sac_vector_{difficulty}.yaml"}[kind]
@@ -57,10 +79,19 @@ def default_config(kind: str, level: int) -> Path:
 
 
 def config_from_args(kind: str, args: argparse.Namespace) -> RunConfig:
-    """The run config of a new run from the parsed command line: ``--config`` (or the level's
-    default for ``kind``), with ``--level``, ``--seed`` and the ``--set`` overrides applied."""
-    raw = read_yaml(args.config or default_config(kind, args.level))
-    raw.setdefault("env", {})["level"] = args.level
+    """The run config of a new run from the parsed command line: ``--config`` (or the default
+    for ``--env-id``, else the level's default for ``kind``), with ``--env-id``, ``--level``,
+    ``--seed`` and the ``--set`` overrides applied."""
+    env_id = getattr(args, "env_id", None)
+    if env_id is not None and env_id != DODGE_ID:
+        if args.level is not None:
+            raise ConfigError(f"--level: a setting of {DODGE_ID} only, not of {env_id}")
+        raw = read_yaml(args.config or config_for_env(env_id))
+        raw.setdefault("env", {})["id"] = env_id
+    else:
+        level = 1 if args.level is None else args.level
+        raw = read_yaml(args.config or default_config(kind, level))
+        raw.setdefault("env", {})["level"] = level
     if args.seed is not None:
         raw["seed"] = args.seed
     return config_from_dict(apply_overrides(raw, args.overrides))
@@ -96,17 +127,29 @@ def main(kind: str, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.total_timesteps is not None and args.total_timesteps < 1:
         parser.error("--total-timesteps must be >= 1")
-    if args.resume is not None and (args.overrides or args.config or args.seed is not None):
+    if args.resume is not None and (args.overrides or args.config or args.seed is not None
+                                    or args.seeds is not None):
         parser.error("--resume continues a run with its own config.yaml; "
-                     "--config, --seed and --set cannot be combined with it")
+                     "--config, --seed, --seeds and --set cannot be combined with it")
+    if args.seed is not None and args.seeds is not None:
+        parser.error("--seed and --seeds exclude each other")
+    if args.resume is not None and args.env_id is not None:
+        parser.error("--resume continues a run with its own config.yaml; --env-id cannot be "
+                     "combined with it")
     if args.fresh_replay and args.resume is None:
         parser.error("--fresh-replay applies to --resume")
     try:
         config = None if args.resume is not None else config_from_args(kind, args)
-        from dodgerl.train import train
+        from dodgerl.train import parse_seeds, train, train_seeds
+        from dodgerl.train.group import is_group_dir
 
-        train(config, results_dir=args.results_dir, resume=args.resume,
-              total_timesteps=args.total_timesteps, fresh_replay=args.fresh_replay)
+        if args.seeds is not None or (args.resume is not None and is_group_dir(args.resume)):
+            seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+            train_seeds(config, seeds, results_dir=args.results_dir, resume=args.resume,
+                        total_timesteps=args.total_timesteps, fresh_replay=args.fresh_replay)
+        else:
+            train(config, results_dir=args.results_dir, resume=args.resume,
+                  total_timesteps=args.total_timesteps, fresh_replay=args.fresh_replay)
     except Exception as err:  # noqa: BLE001  (a bug is re-raised below)
         line = one_line(err)
         if line is None or args.debug:

@@ -37,7 +37,7 @@ def test_the_collector_stores_the_real_final_observation_and_counts_episodes(tmp
 
     replay.add = add
     try:
-        collector = Collector(envs, replay, env_config, seeds=[5, 6])
+        collector = Collector(envs, [replay], env_config, seeds=[5, 6])
         rng = np.random.default_rng(0)
         ended, lengths = 0, []
         for _ in range(40):
@@ -49,9 +49,9 @@ def test_the_collector_stores_the_real_final_observation_and_counts_episodes(tmp
                 assert done[i] or np.array_equal(next_obs[i], collector.observations[i])
                 assert not done[i] or not np.array_equal(next_obs[i], collector.observations[i])
             assert not np.array_equal(before, collector.observations)
-            ended += finished
+            ended += sum(finished)
             stats = collector.episode_stats()
-            if finished:
+            if sum(finished):
                 lengths.append(stats["train_length"])
             else:
                 assert stats == {"train_return": "", "train_length": ""}

@@ -162,3 +162,82 @@ class DeviceMirror:
     def close(self) -> None:
         self.buffer.track_writes(False)
         self.frames = None
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _scatter_seeds(frames: jax.Array, seed: jax.Array, env: jax.Array, slots: jax.Array,
+                   values: jax.Array) -> jax.Array:
+    return frames.at[seed, env, slots].set(values, mode="drop")
+
+
+class StackedMirror:
+    """The frames of N replay buffers of one shape (one buffer per seed of a run group) in one
+    ``(N, n_envs, slots, *obs_shape)`` device array, whose seed axis may be sharded over devices
+    (``sharding``): what ``sac.update_from_stacked`` gathers each seed's batches from, with
+    :func:`gather_batch`. One upload per sync covers every seed. Same threading rules as
+    :class:`DeviceMirror`.
+    """
+
+    def __init__(self, buffers: list[ReplayBuffer], sharding: Any = None,
+                 upload_chunk: int = 1024) -> None:
+        self.buffers = list(buffers)
+        first = self.buffers[0]
+        shape = (first.n_envs, first.slots_per_env, *first.observation_shape)
+        for i, b in enumerate(self.buffers):
+            if (b.n_envs, b.slots_per_env, *b.observation_shape) != shape or \
+                    b.observation_dtype != first.observation_dtype:
+                raise ValueError(f"StackedMirror: buffer {i} holds {(b.n_envs, b.slots_per_env, *b.observation_shape)} "
+                                 f"{b.observation_dtype} frames, buffer 0 {shape} {first.observation_dtype}")
+        self.slots_per_env = first.slots_per_env
+        self.device = sharding if sharding is not None else jax.devices()[0]
+        self.frames = jnp.zeros((len(self.buffers), *shape), first.observation_dtype,
+                                device=self.device)
+        self._max_bucket = int(upload_chunk)
+        for b in self.buffers:
+            b.track_writes(True)
+        existing = []
+        for s, b in enumerate(self.buffers):  # a resumed run: every slot ever written
+            written = b.frames_written
+            for e in range(b.n_envs):
+                n = int(min(written[e], self.slots_per_env))
+                existing.append((s, np.full(n, e, np.int32), np.arange(n, dtype=np.int32)))
+            b.take_writes()
+        self.upload(self._chunks(existing))
+
+    def _chunks(self, writes: list[tuple[int, np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, ...]]:
+        """(seed, env, slot, frame) rows of the writes, in power-of-two buckets of at most
+        ``upload_chunk`` rows (padding rows: slot out of bounds, dropped by the scatter)."""
+        rows = [(np.full(env.size, s, np.int32), env, slots, self.buffers[s].frames_at(env, slots))
+                for s, env, slots in writes if env.size]
+        if not rows:
+            return []
+        seed, env, slots, values = (np.concatenate(parts) for parts in zip(*rows))
+        chunks = []
+        for lo in range(0, seed.size, self._max_bucket):
+            part = slice(lo, lo + self._max_bucket)
+            n = seed[part].size
+            pad = max(8, 1 << (n - 1).bit_length()) - n
+            chunks.append((np.pad(seed[part], (0, pad)), np.pad(env[part], (0, pad)),
+                           np.pad(slots[part], (0, pad), constant_values=self.slots_per_env),
+                           np.pad(values[part], [(0, pad)] + [(0, 0)] * (values.ndim - 1))))
+        return chunks
+
+    def take(self) -> list[tuple[np.ndarray, ...]]:
+        """The host half of a sync: every buffer's frames written since the last one."""
+        return self._chunks([(s, *b.take_writes()) for s, b in enumerate(self.buffers)])
+
+    def upload(self, chunks: list[tuple[np.ndarray, ...]]) -> None:
+        """The device half of a sync (``frames`` is donated: one thread, in order)."""
+        for chunk in chunks:
+            self.frames = _scatter_seeds(self.frames, *chunk)
+
+    def draw_indices(self, batch_size: int, steps: int = 1) -> dict[str, np.ndarray]:
+        """Each buffer's draw (its own seeded Generator), stacked: leaves (N, K, B, ...)."""
+        draws = [b.sample_indices(batch_size * steps) for b in self.buffers]
+        return {k: np.stack([d[k].reshape(steps, batch_size, *d[k].shape[1:]) for d in draws])
+                for k in draws[0]}
+
+    def close(self) -> None:
+        for b in self.buffers:
+            b.track_writes(False)
+        self.frames = None

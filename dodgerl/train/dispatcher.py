@@ -70,16 +70,22 @@ class Dispatcher:
         self._jobs: collections.deque[Future] = collections.deque()  # submitted, not yet observed
         self._in_flight: list[Future] = []  # (the metrics of) dispatched updates not yet waited for
         self._pending_calls = 0  # vector steps collected since the last update call
-        self.mirror = None
         self._sampler = None
         self._prefetch, self._sample_workers = plan.prefetch, plan.sample_workers
-        if plan.device_mirror:
-            from dodgerl.replay.mirror import DeviceMirror
-
-            self.mirror = DeviceMirror(replay)  # uploads what a resumed buffer already holds
+        self.mirror = self._make_mirror() if plan.device_mirror else None
+        if self.mirror is not None:
             cleanup.callback(self.mirror.close)
         # The sampler starts with the first update (if there is no mirror).
-        cleanup.callback(lambda: self._sampler is not None and self._sampler.close())
+        cleanup.callback(self._close_samplers)
+
+    def _make_mirror(self) -> Any:
+        from dodgerl.replay.mirror import DeviceMirror
+
+        return DeviceMirror(self.replay)  # uploads what a resumed buffer already holds
+
+    def _close_samplers(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
 
     # -- device calls, in order
 
@@ -109,6 +115,16 @@ class Dispatcher:
         """A copy of the agent as it is after the calls submitted so far, on its device: what a
         checkpoint or a background evaluation takes while the next update donates the agent."""
         return self.submit(lambda: copy_tree(self.agent))
+
+    def seed_view(self, seed: int) -> Any:
+        """What a seed's evaluation sees of the dispatcher (``submit``, ``drain``, ``agent``,
+        ``copy_agent``): here, with one agent, the dispatcher itself."""
+        assert seed == 0, "a dispatcher of one agent has one seed"
+        return self
+
+    def metrics_of(self, seed: int) -> dict[str, Any]:
+        """The latest waited-for update's metrics of ``seed``."""
+        return self.metrics
 
     def stored(self) -> None:
         """The loop has added one vector step to the replay: the mirror uploads it, and a

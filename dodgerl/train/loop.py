@@ -56,23 +56,38 @@ def train(config: RunConfig, results_dir: str | Path = "results", resume: str | 
     ``total_timesteps`` sets a new budget, which config.yaml then records. ``fresh_replay``
     (with ``resume``): the run's replay buffer is set aside and an empty one started; the agent
     and counters are restored as usual, and updates go on once the new buffer holds a batch.
+    Several seeds in one process: ``dodgerl.train.train_seeds``.
     """
     run_dir, config, candidates = _open_run(config, results_dir, resume, total_timesteps)
     if fresh_replay and resume is not None:
         set_aside_replay(run_dir)
     if on_start is not None:
         on_start(run_dir)
+    return run_loop(config, [RunFiles(run_dir, config, candidates)], stacked=False)[0]
+
+
+@dataclasses.dataclass
+class RunFiles:
+    """One seed's run directory, its config, and the checkpoints to resume from (none: new)."""
+
+    run_dir: Path
+    config: RunConfig
+    candidates: list[Path]
+
+
+def run_loop(config: RunConfig, runs: list[RunFiles], stacked: bool) -> list[TrainResult]:
+    """The training loop over one run, or over the seeds of a group (``stacked``: their agents
+    stacked on a seed axis, advanced by one compiled update); one result per run."""
     tc = config.train
     with contextlib.ExitStack() as cleanup:
-        run = start_run(config, run_dir, candidates, cleanup)
-        state, bar = run.state, run.bar
+        run = start_run(config, runs, stacked, cleanup)
+        state, bar = run.state, run.bar  # every seed's counters move together: seed 0's is the clock
         next_log = (state.step // tc.log_freq + 1) * tc.log_freq
         next_ckpt = (state.step // tc.checkpoint_freq + 1) * tc.checkpoint_freq
         interrupted = False
         with StopFlag() as stop:
             if run.eval_due:  # before the first act: the same key split as the run before
-                state.next_eval += tc.eval_freq
-                run.evaluate()
+                run.evaluate(advance=True)
             actions = run.choose_actions()
             while state.step < tc.total_timesteps:
                 if stop.requested:
@@ -100,11 +115,10 @@ def train(config: RunConfig, results_dir: str | Path = "results", resume: str | 
                     if state.step < tc.total_timesteps:  # the last one comes after the final evaluation
                         run.save_checkpoint(wait=False)
                 if state.next_eval is not None and state.step >= state.next_eval:
-                    state.next_eval += tc.eval_freq
-                    run.evaluate()
-            run.evaluation.finish()
-            if not interrupted and (state.next_eval is None or not eval_log_has(run_dir / "eval.csv", state.step)):
-                run.evaluate()
+                    run.evaluate(advance=True)
+            run.finish_evaluations()
+            if not interrupted and (state.next_eval is None or not eval_log_has(runs[0].run_dir / "eval.csv", state.step)):
+                run.evaluate(advance=False)
             run.save_checkpoint(wait=True)
         run.dispatcher.finish()
         # Leaving the stack closes, newest first: the progress bar, the evaluation's threads and
@@ -113,47 +127,70 @@ def train(config: RunConfig, results_dir: str | Path = "results", resume: str | 
         # Ctrl-C too) the same happens, evaluation processes stopped without waiting and the
         # replay uncommitted, and the exception goes on up: no subprocess outlives it, and the
         # files are as a kill -9 would have left them.
-    print(f"{'stopped' if interrupted else 'done'}: {state.step} env steps, {state.episodes} episodes, "
-          f"{state.updates} gradient steps; best eval return {fmt(state.best_eval)}; "
-          f"run directory {run_dir}", flush=True)
-    return TrainResult(run_dir, state.step, state.episodes, state.updates, state.best_eval,
-                       interrupted, dict(run.timings))
+    results = []
+    for seed in run.seeds:
+        s = seed.state
+        print(f"{'stopped' if interrupted else 'done'}: {s.step} env steps, {s.episodes} episodes, "
+              f"{s.updates} gradient steps; best eval return {fmt(s.best_eval)}; "
+              f"run directory {seed.run_dir}", flush=True)
+        results.append(TrainResult(seed.run_dir, s.step, s.episodes, s.updates, s.best_eval,
+                                   interrupted, dict(run.timings)))
+    return results
+
+
+@dataclasses.dataclass
+class Seed:
+    """One seed's own parts in a run: its counters and RNGs, replay, files and evaluation."""
+
+    run_dir: Path
+    state: RunState
+    replay: Any
+    checkpointer: Checkpointer
+    evaluation: TrainingEvaluation
+    progress_log: CsvLog
+    last_log: tuple[float, int]
 
 
 @dataclasses.dataclass
 class Run:
-    """The parts of one run, wired together: what the loop calls, each step one call."""
+    """The parts of one run (or of a group's seeds, which share the envs' pool, the dispatcher
+    and the plan), wired together: what the loop calls, each step one call."""
 
     config: RunConfig
     plan: ExecutionPlan
-    state: RunState
+    seeds: list[Seed]
     envs: Any
-    replay: Any
-    checkpointer: Checkpointer
     dispatcher: Dispatcher
-    evaluation: TrainingEvaluation
     collector: Collector
-    progress_log: CsvLog
     pace: PaceNotice
     bar: ProgressBar | None
     timings: dict[str, float]
     eval_due: bool
     """The evaluation of the restored step is still due (it runs first)."""
-    last_log: tuple[float, int] = (0.0, 0)
+    stacked: bool
+
+    @property
+    def state(self) -> RunState:
+        return self.seeds[0].state
+
+    def _keys(self) -> Any:
+        """A fresh key of every seed (one key for a run of one agent)."""
+        keys = [seed.state.split_key() for seed in self.seeds]
+        return keys if self.stacked else keys[0]
 
     def choose_actions(self) -> Future:
         """Uniform random actions during warm-up, then the policy's (not waited for)."""
-        state = self.state
-        if state.step < self.config.train.learning_starts:
-            shape = self.envs.action_space.shape
-            return resolved(state.np_rng.uniform(-1.0, 1.0, size=shape).astype(np.float32))
+        if self.state.step < self.config.train.learning_starts:
+            shape = (self.config.train.n_envs, *self.envs.single_action_space.shape)
+            return resolved(np.concatenate([seed.state.np_rng.uniform(-1.0, 1.0, size=shape)
+                                            for seed in self.seeds]).astype(np.float32))
         t0 = time.perf_counter()
-        future = self.dispatcher.act(self.collector.observations, state.split_key())
+        future = self.dispatcher.act(self.collector.observations, self._keys())
         self.timings["act"] += time.perf_counter() - t0
         return future
 
     def collect(self, actions: Future) -> None:
-        """Step the envs with ``actions`` into the replay (and its device mirror)."""
+        """Step the envs with ``actions`` into the replays (and the device mirror)."""
         t0 = time.perf_counter()
         chosen = np.asarray(actions.result())  # waits for the device's act, not the update
         t1 = time.perf_counter()
@@ -162,93 +199,145 @@ class Run:
         self.timings["act"] += t1 - t0
         self.timings["env"] += env_s
         self.timings["insert"] += time.perf_counter() - t1 - env_s
-        self.state.step += self.config.train.n_envs
-        self.state.episodes += finished
+        for seed, ended in zip(self.seeds, finished):
+            seed.state.step += self.config.train.n_envs
+            seed.state.episodes += ended
         if self.state.step > self.config.train.learning_starts:
             self.dispatcher.collected()
 
     def update(self, block: bool) -> None:
         """The gradient steps due, if any (``block``: waited for)."""
         if self.dispatcher.update_due():
-            self.state.updates += self.dispatcher.update(self.state.split_key(), block)
+            made = self.dispatcher.update(self._keys(), block)
+            for seed in self.seeds:
+                seed.state.updates += made
             notice = self.pace.observe(self.state.step, self.state.updates, self.timings["compile"] > 0)
             if notice:
                 print(f"\n{notice}", flush=True)
 
-    def evaluate(self) -> None:
-        """Start the evaluation of this step (recorded when it finishes)."""
-        self.evaluation.finish()  # at most one in flight
-        self.evaluation.start(self.state.split_key(), self.state.meta(len(self.replay)))
+    def evaluate(self, advance: bool) -> None:
+        """Start each seed's evaluation of this step (recorded when it finishes); ``advance``:
+        the periodic one due now, and the next one is due ``eval_freq`` steps later."""
+        for seed in self.seeds:
+            if advance:
+                seed.state.next_eval += self.config.train.eval_freq
+            seed.evaluation.finish()  # at most one in flight per seed
+            seed.evaluation.start(seed.state.split_key(), seed.state.meta(len(seed.replay)))
         if self.bar is not None:
-            self.bar.show(self.evaluation.last_return)
+            self.bar.show(self._last_return())
+
+    def finish_evaluations(self) -> None:
+        for seed in self.seeds:
+            seed.evaluation.finish()
+
+    def _last_return(self) -> float | None:
+        returns = [s.evaluation.last_return for s in self.seeds if s.evaluation.last_return is not None]
+        return float(np.mean(returns)) if returns else None
 
     def save_checkpoint(self, wait: bool) -> None:
-        """Commit the replay, then save the agent of this step (from a copy, in the
+        """Commit each seed's replay, then save its agent of this step (from a copy, in the
         background unless ``wait``)."""
-        self.evaluation.finish()  # a checkpoint's best_eval and eval.csv cover every evaluation up to it
         t0 = time.perf_counter()
-        # The checkpoint keeps the header of this commit: a resume can rewind the buffer to it.
-        meta = {**self.state.meta(len(self.replay)), "replay_header": self.replay.commit()}
-        self.checkpointer.save(self.state.step, self.dispatcher.copy_agent(), meta, wait=wait)
+        for i, seed in enumerate(self.seeds):
+            seed.evaluation.finish()  # a checkpoint's best_eval and eval.csv cover every evaluation up to it
+            # The checkpoint keeps the header of this commit: a resume can rewind the buffer to it.
+            meta = {**seed.state.meta(len(seed.replay)), "replay_header": seed.replay.commit()}
+            copy = self.dispatcher.seed_view(i).copy_agent()
+            seed.checkpointer.save(seed.state.step, copy, meta, wait=wait)
         self.timings["checkpoint"] += time.perf_counter() - t0
 
     def log_progress(self) -> None:
-        """A progress.csv row; surfaces a failed background save and records a finished
-        background evaluation."""
-        state, now = self.state, time.perf_counter()
-        sps = (state.step - self.last_log[1]) / max(now - self.last_log[0], 1e-9)
-        self.last_log = (now, state.step)
-        self.progress_log.write(progress_row(state, sps, now, self.timings, self.dispatcher.metrics,
-                                             self.collector.episode_stats()))
-        self.checkpointer.check()  # a failed background save stops the run now
-        self.evaluation.poll()
+        """A progress.csv row of each seed; surfaces a failed background save and records a
+        finished background evaluation."""
+        now = time.perf_counter()
+        for i, seed in enumerate(self.seeds):
+            state = seed.state
+            sps = (state.step - seed.last_log[1]) / max(now - seed.last_log[0], 1e-9)
+            seed.last_log = (now, state.step)
+            seed.progress_log.write(progress_row(state, sps, now, self.timings,
+                                                 self.dispatcher.metrics_of(i),
+                                                 self.collector.episode_stats(i)))
+            seed.checkpointer.check()  # a failed background save stops the run now
+            seed.evaluation.poll()
         if self.bar is not None:
-            self.bar.show(self.evaluation.last_return)
+            self.bar.show(self._last_return())
 
 
-def start_run(config: RunConfig, run_dir: Path, candidates: list[Path],
+def start_run(config: RunConfig, runs: list[RunFiles], stacked: bool,
               cleanup: contextlib.ExitStack) -> Run:
-    """Build the parts of a run (restoring a checkpoint of ``candidates``, if any), each closed
-    by ``cleanup`` in the reverse order."""
+    """Build the parts of a run, or of a group's seeds (``stacked``), restoring each run's
+    checkpoint of its ``candidates``, if any; each part closed by ``cleanup`` in the reverse
+    order."""
     tc, ec = config.train, config.env
-    plan = choose_plan(config)
-    print(plan.summary(), flush=True)
-    plan.write(run_dir)
+    n_seeds = len(runs)
+    plan = choose_plan(config, n_seeds=n_seeds)
     timings = dict.fromkeys(TIMED_PHASES, 0.0)
-    envs = make_vector_env(ec, tc.n_envs, plan.async_envs, plan.envs_per_worker)
+    envs = make_vector_env(ec, tc.n_envs * n_seeds, plan.async_envs, plan.envs_per_worker)
     cleanup.callback(envs.close)
-    state = RunState(key=jax.random.PRNGKey(config.seed), np_rng=np.random.default_rng(config.seed),
-                     config=config.to_dict())
-    agent = agent_for(envs, config, state.split_key())
-    eval_due = False
-    if candidates:
-        agent, eval_due = resume_state(run_dir, candidates, agent, state, tc.eval_freq)
-    if state.next_eval is None and tc.eval_freq:
-        state.next_eval = (state.step // tc.eval_freq + 1) * tc.eval_freq
+    states, agents, eval_due = [], [], []
+    for files in runs:
+        seed_config = files.config
+        state = RunState(key=jax.random.PRNGKey(seed_config.seed),
+                         np_rng=np.random.default_rng(seed_config.seed), config=seed_config.to_dict())
+        agent = agent_for(envs, seed_config, state.split_key())
+        due = False
+        if files.candidates:
+            agent, due = resume_state(files.run_dir, files.candidates, agent, state, tc.eval_freq)
+        if state.next_eval is None and tc.eval_freq:
+            state.next_eval = (state.step // tc.eval_freq + 1) * tc.eval_freq
+        states.append(state)
+        agents.append(agent)
+        eval_due.append(due)
+    replays = [open_replay(f.run_dir, f.config, plan, envs, agents[i], cleanup)
+               for i, f in enumerate(runs)]
+    steps_per_call = tc.utd * tc.n_envs * tc.update_every
+    if stacked:
+        from dodgerl.train.group import GroupDispatcher, plan_for_memory
+
+        plan = plan_for_memory(plan, replays)
+        dispatcher: Dispatcher = GroupDispatcher(agents, replays, plan, config.agent.batch_size,
+                                                 steps_per_call, tc.update_every, timings, cleanup)
+    else:
+        dispatcher = Dispatcher(agents[0], replays[0], plan, config.agent.batch_size,
+                                steps_per_call, tc.update_every, timings, cleanup)
+    print(plan.summary(), flush=True)
+    seeds = []
+    for i, files in enumerate(runs):
+        plan.write(files.run_dir)
+        seeds.append(_seed_parts(files, plan, states[i], replays[i], eval_due[i],
+                                 dispatcher.seed_view(i), envs, timings, cleanup))
+        print(f"run directory: {files.run_dir}", flush=True)
+    pace = PaceNotice(ec.obs_mode == "topdown" and not plan.machine.accelerator, tc.total_timesteps)
+    t_start = time.perf_counter()
+    for state in states:
+        state.t_start = t_start
+    collector = Collector(envs, replays, ec, [s_config.seed * 10_007 + state.resumes * 1_000 + i
+                                              for s_config, state in zip((f.config for f in runs), states)
+                                              for i in range(tc.n_envs)])
+    bar = None
+    if tc.progress_bar:
+        bar = ProgressBar(tc.total_timesteps, states[0].step)
+        cleanup.callback(bar.close)
+    return Run(config, plan, seeds, envs, dispatcher, collector, pace, bar, timings,
+               eval_due=eval_due[0], stacked=stacked)
+
+
+def _seed_parts(files: RunFiles, plan: ExecutionPlan, state: RunState, replay: Any, eval_due: bool,
+                view: Any, envs: Any, timings: dict[str, float], cleanup: contextlib.ExitStack) -> Seed:
+    """One seed's checkpointer, logs and evaluation."""
+    tc, run_dir = files.config.train, files.run_dir
     checkpointer = Checkpointer(run_dir, tc.keep_checkpoints, cleanup)
-    replay = open_replay(run_dir, config, plan, envs, agent, cleanup)
-    resume_step = state.step if candidates else None
+    resume_step = state.step if files.candidates else None
     progress_log = cleanup.enter_context(contextlib.closing(
         CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)))
     # A row of the evaluation due at the resumed step (written after its checkpoint, before the
     # kill) is dropped: that evaluation runs again, on the same agent.
     eval_log = cleanup.enter_context(contextlib.closing(CsvLog(
         run_dir / "eval.csv", EVAL_FIELDS, None if resume_step is None else resume_step - eval_due)))
-    dispatcher = Dispatcher(agent, replay, plan, config.agent.batch_size,
-                            tc.utd * tc.n_envs * tc.update_every, tc.update_every, timings, cleanup)
-    evaluation = TrainingEvaluation(ec, tc, plan, dispatcher, state, checkpointer, eval_log,
+    evaluation = TrainingEvaluation(files.config.env, tc, plan, view, state, checkpointer, eval_log,
                                     run_dir, envs.single_observation_space, timings, cleanup)
-    pace = PaceNotice(ec.obs_mode == "topdown" and not plan.machine.accelerator, tc.total_timesteps)
-    print(f"run directory: {run_dir}", flush=True)
-    state.t_start = time.perf_counter()
-    collector = Collector(envs, replay, ec, [config.seed * 10_007 + state.resumes * 1_000 + i
-                                             for i in range(tc.n_envs)])
-    bar = None
-    if tc.progress_bar:
-        bar = ProgressBar(tc.total_timesteps, state.step)
-        cleanup.callback(bar.close)
-    return Run(config, plan, state, envs, replay, checkpointer, dispatcher, evaluation, collector,
-               progress_log, pace, bar, timings, eval_due, last_log=(time.perf_counter(), state.step))
+    return Seed(run_dir, state, replay, checkpointer, evaluation, progress_log,
+                last_log=(time.perf_counter(), state.step))
 
 
 def _open_run(config: RunConfig, results_dir: str | Path, resume: str | Path | None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dodgerl.config import ConfigError, RunConfig
+from dodgerl.envs.make import image_side
 
 LARGE_IMAGE_SIDE = 128
 """Above this side, an image policy acts too slowly on a CPU for evaluation processes: its
@@ -97,25 +98,28 @@ class ExecutionPlan:
         (Path(run_dir) / "plan.json").write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
 
-def choose_plan(config: RunConfig, machine: Machine | None = None) -> ExecutionPlan:
-    """The plan for ``config`` on ``machine`` (this one by default), ``config.perf`` applied."""
+def choose_plan(config: RunConfig, machine: Machine | None = None, n_seeds: int = 1) -> ExecutionPlan:
+    """The plan for ``config`` on ``machine`` (this one by default), ``config.perf`` applied;
+    ``n_seeds`` seeds in one process share one pool of ``n_seeds * n_envs`` envs, and each
+    seed gets its share of the evaluation processes."""
     machine = machine or Machine.this()
-    chosen = _machine_choice(config, machine)
+    chosen = _machine_choice(config, machine, n_seeds)
     overrides = {k: v for k, v in dataclasses.asdict(config.perf).items() if v is not None}
     plan = ExecutionPlan(**_consistent({**chosen, **overrides}, overrides), machine=machine,
                          overridden=tuple(sorted(overrides)))
-    _check(plan, config)
+    _check(plan, config, n_seeds)
     return plan
 
 
-def _machine_choice(config: RunConfig, machine: Machine) -> dict[str, Any]:
-    n_envs = config.train.n_envs
-    image = config.env.obs_mode == "topdown"
+def _machine_choice(config: RunConfig, machine: Machine, n_seeds: int = 1) -> dict[str, Any]:
+    n_envs = config.train.n_envs * n_seeds
+    side = image_side(config.env)  # None for a vector observation
+    image = side is not None
     accelerator = machine.accelerator
     # Subprocess envs pay off where cores are free beside the loop: on an accelerator host. On
     # a CPU backend the update needs the cores the subprocesses would take.
     async_envs = accelerator and n_envs > 1
-    large_image = image and config.env.image_size > LARGE_IMAGE_SIDE
+    large_image = image and side > LARGE_IMAGE_SIDE
     if not accelerator:
         evaluation = dict(eval_in_background=False, eval_on_device=False, eval_async_envs=False,
                           eval_workers=0)
@@ -123,7 +127,7 @@ def _machine_choice(config: RunConfig, machine: Machine) -> dict[str, Any]:
         evaluation = dict(eval_in_background=True, eval_on_device=True, eval_async_envs=True,
                           eval_workers=0)
     else:  # acts fast on a CPU: processes with CPU copies of the policy
-        workers = EVAL_WORKERS_IMAGES if image else EVAL_WORKERS_VECTORS
+        workers = max(1, (EVAL_WORKERS_IMAGES if image else EVAL_WORKERS_VECTORS) // n_seeds)
         evaluation = dict(eval_in_background=True, eval_on_device=False, eval_async_envs=False,
                           eval_workers=min(workers, config.train.eval_episodes))
     return dict(
@@ -170,15 +174,16 @@ def envs_per_worker(n_envs: int, cores: int) -> int:
     return next(d for d in range(1, n_envs + 1) if n_envs % d == 0 and n_envs // d <= max(cores, 1))
 
 
-def _check(plan: ExecutionPlan, config: RunConfig) -> None:
+def _check(plan: ExecutionPlan, config: RunConfig, n_seeds: int = 1) -> None:
     """The combinations the loop cannot run, named by the perf key that asked for them."""
     def require(ok: bool, key: str, message: str) -> None:
         if not ok:
             raise ConfigError(f"perf.{key}: {message}")
 
-    n_envs, episodes = config.train.n_envs, config.train.eval_episodes
+    n_envs, episodes = config.train.n_envs * n_seeds, config.train.eval_episodes
+    pool = f"train.n_envs x {n_seeds} seeds" if n_seeds > 1 else "train.n_envs"
     require(n_envs % plan.envs_per_worker == 0, "envs_per_worker",
-            f"must divide train.n_envs ({n_envs}), got {plan.envs_per_worker}")
+            f"must divide {pool} ({n_envs}), got {plan.envs_per_worker}")
     require(plan.eval_workers <= episodes, "eval_workers",
             f"must be in [0, train.eval_episodes={episodes}], got {plan.eval_workers}")
     require(not plan.eval_on_device or (plan.eval_in_background and not plan.eval_workers),
