@@ -28,7 +28,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--level", type=int, choices=(1, 2, 3), default=None,
                         help="arena difficulty: 1 one fixed direction, 2 all around, 3 harder; "
-                        "picks the default config and sets env.level (dodge env only; default 1)")
+                        "picks the default config and sets env.level (the dodge env only; 1 "
+                        "when not given)")
     parser.add_argument("--env-id", default=None, metavar="ID",
                         help="train on this registered Gymnasium env (e.g. HalfCheetah-v5); the "
                         "default config is the file in configs/ whose env.id is ID, else "
@@ -122,7 +123,8 @@ def one_line(err: BaseException) -> str | None:
 def main(kind: str, argv: list[str] | None = None) -> int:
     parser = build_parser(
         f"Train SAC from {'top-down images' if kind == 'topdown' else 'the 65-dim state vector'} "
-        "on the dodgerl arena."
+        "on the dodgerl arena, or on any Gymnasium env with Box observations and actions "
+        "(--env-id)."
     )
     args = parser.parse_args(argv)
     if args.total_timesteps is not None and args.total_timesteps < 1:

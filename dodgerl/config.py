@@ -4,7 +4,7 @@ A run config has five sections and two top-level keys::
 
     experiment: sac_topdown_cnn_easy   # results/<experiment>/<timestamp>/
     seed: 0
-    env:    {...}   # EnvConfig: which arena, which observation
+    env:    {...}   # EnvConfig: which env (id, kwargs; the dodge arena's own keys), which observation
     agent:  {...}   # dodgerl.agents.sac.SACConfig: the learner
     replay: {...}   # ReplayConfig: the on-disk buffer
     train:  {...}   # TrainConfig: the loop (budget, warm-up, evaluation, checkpoints)
@@ -18,6 +18,7 @@ an invalid value raises :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 from pathlib import Path
@@ -27,7 +28,7 @@ import yaml
 
 from dodgerl.validation import ConfigError, Validated, build, check, coerce, plain
 
-__all__ = ["ConfigError", "EnvConfig", "ReplayConfig", "TrainConfig", "PerfConfig", "RunConfig",
+__all__ = ["ConfigError", "DODGE_ID", "EnvConfig", "ReplayConfig", "TrainConfig", "PerfConfig", "RunConfig",
            "config_from_dict", "load_config", "load_run_config", "save_config", "apply_overrides",
            "read_yaml", "parse_override"]
 
@@ -47,34 +48,101 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
+DODGE_ID = "dodgerl/Dodge-v0"
+"""The env a config trains on when it names none."""
+
+DODGE_DEFAULTS: dict[str, Any] = {"level": 1, "obs_mode": "topdown", "image_size": 256,
+                                  "action_space_type": "basic", "max_episode_steps": 1000}
+"""What the dodge env's own keys are when a dodge config leaves them out."""
+
+DODGE_ONLY = ("level", "obs_mode", "image_size", "action_space_type")
+"""Keys of the dodge env alone: another env's arguments go in ``env.kwargs``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class EnvConfig(Validated):
-    """Which arena, and what the agent sees of it."""
+    """Which env, and what the agent sees of it.
+
+    ``id`` is any registered Gymnasium id whose observation is a Box (a float vector or a uint8
+    HxWxC image) and whose actions are a Box with finite bounds; ``kwargs`` go to
+    ``gymnasium.make``. The dodge env's own arguments (``level``, ``obs_mode``, ``image_size``,
+    ``action_space_type``) are keys of their own, filled with the dodge defaults for
+    ``dodgerl/Dodge-v0`` and left None (and refused) for every other env (docs/envs.md)."""
 
     PREFIX = "env"
 
-    level: int = 1
-    """Difficulty level of ``dodgerl/Dodge-v0`` (1, 2 or 3)."""
-    obs_mode: Literal["vector", "topdown"] = "topdown"
-    """``vector`` (65-dim state) or ``topdown`` (uint8 RGB image)."""
-    image_size: int = 256
-    """Side of the square image in pixels (64..256); ignored for ``vector``."""
-    action_space_type: Literal["basic", "dash"] = "basic"
-    """``basic`` (2-dim desired velocity) or ``dash`` (adds a dash trigger)."""
+    id: str = DODGE_ID
+    """Gymnasium id of the env (``dodgerl/Dodge-v0``, ``HalfCheetah-v5``, ``module:Id-v0``)."""
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of ``gymnasium.make(id, ...)`` (e.g. ``{forward_reward_weight: 1.0}``)."""
+    level: int | None = None
+    """Difficulty level of ``dodgerl/Dodge-v0`` (1, 2 or 3); dodge only."""
+    obs_mode: Literal["vector", "topdown"] | None = None
+    """``vector`` (65-dim state) or ``topdown`` (uint8 RGB image); dodge only."""
+    image_size: int | None = None
+    """Side of the square image in pixels (64..256); ignored for ``vector``; dodge only."""
+    action_space_type: Literal["basic", "dash"] | None = None
+    """``basic`` (2-dim desired velocity) or ``dash`` (adds a dash trigger); dodge only."""
     frame_stack: int = 1
-    """Number of most recent frames stacked on the channel axis (images only)."""
-    max_episode_steps: int = 1000
-    """Episodes are truncated after this many steps."""
+    """Number of most recent frames stacked on the channel axis (image observations only)."""
+    max_episode_steps: int | None = None
+    """Episodes are truncated after this many steps (dodge: 1000). Other envs: None keeps the
+    limit the env is registered with; a number replaces it (``gymnasium.make``'s
+    ``max_episode_steps``)."""
+
+    @property
+    def is_dodge(self) -> bool:
+        return self.id == DODGE_ID
+
+    def __post_init__(self) -> None:
+        if self.id == DODGE_ID:
+            for name, value in DODGE_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)
+        if isinstance(self.kwargs, Mapping):  # a copy: the config is frozen, its kwargs too
+            object.__setattr__(self, "kwargs", dict(self.kwargs))
+        super().__post_init__()
 
     def check(self) -> None:
-        self.require(self.level in (1, 2, 3), "level", f"must be 1, 2 or 3, got {self.level!r}")
-        self.require(64 <= self.image_size <= 256, "image_size",
-                     f"must be in 64..256, got {self.image_size}")
+        self.require(self.id != "", "id", "must name a registered Gymnasium env, got ''")
+        self.require(isinstance(self.kwargs, dict) and all(isinstance(k, str) for k in self.kwargs),
+                     "kwargs", f"expected a mapping of argument names to values, got {self.kwargs!r}")
+        for name in ("render_mode", "max_episode_steps"):
+            self.require(name not in self.kwargs, f"kwargs.{name}",
+                         "set by the run itself" if name == "render_mode" else
+                         "set env.max_episode_steps instead")
+        if self.is_dodge:
+            for name in DODGE_ONLY:
+                self.require(name not in self.kwargs, f"kwargs.{name}", f"set env.{name} instead")
+            self.require(self.level in (1, 2, 3), "level", f"must be 1, 2 or 3, got {self.level!r}")
+            self.require(64 <= self.image_size <= 256, "image_size",
+                         f"must be in 64..256, got {self.image_size}")
+        else:
+            for name in DODGE_ONLY:
+                self.require(getattr(self, name) is None, name,
+                             f"a key of {DODGE_ID} only; arguments of {self.id} go in env.kwargs")
         self.require(self.frame_stack >= 1, "frame_stack", f"must be >= 1, got {self.frame_stack}")
-        self.require(self.frame_stack == 1 or self.obs_mode == "topdown", "frame_stack",
+        # Another env's observation is known once it is made: make_env checks its frame_stack.
+        self.require(self.frame_stack == 1 or not self.is_dodge or self.obs_mode == "topdown",
+                     "frame_stack",
                      "frame stacking applies to image observations only (env.obs_mode: topdown)")
-        self.require(self.max_episode_steps >= 1, "max_episode_steps",
-                     f"must be >= 1, got {self.max_episode_steps}")
+        self.require(self.max_episode_steps is None or self.max_episode_steps >= 1,
+                     "max_episode_steps", f"must be >= 1, got {self.max_episode_steps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for config.yaml. ``id`` and ``kwargs`` are written where they are not the
+        dodge default and empty, and the dodge keys only for the dodge env: a dodge run's
+        config.yaml (and the config its checkpoints record, which a resume compares) reads as
+        before these keys existed."""
+        out = plain(dataclasses.asdict(self))
+        if self.is_dodge:
+            out.pop("id")
+        else:
+            for name in DODGE_ONLY:
+                out.pop(name)
+        if not self.kwargs:
+            out.pop("kwargs")
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +200,9 @@ class TrainConfig(Validated):
     """Write a GIF of the first evaluation episode whenever the best eval return improves."""
     progress_bar: bool = True
     """Show a tqdm progress bar (env steps/s, ETA from the recent rate, last eval return)."""
+    tensorboard: bool = True
+    """Also write every progress.csv and eval.csv row as TensorBoard scalars
+    (``run_dir/tensorboard/progress``, ``run_dir/tensorboard/eval``; tensorboardX)."""
 
     def check(self) -> None:
         for name in ("total_timesteps", "n_envs", "utd", "update_every", "eval_episodes",
@@ -141,6 +212,9 @@ class TrainConfig(Validated):
         self.require(self.learning_starts >= 0, "learning_starts",
                      f"must be >= 0, got {self.learning_starts}")
         self.require(self.eval_freq >= 0, "eval_freq", f"must be >= 0, got {self.eval_freq}")
+        self.require(not self.tensorboard or importlib.util.find_spec("tensorboardX") is not None,
+                     "tensorboard", "needs the tensorboardX package (pip install tensorboardX), "
+                     "or set train.tensorboard=false")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +313,8 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"experiment": self.experiment, "seed": self.seed}
-        for name in ("env", "agent", "replay", "train"):
+        out["env"] = self.env.to_dict()
+        for name in ("agent", "replay", "train"):
             out[name] = plain(dataclasses.asdict(getattr(self, name)))
         perf = {k: v for k, v in dataclasses.asdict(self.perf).items() if v is not None}
         if perf:  # only the overrides: the plan a run used is in its plan.json

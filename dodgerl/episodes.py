@@ -69,7 +69,8 @@ class Evaluator:
             self.others = [make_env(env_config) for _ in range(episodes - 1)]
         self.episodes = episodes
         self.seeds = [seed + i for i in range(episodes)]
-        self.record = record
+        # Only an env that renders rgb_array frames is recorded; others evaluate without a GIF.
+        self.record = record and self.first.render_mode == "rgb_array"
 
     def run(self, act: Callable[[np.ndarray, jax.Array], np.ndarray], key: jax.Array) -> EvalResult:
         n = self.episodes
@@ -84,7 +85,8 @@ class Evaluator:
         returns = np.zeros(n)
         lengths = np.zeros(n, dtype=np.int64)
         active = np.ones(n, dtype=bool)
-        frames = [self.first.render()] if self.record else []
+        frames: list[np.ndarray] = []
+        recording = self.record and self._render(frames)
         while active.any():
             key, act_key = jax.random.split(key)
             # Finished episodes keep their last observation in the batch: one shape, one compile.
@@ -96,8 +98,8 @@ class Evaluator:
                 obs[i] = o
                 returns[i] += r
                 lengths[i] += 1
-                if i == 0 and self.record:
-                    frames.append(self.first.render())
+                if i == 0 and recording:
+                    recording = self._render(frames)
                 if terminated or truncated:
                     active[i] = False
             if self.vector is not None:
@@ -108,6 +110,25 @@ class Evaluator:
                 lengths[1:][live] += 1
                 active[1:] = live & ~(terminated | truncated)
         return EvalResult(returns, lengths, frames)
+
+    def _render(self, frames: list[np.ndarray]) -> bool:
+        """Append episode 0's frame; False (and no more recording by this evaluator) where the
+        env cannot render one, e.g. MuJoCo without an OpenGL context: the GIF is skipped, the
+        evaluation goes on."""
+        try:
+            frame = self.first.render()
+        except Exception as e:  # noqa: BLE001  (a missing GIF must not stop an evaluation)
+            frame, why = None, repr(e)
+        else:
+            why = f"it returned {type(frame).__name__}"
+        if isinstance(frame, np.ndarray) and frame.ndim == 3:
+            frames.append(frame)
+            return True
+        print(f"the env renders no rgb_array frame ({why}): evaluations go on without a GIF",
+              file=sys.stderr, flush=True)
+        frames.clear()
+        self.record = False
+        return False
 
     def close(self) -> None:
         self.first.close()

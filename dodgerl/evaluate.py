@@ -31,7 +31,7 @@ import numpy as np
 
 from dodgerl.checkpoint import WHICH, CheckpointError, find_checkpoint, restore
 from dodgerl.config import ConfigError, EnvConfig, RunConfig, load_run_config
-from dodgerl.envs.make import make_env, observation_structure
+from dodgerl.envs.make import episode_horizon, make_env, observation_structure
 from dodgerl.episodes import EvalResult, Evaluator, write_gif
 
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--episodes must be >= 1")
     try:
         loaded = load_agent(args.path, args.which)
-    except CheckpointError as err:
+    except (CheckpointError, ConfigError) as err:  # ConfigError: the run's env cannot be made here
         print(f"error: {err}", file=sys.stderr)
         return 2
     tc = loaded.config.train
@@ -127,18 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     deterministic = tc.eval_deterministic if args.deterministic is None else args.deterministic
     result = evaluate(loaded.agent, loaded.config.env, episodes, seed, deterministic,
                       jax.random.PRNGKey(args.key), record=args.gif is not None)
-    if args.gif is not None:
+    if args.gif is not None and result.frames:
         write_gif(result.frames, args.gif)
     row = result.row(loaded.meta["step"], 0.0)
-    horizon = loaded.config.env.max_episode_steps
+    horizon = episode_horizon(loaded.config.env)
     logged = loaded.meta.get("best_eval")
     print(f"checkpoint {loaded.checkpoint} (step {loaded.meta['step']}; run's best eval so far "
           f"{'-' if logged is None else f'{logged:.1f}'})")
     print(f"{episodes} {'deterministic' if deterministic else 'stochastic'} episodes, seeds "
           f"{seed}..{seed + episodes - 1}: mean return {row['mean_return']:.1f} "
           f"(std {row['std_return']:.1f}, min {row['min_return']:.1f}, max {row['max_return']:.1f}), "
-          f"mean length {row['mean_length']:.1f}, "
-          f"{np.mean(result.lengths >= horizon):.0%} reached the {horizon}-step horizon")
+          f"mean length {row['mean_length']:.1f}"
+          + ("" if horizon is None else
+             f", {np.mean(result.lengths >= horizon):.0%} reached the {horizon}-step horizon"))
     if args.gif is not None:
-        print(f"episode 0 written to {args.gif}")
+        print(f"episode 0 written to {args.gif}" if result.frames else
+              f"no GIF written: {loaded.config.env.id} renders no rgb_array frames here")
     return 0

@@ -1,4 +1,5 @@
-"""Logs of a run: progress.csv and eval.csv (append-only, rewound on resume), the progress bar
+"""Logs of a run: progress.csv and eval.csv (append-only, rewound on resume; their rows also as
+TensorBoard scalars), the progress bar
 with an ETA from the recent rate, and the pace notice of a pixel run on a machine without an
 accelerator."""
 
@@ -6,7 +7,9 @@ from __future__ import annotations
 
 import collections
 import csv
+import numbers
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,22 @@ the env step did not hide); ``compile`` is the first update call (tracing, compi
 run)."""
 
 
-class CsvLog:
-    """An append-only CSV that, on resume, drops rows written after the restored step."""
+TENSORBOARD_FLUSH_S = 10
+"""Seconds between the event writer's flushes: a kill -9 loses at most these of TensorBoard's
+rows (progress.csv and eval.csv flush every row)."""
 
-    def __init__(self, path: Path, fields: tuple[str, ...], resume_step: int | None) -> None:
+
+class CsvLog:
+    """An append-only CSV that, on resume, drops rows written after the restored step.
+
+    With ``tensorboard`` (the run's TensorBoard directory), every row written also goes to an
+    event file in ``tensorboard/<csv stem>/`` (``progress``, ``eval``: one TensorBoard run
+    each), its numbers as scalars ``<stem>/<field>`` at the row's step. On resume the event
+    file starts with a purge at the restored step + 1, so TensorBoard drops, as the CSV does,
+    what was written after it."""
+
+    def __init__(self, path: Path, fields: tuple[str, ...], resume_step: int | None,
+                 tensorboard: Path | None = None) -> None:
         self.path = path
         self.fields = fields
         if resume_step is not None and path.exists():
@@ -52,14 +67,76 @@ class CsvLog:
                 csv.DictWriter(f, fields).writeheader()
         self._file = path.open("a", newline="")
         self._writer = csv.DictWriter(self._file, fields)
+        self._tensorboard = None
+        if tensorboard is not None:
+            from tensorboardX import SummaryWriter
+
+            # tensorboardX names a file by the second and the host: a resume within the same
+            # second would overwrite the file before it. The nanoseconds make it a new one.
+            self._tensorboard = SummaryWriter(
+                str(Path(tensorboard) / path.stem), flush_secs=TENSORBOARD_FLUSH_S,
+                purge_step=None if resume_step is None else resume_step + 1,
+                filename_suffix=f".{time.time_ns()}")
 
     def write(self, row: dict[str, Any]) -> None:
         self._writer.writerow({k: row.get(k, "") for k in self.fields})
         self._file.flush()
+        if self._tensorboard is not None:
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            # One event per row, not one per field as add_scalar writes: a tenth of the cost.
+            stem = self.path.stem
+            values = [Summary.Value(tag=f"{stem}/{k}", simple_value=float(row[k]))
+                      for k in self.fields if k != "step" and _is_number(row.get(k))]
+            self._tensorboard.file_writer.add_summary(Summary(value=values), int(row["step"]))
 
     def close(self) -> None:
         self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def read_tensorboard(directory: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of the event files under ``directory`` (``tag -> [(step, value), ...]`` in
+    the order written), with each file's purge applied as TensorBoard applies it (a resumed
+    run's restart drops the earlier values of its steps and later). Reads the TFRecord framing
+    and checks its CRCs itself; the events are parsed with tensorboardX's protobuf classes."""
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    from tensorboardX.record_writer import masked_crc32c
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for run in sorted({p.parent for p in Path(directory).rglob("events.out.tfevents.*")}):
+        # In the order the run wrote them: by the second in the name, then CsvLog's nanoseconds.
+        for path in sorted(run.glob("events.out.tfevents.*"), key=_event_file_order):
+            data, offset = path.read_bytes(), 0
+            while offset + 12 <= len(data):
+                header = data[offset:offset + 8]
+                (length,) = struct.unpack("<Q", header)
+                (header_crc,) = struct.unpack("<I", data[offset + 8:offset + 12])
+                body = data[offset + 12:offset + 12 + length]
+                footer = data[offset + 12 + length:offset + 16 + length]
+                if header_crc != masked_crc32c(header) or len(footer) < 4:
+                    break  # a record cut short by a kill: the rest of the file is unreadable
+                if struct.unpack("<I", footer)[0] != masked_crc32c(body):
+                    break
+                offset += 16 + length
+                event = Event.FromString(body)
+                if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                    for values in scalars.values():
+                        values[:] = [(s, v) for s, v in values if s < event.step]
+                for value in event.summary.value:
+                    if value.HasField("simple_value"):
+                        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def _event_file_order(path: Path) -> tuple[int, int]:
+    parts = path.name.split(".")  # events.out.tfevents.<seconds>.<host>[.<nanoseconds>]
+    return (int(parts[3]) if parts[3].isdigit() else 0, int(parts[-1]) if parts[-1].isdigit() else 0)
 
 
 def progress_row(state: Any, steps_per_s: float, now: float, timings: dict[str, float],

@@ -17,7 +17,10 @@ from dodgerl.train.plan import ExecutionPlan
 
 def with_env_structure(config: RunConfig) -> RunConfig:
     """``config`` with the observation structure its env publishes (set layout, planar pairs)
-    filled into the agent config where it leaves them out; config.yaml then records them."""
+    filled into the agent config where it leaves them out; config.yaml then records them.
+    It makes the env once, so an env the agent cannot encode (``make.check_spaces``), an
+    unknown id or a missing package fails here with a ConfigError, before the run directory
+    is made."""
     from dodgerl.agents import sac
 
     structure = observation_structure(config.env)
