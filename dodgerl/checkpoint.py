@@ -23,8 +23,10 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
+import weakref
 import zlib
 from pathlib import Path
 from typing import Any
@@ -188,6 +190,20 @@ def _save_args(agent: Any, meta: dict[str, Any]) -> ocp.args.Composite:
     return ocp.args.Composite(agent=ocp.args.StandardSave(agent), meta=ocp.args.JsonSave(meta))
 
 
+_SAVING = threading.Lock()
+"""Held while a save waits for every other save in flight and then starts: Orbax numbers its
+operations process-wide and signals their steps by that number, so two managers' saves in
+flight at once (several runs in one process: ``dodgerl.train.group``) can wait forever for a
+signal of the other's. One save in flight in the process at a time."""
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+def _wait_for_every_save() -> None:
+    for checkpoints in list(_OPEN):
+        checkpoints._best.wait_until_finished()
+        checkpoints._latest.wait_until_finished()
+
+
 class RunCheckpoints:
     """Latest-N and best checkpoints of one run directory."""
 
@@ -207,6 +223,7 @@ class RunCheckpoints:
         self._best = _manager(self.best_dir, 1, asynchronous=True)
         self._run_dir = run_dir
         self._unsealed: list[Path] = []  # saved by Orbax, no manifest yet (written once committed)
+        _OPEN.add(self)
 
     def _seal(self) -> None:
         """Write the manifest of every checkpoint this object saved that Orbax has committed
@@ -242,28 +259,29 @@ class RunCheckpoints:
         donate them to the next update at once) and writes them in its background thread: the
         checkpoint is complete (listed) when the next ``save`` or ``close`` returns;
         until then it is a temporary directory, as after a kill."""
-        self._best.wait_until_finished()
-        self._latest.wait_until_finished()
-        self._seal()
-        self._clear_broken(step)
-        if step not in self._latest.all_steps():
-            self._latest.save(step, args=_save_args(agent, meta), force=True)
-            self._unsealed.append(self.latest_dir / str(step))
-            if wait:
-                self._latest.wait_until_finished()
-                self._seal()
+        with _SAVING:
+            _wait_for_every_save()
+            self._seal()
+            self._clear_broken(step)
+            if step not in self._latest.all_steps():
+                self._latest.save(step, args=_save_args(agent, meta), force=True)
+                self._unsealed.append(self.latest_dir / str(step))
+                if wait:
+                    self._latest.wait_until_finished()
+                    self._seal()
         return self.latest_dir / str(step)
 
     def save_best(self, step: int, agent: Any, meta: dict[str, Any]) -> Path:
         """Save ``agent`` as the best policy (one is kept). A best/ of the same step, saved before
         a resume by an evaluation that scored less (the resumed run evaluates that step again),
         is replaced."""
-        self._best.wait_until_finished()
-        self._seal()
-        if step in self._best.all_steps():
-            self._best.delete(step)
-        self._best.save(step, args=_save_args(agent, meta), force=True)
-        self._unsealed.append(self.best_dir / str(step))
+        with _SAVING:
+            _wait_for_every_save()
+            self._seal()
+            if step in self._best.all_steps():
+                self._best.delete(step)
+            self._best.save(step, args=_save_args(agent, meta), force=True)
+            self._unsealed.append(self.best_dir / str(step))
         return self.best_dir / str(step)
 
     def check_for_errors(self) -> None:
@@ -276,11 +294,13 @@ class RunCheckpoints:
     def close(self) -> None:
         """Wait for the saves in flight, write their manifests and release Orbax's managers
         (re-raising a failed background save)."""
-        try:
-            self._latest.close()  # re-raises a failed background save
-        finally:
-            self._best.close()
-        self._seal()
+        with _SAVING:
+            _OPEN.discard(self)
+            try:
+                self._latest.close()  # re-raises a failed background save
+            finally:
+                self._best.close()
+            self._seal()
 
 
 def _is_complete(step_dir: Path) -> bool:
