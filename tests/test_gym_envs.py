@@ -17,8 +17,8 @@ from gymnasium import spaces
 from dodgerl import cli
 from dodgerl import evaluate as evaluate_module
 from dodgerl.config import ConfigError, EnvConfig, config_from_dict, load_config
-from dodgerl.envs.make import (episode_horizon, image_side, make_env, renders_rgb,
-                               single_frames)
+from dodgerl.envs.make import (episode_horizon, image_side, make_env, observation_structure,
+                               renders_rgb, single_frames)
 from dodgerl.episodes import Evaluator
 from dodgerl.train.plan import EVAL_WORKERS_IMAGES, Machine, choose_plan
 
@@ -302,3 +302,16 @@ def test_pendulum_trains_checkpoints_resumes_and_evaluates_through_the_cli(tmp_p
                                       seed=loaded.config.train.eval_seed)
     best = next(r for r in read_csv(run_dir / "eval.csv") if int(r["step"]) == loaded.meta["step"])
     assert result.returns.mean() == pytest.approx(float(best["mean_return"]), rel=1e-5)
+
+
+def test_only_dodgerls_observation_structure_is_read_from_an_env():
+    # Gymnasium's MuJoCo envs have an ``observation_structure`` dict of their own.
+    class WithDict(ToyEnv):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.observation_structure = {"qpos": 8, "qvel": 9}
+
+    if "dodgerl_test/WithDict-v0" not in gymnasium.registry:
+        gymnasium.register(id="dodgerl_test/WithDict-v0", entry_point=WithDict)
+    assert observation_structure(toy(id="dodgerl_test/WithDict-v0")) is None
+    assert observation_structure(EnvConfig(obs_mode="vector")) is not None  # the dodge env's

@@ -200,9 +200,14 @@ def single_frames(observations: np.ndarray, env_config: EnvConfig) -> np.ndarray
 
 def observation_structure(env_config: EnvConfig) -> Any:
     """The observation structure the env publishes (``observation_structure`` of the unwrapped
-    env: set layout, planar pairs), or None where it publishes none."""
+    env: set layout, planar pairs), or None where it publishes none. Only dodgerl's
+    ``ObservationStructure`` counts: Gymnasium's MuJoCo envs have an attribute of that name too
+    (a dict of their qpos/qvel sizes), which says nothing the agent uses."""
+    from dodgerl.envs.structure import ObservationStructure
+
     env = make_env(env_config)
     try:
-        return getattr(env.unwrapped, "observation_structure", None)
+        structure = getattr(env.unwrapped, "observation_structure", None)
+        return structure if isinstance(structure, ObservationStructure) else None
     finally:
         env.close()
