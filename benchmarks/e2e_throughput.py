@@ -199,12 +199,26 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "cpu_vector_plain": ("sac_vector_easy.yaml", ["train.n_envs=1", "perf.overlap=false"],
                          "65-dim state, batch 256, the plain loop: 1 env, an update call per step"),
 }
+# Many seeds in one process (dodgerl.train.train_seeds) against one seed alone: the same config,
+# 16 envs per seed; a case's figure is the env steps/s summed over its seeds.
+SEED_CASES: dict[str, int] = {}
+for _base, _file, _overrides, _text, _counts in (
+        ("img84_drq", "sac_topdown_drq84_easy.yaml", [],
+         "84x84, 3 frames + shift (the drq84 config), 16 envs per seed", (1, 5)),
+        ("img256", "sac_topdown_cnn_easy.yaml", ["train.n_envs=16", "agent.bf16_encoder=true"],
+         "256x256, 16 envs per seed, bf16 encoder", (1, 3)),
+        ("vector", "sac_vector_easy.yaml", ["train.n_envs=16"],
+         "65-dim state, set encoder, batch 256, 16 envs per seed, update_every 8", (1, 10))):
+    for _n in _counts:
+        SEED_CASES[f"{_base}_seeds{_n}"] = _n
+        CASES[f"{_base}_seeds{_n}"] = (_file, _overrides, f"{_text}; {_n} seed(s) in one process")
+
 # The vector cases measure the MLP agent, one update call per vector-env step unless they say
 # otherwise: the network of SB3's MlpPolicy peer and the settings of every published figure
 # (sac_vector_easy.yaml has since moved to the set encoder, which learns the dodge levels faster
 # and updates slower on a CPU, and to update_every 8).
 for _name, (_file, _overrides, _text) in list(CASES.items()):
-    if _file == "sac_vector_easy.yaml":
+    if _file == "sac_vector_easy.yaml" and _name not in SEED_CASES:
         CASES[_name] = (_file, ["agent.vector_encoder=mlp", *utd1_unless_set(_overrides)], _text)
 
 
@@ -237,6 +251,49 @@ def peer_compares(case: str, peer: str) -> bool:
 E2E_PHASES = ("act", "env", "insert", "sample", "update", "eval", "checkpoint")
 
 
+def window_row(progress: list[dict], step: float) -> float:
+    """The wall_time_s of the progress row of ``step``."""
+    return next(float(r["wall_time_s"]) for r in progress if float(r["step"]) == float(step))
+
+
+class GpuBusy:
+    """``nvidia-smi``'s utilization.gpu (the share of the sample period in which a kernel ran),
+    sampled every 200 ms while the case runs; None without nvidia-smi. A coarse figure: a
+    kernel that keeps few SMs busy counts as busy."""
+
+    def __enter__(self) -> GpuBusy:
+        import subprocess
+
+        self.samples: list[tuple[float, float]] = []
+        self._proc = None
+        if shutil.which("nvidia-smi"):
+            self._proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-lms", "200", "-i", "0"], stdout=subprocess.PIPE, text=True)
+            import threading
+
+            self._reader = threading.Thread(target=self._read, daemon=True)
+            self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            try:
+                self.samples.append((time.perf_counter(), float(line.strip())))
+            except ValueError:
+                pass
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait()
+
+    def mean(self, t0: float, t1: float) -> float | None:
+        """Mean utilization (0..1) of the samples between ``t0`` and ``t1`` (perf_counter)."""
+        inside = [u for t, u in self.samples if t0 <= t <= t1]
+        return round(sum(inside) / len(inside) / 100, 3) if inside else None
+
+
 def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -> dict:
     from dodgerl.config import apply_overrides, config_from_dict, read_yaml
     from dodgerl.train import train
@@ -247,8 +304,17 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
     overrides = overrides + ["train.progress_bar=false", "train.log_freq=1000"] + extra
     config = config_from_dict(apply_overrides(raw, overrides))
     total = config.train.learning_starts + steps
+    n_seeds = SEED_CASES.get(name)
     t0 = time.perf_counter()
-    result = train(config, results_dir=workdir, total_timesteps=total)
+    with GpuBusy() as busy:
+        if n_seeds is None:
+            result = train(config, results_dir=workdir, total_timesteps=total)
+        else:  # seed 0's run directory: every seed's rows are those of the same steps and times
+            from dodgerl.train import train_seeds
+
+            group = train_seeds(config, list(range(n_seeds)), results_dir=workdir,
+                                total_timesteps=total)
+            result = group.runs[0]
     wall = time.perf_counter() - t0
     ceiling = update_ceiling(config)
     plan = json.loads((result.run_dir / "plan.json").read_text())
@@ -258,17 +324,21 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
     case_out.mkdir(parents=True, exist_ok=True)
     for f in ("progress.csv", "eval.csv", "config.yaml", "plan.json"):
         shutil.copy(result.run_dir / f, case_out / f)
-    shutil.rmtree(result.run_dir, ignore_errors=True)
+    shutil.rmtree(result.run_dir if n_seeds is None else group.group_dir, ignore_errors=True)
 
     window = steady_window(progress, E2E_PHASES)
     if window is None:
         raise SystemExit(f"{name}: fewer than 2 progress rows after the first update; "
                          "give more --steps (rows are written every 1000 env steps)")
     n, wall_window = int(window["steps"]), window["wall_s"]
+    run_start = result.started_at  # rows record wall time since then (a new run: no offset)
     eval_ckpt = window["phases_s"]["eval"] + window["phases_s"]["checkpoint"]
     per_k = {k: round(1000 * 1000 * v / n, 1) for k, v in window["phases_s"].items()}
+    seeds = n_seeds or 1
     return {
         "case": name,
+        "seeds": seeds,
+        "env_steps_per_s_per_seed": round(n / wall_window, 1),
         "description": description,
         "config": config_file,
         "overrides": overrides,
@@ -276,8 +346,8 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
         "plan": plan,
         "env_steps_timed": n,
         "window_s": round(wall_window, 2),
-        "env_steps_per_s": round(n / wall_window, 1),
-        "env_steps_per_s_excl_eval_ckpt": round(n / (wall_window - eval_ckpt), 1),
+        "env_steps_per_s": round(seeds * n / wall_window, 1),
+        "env_steps_per_s_excl_eval_ckpt": round(seeds * n / (wall_window - eval_ckpt), 1),
         "compile_s": round(progress[-1]["time_compile_s"], 2),
         "warmup_steps": config.train.learning_starts,
         "gradient_steps": int(progress[-1]["updates"]),
@@ -286,7 +356,9 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
         "run_wall_s": round(wall, 1),
         "update_only_steps_per_s": ceiling,
         "fraction_of_update_ceiling": (round(n / wall_window * config.train.utd / ceiling, 3)
-                                       if ceiling else None),
+                                       if ceiling and seeds == 1 else None),
+        "gpu_busy": busy.mean(run_start + float(window_row(progress, window["from_step"])),
+                              run_start + float(window_row(progress, window["to_step"]))),
         "eval": [(int(r["step"]), float(r["mean_return"])) for r in evals],
     }
 
@@ -769,6 +841,12 @@ def main(argv: list[str] | None = None) -> int:
         "(see the script's docstring).", "",
         table(results), "",
     ]
+    for name, n in SEED_CASES.items():
+        one = name.rsplit("_seeds", 1)[0] + "_seeds1"
+        if n > 1 and name in by_name and one in by_name:
+            ratio = by_name[name]["env_steps_per_s"] / by_name[one]["env_steps_per_s"]
+            report.append(f"- {name} / {one}: **{ratio:.2f}x** env steps/s summed over seeds "
+                          f"({by_name[name]['env_steps_per_s']:.0f} vs {by_name[one]['env_steps_per_s']:.0f}; same run)")
     for fast, plain in (("img256", "img256_plain"), ("img256_bf16", "img256_plain"),
                         ("cpu_vector", "cpu_vector_plain")):
         if fast in by_name and plain in by_name:

@@ -78,8 +78,6 @@ def test_the_tensorboard_key_is_on_by_default_and_validated():
         config_from_dict({"train": {"tensorboard": "yes"}})
 
 
-@pytest.mark.xfail(strict=True, reason="loop.py passes tensorboard= to its CsvLogs in the "
-                                       "multi-seed runner's change; remove this mark with it")
 def test_a_run_writes_its_progress_and_eval_rows_to_tensorboard(tmp_path):
     from dodgerl import cli
 

@@ -306,20 +306,42 @@ def end_to_end(settings: SuiteSettings) -> list[dict[str, Any]]:
     return rows
 
 
+def train_seeds_once(config, seeds: list[int], results_dir: Path) -> list[dict[str, Any]]:
+    """The seeds of ``config`` trained together in this process (``dodgerl.train.train_seeds``:
+    one stacked update, one env pool); per seed what ``train_once`` returns, ``wall_s`` being
+    the group's."""
+    from dodgerl.train import train_seeds
+
+    start = time.perf_counter()
+    group = train_seeds(config, seeds, results_dir=results_dir)
+    wall = time.perf_counter() - start
+    outs = []
+    for seed, result in zip(seeds, group.runs):
+        run_dir = Path(result.run_dir)
+        outs.append({
+            "seed": seed, "level": config.env.level, "steps": result.step,
+            "updates": result.updates, "episodes": result.episodes, "wall_s": wall,
+            "timings": result.timings, "eval": read_csv(run_dir / "eval.csv"),
+            "progress": read_csv(run_dir / "progress.csv"), "seeds_in_process": len(seeds),
+        })
+    return outs
+
+
 def learning(settings: SuiteSettings, scratch: Path) -> list[dict[str, Any]]:
-    """``seeds`` runs per (obs type, level), sequentially in this process; eval curves kept.
-    Each run's agent is the shipped config's for its level and observation (what
-    ``experiments/*_sac.py --level L`` trains), with the setting's overrides on top."""
+    """``seeds`` runs per (obs type, level), the seeds of each trained together in one process
+    (``train_seeds``); eval curves kept. Each run's agent is the shipped config's for its level
+    and observation (what ``experiments/*_sac.py --level L`` trains), with the setting's
+    overrides on top."""
     from dodgerl.cli import default_config
 
     runs = []
     for obs in settings.learning_obs:
         budget = settings.learning_budget[obs.label]
         for level in settings.levels:
-            for seed in range(settings.seeds):
-                config = run_config(obs, budget, level, seed, "learning", shipped=True)
-                out = train_once(config, scratch)
-                shutil.rmtree(scratch / "learning", ignore_errors=True)
+            config = run_config(obs, budget, level, 0, "learning", shipped=True)
+            outs = train_seeds_once(config, list(range(settings.seeds)), scratch)
+            shutil.rmtree(scratch / "learning", ignore_errors=True)
+            for seed, out in enumerate(outs):
                 out.pop("progress")
                 out.update({"obs": obs.label, "budget": vars(budget), "batch_size": obs.batch_size,
                             "agent_overrides": obs.agent,
@@ -327,7 +349,7 @@ def learning(settings: SuiteSettings, scratch: Path) -> list[dict[str, Any]]:
                             "agent": config.agent.to_dict()})
                 last = out["eval"][-1]["mean_return"] if out["eval"] else float("nan")
                 log(f"learning {obs.label} level {level} seed {seed}: final eval {last:.1f} "
-                    f"after {out['steps']} steps, {out['wall_s']:.1f} s")
+                    f"after {out['steps']} steps, {out['wall_s']:.1f} s ({len(outs)} seeds at once)")
                 runs.append(out)
     return runs
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from dodgerl.checkpoint import resolve_resume
 from dodgerl.config import RunConfig, load_run_config, save_config
-from dodgerl.envs.make import make_vector_env
+from dodgerl.envs.make import image_side, make_vector_env
 from dodgerl.train.checkpointing import (Checkpointer, RunState, new_run_dir, resume_state,
                                          set_aside_replay)
 from dodgerl.train.collector import Collector
@@ -45,6 +45,9 @@ class TrainResult:
     best_eval_return: float | None
     interrupted: bool
     timings: dict[str, float]
+    started_at: float = 0.0
+    """``time.perf_counter()`` when the loop started (after set-up): progress.csv's wall_time_s
+    counts from it, plus the earlier segments' time of a resumed run."""
 
 
 def train(config: RunConfig, results_dir: str | Path = "results", resume: str | Path | None = None,
@@ -134,7 +137,7 @@ def run_loop(config: RunConfig, runs: list[RunFiles], stacked: bool) -> list[Tra
               f"{s.updates} gradient steps; best eval return {fmt(s.best_eval)}; "
               f"run directory {seed.run_dir}", flush=True)
         results.append(TrainResult(seed.run_dir, s.step, s.episodes, s.updates, s.best_eval,
-                                   interrupted, dict(run.timings)))
+                                   interrupted, dict(run.timings), s.t_start))
     return results
 
 
@@ -307,7 +310,7 @@ def start_run(config: RunConfig, runs: list[RunFiles], stacked: bool,
         seeds.append(_seed_parts(files, plan, states[i], replays[i], eval_due[i],
                                  dispatcher.seed_view(i), envs, timings, cleanup))
         print(f"run directory: {files.run_dir}", flush=True)
-    pace = PaceNotice(ec.obs_mode == "topdown" and not plan.machine.accelerator, tc.total_timesteps)
+    pace = PaceNotice(image_side(ec) is not None and not plan.machine.accelerator, tc.total_timesteps)
     t_start = time.perf_counter()
     for state in states:
         state.t_start = t_start
@@ -328,12 +331,14 @@ def _seed_parts(files: RunFiles, plan: ExecutionPlan, state: RunState, replay: A
     tc, run_dir = files.config.train, files.run_dir
     checkpointer = Checkpointer(run_dir, tc.keep_checkpoints, cleanup)
     resume_step = state.step if files.candidates else None
+    board = run_dir / "tensorboard" if tc.tensorboard else None
     progress_log = cleanup.enter_context(contextlib.closing(
-        CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step)))
+        CsvLog(run_dir / "progress.csv", PROGRESS_FIELDS, resume_step, tensorboard=board)))
     # A row of the evaluation due at the resumed step (written after its checkpoint, before the
     # kill) is dropped: that evaluation runs again, on the same agent.
     eval_log = cleanup.enter_context(contextlib.closing(CsvLog(
-        run_dir / "eval.csv", EVAL_FIELDS, None if resume_step is None else resume_step - eval_due)))
+        run_dir / "eval.csv", EVAL_FIELDS, None if resume_step is None else resume_step - eval_due,
+        tensorboard=board)))
     evaluation = TrainingEvaluation(files.config.env, tc, plan, view, state, checkpointer, eval_log,
                                     run_dir, envs.single_observation_space, timings, cleanup)
     return Seed(run_dir, state, replay, checkpointer, evaluation, progress_log,
