@@ -230,6 +230,8 @@ SB3_CASES: dict[str, tuple[str, list[str], str]] = {
     "sb3_img84": ("sac_topdown_cnn_easy.yaml", ["env.image_size=84"],
                   "Stable-Baselines3 SAC CnnPolicy, 84x84, batch 64, 1 env"),
     "sb3_vector": ("sac_vector_easy.yaml", [], "Stable-Baselines3 SAC MlpPolicy, vector, batch 256, 1 env"),
+    "sb3_img84_drq": ("sac_topdown_drq84_easy.yaml", [],
+                      "Stable-Baselines3 SAC CnnPolicy, 84x84, 3 stacked frames, batch 64, 1 env"),
 }
 
 
