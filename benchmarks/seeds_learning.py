@@ -1,0 +1,214 @@
+"""Learning curves of several seed groups trained at once, summarised with IQM and bootstrap CIs.
+
+    python benchmarks/seeds_learning.py --out results/benchmarks/seeds_learning --time-limit-s 480 \\
+        --run "vector=experiments/vector_sac.py --level 1 --seeds 0-4 --total-timesteps 100000" \\
+        --run "drq84=experiments/topdown_sac.py --level 1 --config configs/sac_topdown_drq84_easy.yaml --seeds 0-4"
+
+Each ``LABEL=COMMAND`` runs as its own process (``--results-dir OUT/runs/LABEL`` is appended), all
+at once; those still going after ``--time-limit-s`` get SIGTERM (they checkpoint and stop), so their
+curves end where they were. Then, per label, every seed's ``eval.csv`` (a group directory's seeds,
+or every run directory found: a peer's or a single run's) goes into ``curves.json``, and
+``report.md`` gets, per label: the IQM over seeds with a 95% stratified bootstrap CI at fixed
+budgets, the final return (mean of each seed's last 5 evaluations), env steps to 900, and the
+plots ``curves_steps.png`` and ``curves_wallclock.png``. Replay buffers and checkpoints are
+deleted at the end (the logs stay), so OUT stays small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.suite.stats import bootstrap_ci, curve_iqm_ci, iqm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FINAL_EVALS = 5
+""""Final" return: the mean of a seed's last this many evaluations (not its best)."""
+
+
+def run_all(runs: dict[str, str], out: Path, time_limit_s: float, grace_s: float = 120.0) -> dict:
+    """Start every labelled command at once; SIGTERM those past the limit; their exit codes."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = {}
+    for label, command in runs.items():
+        argv = shlex.split(command)
+        if argv[0].endswith(".py"):
+            argv = [sys.executable, str(ROOT / argv[0]) if not Path(argv[0]).is_absolute() else argv[0], *argv[1:]]
+        argv += ["--results-dir", str(out / "runs" / label)]
+        log = (out / "logs" / f"{label}.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"{label}: {' '.join(argv)}", flush=True)
+        procs[label] = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                        env=env, cwd=ROOT)
+    start = time.perf_counter()
+    while any(p.poll() is None for p in procs.values()):
+        if time.perf_counter() - start > time_limit_s:
+            for label, p in procs.items():
+                if p.poll() is None:
+                    print(f"{label}: time limit, SIGTERM", flush=True)
+                    p.send_signal(signal.SIGTERM)
+            stop_by = time.perf_counter() + grace_s
+            while any(p.poll() is None for p in procs.values()) and time.perf_counter() < stop_by:
+                time.sleep(1)
+            for label, p in procs.items():
+                if p.poll() is None:
+                    print(f"{label}: still going {grace_s:.0f} s after SIGTERM, killed", flush=True)
+                    p.kill()
+            break
+        time.sleep(2)
+    return {label: p.wait() for label, p in procs.items()}
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def collect(out: Path, labels: list[str]) -> dict:
+    """Per label, per seed: the eval curve [(step, mean_return)], wall-clock of each evaluation,
+    and the steps reached."""
+    curves: dict = {}
+    for label in labels:
+        for eval_csv in sorted((out / "runs" / label).rglob("eval.csv")):
+            run_dir = eval_csv.parent
+            config = run_dir / "config.yaml"
+            seed = run_dir.name
+            if config.is_file():
+                import yaml
+
+                seed = str(yaml.safe_load(config.read_text()).get("seed", seed))
+            rows = read_rows(eval_csv)
+            progress = read_rows(run_dir / "progress.csv") if (run_dir / "progress.csv").is_file() else []
+            curves.setdefault(label, {})[seed] = {
+                "eval": [(int(r["step"]), float(r["mean_return"])) for r in rows],
+                "wall_s": [float(r["wall_time_s"]) for r in rows if r.get("wall_time_s")],
+                "steps_reached": int(progress[-1]["step"]) if progress else (int(rows[-1]["step"]) if rows else 0),
+            }
+    return curves
+
+
+def common_points(per_seed: dict) -> tuple[list[int], np.ndarray]:
+    """The eval steps every seed has, and the (seeds, points) returns at them."""
+    steps = None
+    for c in per_seed.values():
+        have = {s for s, _ in c["eval"]}
+        steps = have if steps is None else steps & have
+    steps = sorted(steps or [])
+    table = np.array([[dict(c["eval"])[s] for s in steps] for c in per_seed.values()])
+    return steps, table
+
+
+def summarise(curves: dict, budgets: list[int]) -> tuple[str, dict]:
+    lines = ["| run | seeds | steps reached (min) | final IQM [95% CI] | "
+             + " | ".join(f"IQM at {b:,}" for b in budgets) + " | env steps to 900, per seed |",
+             "| --- " * (5 + len(budgets)) + "|"]
+    summary = {}
+    for label, per_seed in curves.items():
+        finals = [float(np.mean([r for _, r in c["eval"][-FINAL_EVALS:]])) for c in per_seed.values() if c["eval"]]
+        final = bootstrap_ci(np.array(finals), iqm) if finals else (np.nan, np.nan, np.nan)
+        steps, table = common_points(per_seed)
+        at = []
+        for b in budgets:
+            cols = [i for i, s in enumerate(steps) if s <= b]
+            if not cols or steps[cols[-1]] < b:
+                at.append("-")
+                continue
+            point = bootstrap_ci(table[:, cols[-1]], iqm)
+            at.append(f"{point[0]:.0f} [{point[1]:.0f}, {point[2]:.0f}]")
+        to_900 = [next((s for s, r in c["eval"] if r >= 900), None) for c in per_seed.values()]
+        reached = min(c["steps_reached"] for c in per_seed.values())
+        lines.append(f"| {label} | {len(per_seed)} | {reached:,} | {final[0]:.0f} [{final[1]:.0f}, {final[2]:.0f}] | "
+                     + " | ".join(at) + " | "
+                     + ", ".join("-" if s is None else f"{s // 1000}K" for s in to_900) + " |")
+        summary[label] = {"final_per_seed": finals, "final_iqm_ci": list(map(float, final)),
+                          "steps_to_900": to_900, "steps_reached_min": reached}
+    return "\n".join(lines), summary
+
+
+def plot(curves: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for xkey, name, xlabel in (("steps", "curves_steps.png", "env steps"),
+                               ("wall", "curves_wallclock.png", "wall-clock s (mean over seeds)")):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for label, per_seed in curves.items():
+            steps, table = common_points(per_seed)
+            if not steps:
+                continue
+            mid, lo, hi = curve_iqm_ci(table)
+            x = np.array(steps, float)
+            if xkey == "wall":
+                walls = [dict(zip([s for s, _ in c["eval"]], c["wall_s"])) for c in per_seed.values()]
+                if not all(len(c["wall_s"]) == len(c["eval"]) for c in per_seed.values()):
+                    continue
+                x = np.array([np.mean([w[s] for w in walls]) for s in steps])
+            line, = ax.plot(x, mid, label=f"{label} (IQM, {len(per_seed)} seeds)")
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+            for c in per_seed.values():  # each seed, thin
+                xs = [s for s, _ in c["eval"]] if xkey == "steps" else c["wall_s"]
+                if len(xs) == len(c["eval"]):
+                    ax.plot(xs, [r for _, r in c["eval"]], color=line.get_color(), lw=0.5, alpha=0.5)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("eval return (10 episodes)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", action="append", default=[], metavar="LABEL=COMMAND")
+    parser.add_argument("--out", type=Path, default=Path("results/benchmarks/seeds_learning"))
+    parser.add_argument("--time-limit-s", type=float, default=None)
+    parser.add_argument("--budgets", default="50000,100000,200000,300000",
+                        help="env steps at which the report gives the IQM")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="only read OUT/runs again and rewrite the report")
+    parser.add_argument("--keep-replay", action="store_true")
+    args = parser.parse_args(argv)
+    runs = dict(r.split("=", 1) for r in args.run)
+    args.out.mkdir(parents=True, exist_ok=True)
+    codes = {}
+    if not args.summarise_only:
+        codes = run_all(runs, args.out, args.time_limit_s or float("inf"))
+    labels = list(runs) or sorted(p.name for p in (args.out / "runs").iterdir())
+    curves = collect(args.out, labels)
+    budgets = [int(b) for b in args.budgets.split(",") if b]
+    table, summary = summarise(curves, budgets)
+    (args.out / "curves.json").write_text(json.dumps({"runs": runs, "exit": codes, "curves": curves,
+                                                      "summary": summary}, indent=1))
+    plot(curves, args.out)
+    report = ["# Learning curves, seeds trained together", "",
+              f"Command: `python benchmarks/seeds_learning.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`",
+              "", f"Final: the mean of each seed's last {FINAL_EVALS} evaluations; IQM over seeds with a "
+              "95% stratified percentile bootstrap CI.", "", table, "",
+              "![vs env steps](curves_steps.png) ![vs wall-clock](curves_wallclock.png)", ""]
+    (args.out / "report.md").write_text("\n".join(report))
+    print("\n".join(report), flush=True)
+    if not args.keep_replay:
+        for label in labels:
+            for big in [*(args.out / "runs" / label).rglob("replay"), *(args.out / "runs" / label).rglob("checkpoints"),
+                        *(args.out / "runs" / label).rglob("abandoned")]:
+                shutil.rmtree(big, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
