@@ -41,11 +41,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-EVAL_FIELDS = ("step", "mean_return", "std_return", "min_return", "max_return", "mean_length",
-               "episodes", "wall_time_s")
+EVAL_FIELDS = (
+    "step",
+    "mean_return",
+    "std_return",
+    "min_return",
+    "max_return",
+    "mean_length",
+    "episodes",
+    "wall_time_s",
+)
 """dodgerl's eval.csv columns (dodgerl/train/logs.py EVAL_FIELDS), in its order."""
-PROGRESS_FIELDS = ("step", "episodes", "train_return", "env_steps_per_s", "wall_time_s",
-                   "time_eval_s")
+PROGRESS_FIELDS = (
+    "step",
+    "episodes",
+    "train_return",
+    "env_steps_per_s",
+    "wall_time_s",
+    "time_eval_s",
+)
 """A subset of dodgerl's progress.csv columns, same names and meanings."""
 PROGRESS_FREQ = 1000
 ZOO_SAC_YML = "https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/hyperparams/sac.yml"
@@ -53,19 +67,35 @@ ZOO_SAC_YML = "https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/hyperpara
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--env-id", required=True, help="any registered Gymnasium id (module:Id imports module)")
+    p.add_argument(
+        "--env-id", required=True, help="any registered Gymnasium id (module:Id imports module)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--total-timesteps", type=int, default=1_000_000, help="env steps")
     p.add_argument("--eval-freq", type=int, default=10_000, help="env steps between evaluations")
     p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--eval-seed", type=int, default=1_000_000, help="episode i uses env seed eval_seed + i")
+    p.add_argument(
+        "--eval-seed", type=int, default=1_000_000, help="episode i uses env seed eval_seed + i"
+    )
     p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--learning-starts", type=int, default=10_000,
-                   help="random-action steps before the first update (zoo MuJoCo: 10000; SB3 default: 100)")
-    p.add_argument("--device", default="auto", help="torch device for SB3: auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--torch-threads", type=int, default=0,
-                   help="torch.set_num_threads(N) (0: torch's default); 1 is far faster on a small, busy CPU")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory's logs")
+    p.add_argument(
+        "--learning-starts",
+        type=int,
+        default=10_000,
+        help="random-action steps before the first update (zoo MuJoCo: 10000; SB3 default: 100)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="torch device for SB3: auto, cpu, cuda, cuda:1, ..."
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads(N) (0: torch's default); 1 is far faster on a small, busy CPU",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run directory's logs"
+    )
     args = p.parse_args(argv)
     for name in ("total_timesteps", "eval_freq", "eval_episodes"):
         if getattr(args, name) <= 0:
@@ -113,49 +143,81 @@ def evaluate(model: Any, env: Any, episodes: int, eval_seed: int) -> tuple[list[
     return returns, lengths
 
 
-def eval_row(step: int, returns: list[float], lengths: list[int], wall_time: float) -> dict[str, Any]:
+def eval_row(
+    step: int, returns: list[float], lengths: list[int], wall_time: float
+) -> dict[str, Any]:
     import numpy as np
 
     r = np.asarray(returns, dtype=np.float64)
-    return {"step": step, "mean_return": float(r.mean()), "std_return": float(r.std()),
-            "min_return": float(r.min()), "max_return": float(r.max()),
-            "mean_length": float(np.mean(lengths)), "episodes": len(returns),
-            "wall_time_s": round(wall_time, 3)}
+    return {
+        "step": step,
+        "mean_return": float(r.mean()),
+        "std_return": float(r.std()),
+        "min_return": float(r.min()),
+        "max_return": float(r.max()),
+        "mean_length": float(np.mean(lengths)),
+        "episodes": len(returns),
+        "wall_time_s": round(wall_time, 3),
+    }
 
 
 def config_of(args: argparse.Namespace, model: Any, versions: dict[str, str]) -> dict[str, Any]:
     """config.yaml: dodgerl's keys where they mean the same, SB3's own names under ``sb3``."""
     net_arch = model.policy_kwargs.get("net_arch", [256, 256])
     ent_coef = model.ent_coef
-    lr = float(model.learning_rate) if not callable(model.learning_rate) else str(model.learning_rate)
+    lr = (
+        float(model.learning_rate)
+        if not callable(model.learning_rate)
+        else str(model.learning_rate)
+    )
     return {
         "experiment": run_dir_of(Path("."), args.env_id, args.seed).parent.name,
         "seed": args.seed,
         "env": {"id": args.env_id},
         "agent": {
-            "gamma": float(model.gamma), "tau": float(model.tau),
-            "actor_lr": lr, "critic_lr": lr, "temperature_lr": lr,
-            "batch_size": int(model.batch_size), "net_arch": list(net_arch),
+            "gamma": float(model.gamma),
+            "tau": float(model.tau),
+            "actor_lr": lr,
+            "critic_lr": lr,
+            "temperature_lr": lr,
+            "batch_size": int(model.batch_size),
+            "net_arch": list(net_arch),
             "n_critics": int(model.policy.critic.n_critics),
             "initial_temperature": 1.0 if ent_coef == "auto" else ent_coef,
             "target_entropy": float(model.target_entropy),
         },
         "replay": {"buffer_size": int(model.buffer_size), "n_step": 1},
         "train": {
-            "total_timesteps": args.total_timesteps, "learning_starts": int(model.learning_starts),
-            "n_envs": 1, "utd": int(model.gradient_steps), "update_every": int(model.train_freq.frequency),
-            "eval_freq": args.eval_freq, "eval_episodes": args.eval_episodes,
-            "eval_deterministic": True, "eval_seed": args.eval_seed, "log_freq": PROGRESS_FREQ,
+            "total_timesteps": args.total_timesteps,
+            "learning_starts": int(model.learning_starts),
+            "n_envs": 1,
+            "utd": int(model.gradient_steps),
+            "update_every": int(model.train_freq.frequency),
+            "eval_freq": args.eval_freq,
+            "eval_episodes": args.eval_episodes,
+            "eval_deterministic": True,
+            "eval_seed": args.eval_seed,
+            "log_freq": PROGRESS_FREQ,
         },
         "sb3": {
-            "algo": "SAC", "policy": "MlpPolicy", "hyperparams": ZOO_SAC_YML,
-            "learning_rate": lr, "buffer_size": int(model.buffer_size),
-            "learning_starts": int(model.learning_starts), "batch_size": int(model.batch_size),
-            "tau": float(model.tau), "gamma": float(model.gamma),
-            "train_freq": int(model.train_freq.frequency), "gradient_steps": int(model.gradient_steps),
-            "ent_coef": str(ent_coef), "target_update_interval": int(model.target_update_interval),
-            "target_entropy": float(model.target_entropy), "use_sde": bool(model.use_sde),
-            "device": str(model.device), "torch_threads": args.torch_threads, **versions,
+            "algo": "SAC",
+            "policy": "MlpPolicy",
+            "hyperparams": ZOO_SAC_YML,
+            "learning_rate": lr,
+            "buffer_size": int(model.buffer_size),
+            "learning_starts": int(model.learning_starts),
+            "batch_size": int(model.batch_size),
+            "tau": float(model.tau),
+            "gamma": float(model.gamma),
+            "train_freq": int(model.train_freq.frequency),
+            "gradient_steps": int(model.gradient_steps),
+            "ent_coef": str(ent_coef),
+            "target_update_interval": int(model.target_update_interval),
+            "target_entropy": float(model.target_entropy),
+            "use_sde": bool(model.use_sde),
+            "device": str(model.device),
+            "torch_threads": args.torch_threads,
+            **versions,
         },
     }
 
@@ -170,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         from stable_baselines3 import SAC
         from stable_baselines3.common.callbacks import BaseCallback
     except ImportError as e:
-        print(f"error: {e}: this benchmark needs stable-baselines3 (pip install stable-baselines3)",
-              file=sys.stderr)
+        print(
+            f"error: {e}: this benchmark needs stable-baselines3 (pip install stable-baselines3)",
+            file=sys.stderr,
+        )
         return 2
 
     if args.torch_threads > 0:
@@ -183,16 +247,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = gym.make(args.env_id)
         eval_env = gym.make(args.env_id)
-    except Exception as e:  # unknown id, missing mujoco, ...
+    except (gym.error.Error, ImportError, TypeError, ValueError) as e:  # unknown id, no mujoco
         print(f"error: env {args.env_id}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
 
-    model = SAC("MlpPolicy", env, learning_starts=args.learning_starts, seed=args.seed,
-                device=args.device, verbose=0)
+    model = SAC(
+        "MlpPolicy",
+        env,
+        learning_starts=args.learning_starts,
+        seed=args.seed,
+        device=args.device,
+        verbose=0,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
-    versions = {"sb3_version": str(stable_baselines3.__version__), "torch_version": str(torch.__version__),
-                "gymnasium_version": str(gym.__version__)}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_of(args, model, versions), sort_keys=False))
+    versions = {
+        "sb3_version": str(stable_baselines3.__version__),
+        "torch_version": str(torch.__version__),
+        "gymnasium_version": str(gym.__version__),
+    }
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump(config_of(args, model, versions), sort_keys=False)
+    )
     eval_log = Csv(run_dir / "eval.csv", EVAL_FIELDS)
     progress_log = Csv(run_dir / "progress.csv", PROGRESS_FIELDS)
 
@@ -211,21 +286,31 @@ def main(argv: list[str] | None = None) -> int:
             step = self.num_timesteps
             if step % args.eval_freq == 0:
                 t = time.perf_counter()
-                returns, lengths = evaluate(self.model, eval_env, args.eval_episodes, args.eval_seed)
+                returns, lengths = evaluate(
+                    self.model, eval_env, args.eval_episodes, args.eval_seed
+                )
                 now = time.perf_counter()
                 self.time_eval += now - t
                 row = eval_row(step, returns, lengths, now - self.t0)
                 eval_log.write(row)
-                print(f"step {step}: eval mean return {row['mean_return']:.1f} "
-                      f"+- {row['std_return']:.1f} ({row['wall_time_s']:.0f} s)", flush=True)
+                print(
+                    f"step {step}: eval mean return {row['mean_return']:.1f} "
+                    f"+- {row['std_return']:.1f} ({row['wall_time_s']:.0f} s)",
+                    flush=True,
+                )
             if step % PROGRESS_FREQ == 0:
                 now = time.perf_counter()
                 rate = (step - self.step_last) / max(now - self.t_last, 1e-9)
-                progress_log.write({"step": step, "episodes": self.episodes,
-                                    "train_return": self.train_return,
-                                    "env_steps_per_s": round(rate, 1),
-                                    "wall_time_s": round(now - self.t0, 3),
-                                    "time_eval_s": round(self.time_eval, 3)})
+                progress_log.write(
+                    {
+                        "step": step,
+                        "episodes": self.episodes,
+                        "train_return": self.train_return,
+                        "env_steps_per_s": round(rate, 1),
+                        "wall_time_s": round(now - self.t0, 3),
+                        "time_eval_s": round(self.time_eval, 3),
+                    }
+                )
                 self.t_last, self.step_last = now, step
             return True
 

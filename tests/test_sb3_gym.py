@@ -12,7 +12,12 @@ from benchmarks import sb3_gym
 
 def test_imports_and_parses_without_sb3():
     args = sb3_gym.parse_args(["--env-id", "dodgerl/Dodge-v0", "--seed", "3"])
-    assert (args.learning_starts, args.eval_freq, args.eval_episodes, args.eval_seed) == (10000, 10000, 10, 1000000)
+    assert (args.learning_starts, args.eval_freq, args.eval_episodes, args.eval_seed) == (
+        10000,
+        10000,
+        10,
+        1000000,
+    )
     assert sb3_gym.run_dir_of(Path("r"), args.env_id, args.seed) == Path("r/sb3_dodgerl_Dodge-v0/3")
     with pytest.raises(SystemExit):
         sb3_gym.parse_args(["--env-id", "Pendulum-v1", "--eval-freq", "0"])
@@ -20,9 +25,30 @@ def test_imports_and_parses_without_sb3():
 
 def test_tiny_pendulum_run_writes_dodgerl_logs(tmp_path):
     pytest.importorskip("stable_baselines3")
-    rc = sb3_gym.main(["--env-id", "Pendulum-v1", "--seed", "1", "--total-timesteps", "2000",
-                       "--eval-freq", "1000", "--eval-episodes", "2", "--eval-seed", "7",
-                       "--learning-starts", "1950", "--device", "cpu", "--torch-threads", "1", "--results-dir", str(tmp_path)])
+    rc = sb3_gym.main(
+        [
+            "--env-id",
+            "Pendulum-v1",
+            "--seed",
+            "1",
+            "--total-timesteps",
+            "2000",
+            "--eval-freq",
+            "1000",
+            "--eval-episodes",
+            "2",
+            "--eval-seed",
+            "7",
+            "--learning-starts",
+            "1950",
+            "--device",
+            "cpu",
+            "--torch-threads",
+            "1",
+            "--results-dir",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     run = tmp_path / "sb3_Pendulum-v1" / "1"
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -38,7 +64,10 @@ def test_tiny_pendulum_run_writes_dodgerl_logs(tmp_path):
     assert [int(r["step"]) for r in progress] == [1000, 2000]
     assert all(float(r["env_steps_per_s"]) > 0 for r in progress)
     # a second run into the same directory is refused without --overwrite
-    assert sb3_gym.main(["--env-id", "Pendulum-v1", "--seed", "1", "--results-dir", str(tmp_path)]) == 2
+    assert (
+        sb3_gym.main(["--env-id", "Pendulum-v1", "--seed", "1", "--results-dir", str(tmp_path)])
+        == 2
+    )
 
 
 def test_eval_fields_match_dodgerl():
