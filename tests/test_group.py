@@ -210,3 +210,52 @@ def test_the_seed_axis_shards_over_four_devices(tmp_path, mirror):
                           timeout=600, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "seeds sharded over 4 devices" in done.stdout and "SHARDED-OK" in done.stdout
+
+
+def test_kill_9_of_a_group_then_resume_loses_no_more_than_one_run_does(tmp_path):
+    """A 3-seed group killed at random moments after its first checkpoints: each resume starts
+    every seed at the newest checkpoint all of them completed, and every seed's progress.csv
+    ends without a gap or a repeat."""
+    import random
+    import signal
+    import time
+
+    rng = random.Random(1)
+    raw = tiny_raw("vector", total=100_000, checkpoint_freq=40, eval_freq=0, log_freq=20)
+    config = write_config(tmp_path, raw)
+    results = tmp_path / "r"
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, SDL_VIDEODRIVER="dummy", PYTHONUNBUFFERED="1")
+    script = str(root / "experiments" / "vector_sac.py")
+    proc = subprocess.Popen([sys.executable, script, "--config", str(config), "--results-dir",
+                             str(results), "--seeds", "0-2"], env=env, cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    group = None
+    for _ in range(2):
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            groups = [p for p in results.glob("*/*") if (p / "group.json").is_file()]
+            if groups and all(complete_checkpoints(groups[0] / f"seed{s}" / "checkpoints") for s in range(3)):
+                group = groups[0]
+                break
+            time.sleep(0.2)
+        assert group is not None, "no checkpoint appeared"
+        time.sleep(rng.uniform(0.0, 2.0))
+        proc.kill()
+        proc.wait()
+        common = min(int(complete_checkpoints(group / f"seed{s}" / "checkpoints")[-1].name) for s in range(3))
+        proc = subprocess.Popen([sys.executable, script, "--resume", str(group)], env=env, cwd=root,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = []
+        for line in proc.stdout:
+            if "resumed from" in line:
+                seen.append(line)
+                if len(seen) == 3:
+                    break
+        assert all(f"at step {common}" in line for line in seen), (seen, common)
+        time.sleep(rng.uniform(1.0, 3.0))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=180) == 0
+    for s in range(3):
+        steps = [int(r["step"]) for r in read_csv(group / f"seed{s}" / "progress.csv")]
+        assert steps == list(range(20, steps[-1] + 1, 20)), f"seed {s}: a gap or repeat after resume"
