@@ -259,3 +259,22 @@ def test_kill_9_of_a_group_then_resume_loses_no_more_than_one_run_does(tmp_path)
     for s in range(3):
         steps = [int(r["step"]) for r in read_csv(group / f"seed{s}" / "progress.csv")]
         assert steps == list(range(20, steps[-1] + 1, 20)), f"seed {s}: a gap or repeat after resume"
+
+
+def test_a_seed_whose_newest_checkpoint_is_damaged_takes_the_group_back_with_it(tmp_path, capsys):
+    raw = tiny_raw("vector", total=100_000, checkpoint_freq=50)
+    results = tmp_path / "g"
+    assert cli_main("vector", ["--config", str(write_config(tmp_path, raw)), "--results-dir",
+                               str(results), "--seeds", "0-1", "--total-timesteps", "150"]) == 0
+    group = group_dir_of(results)
+    damaged = next(p for p in sorted((group / "seed1" / "checkpoints" / "150").rglob("*"))
+                   if p.is_file() and p.stat().st_size > 100 and "manifest" not in p.name)
+    damaged.write_bytes(b"\0" * damaged.stat().st_size)  # complete on disk, fails its manifest
+    capsys.readouterr()
+    assert cli_main("vector", ["--resume", str(group), "--total-timesteps", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "the seeds restored different steps ([100, 150]): all resume from 100" in out
+    for seed in range(2):
+        assert f"resumed from {group / f'seed{seed}' / 'checkpoints' / '100'} at step 100" in out
+        steps = [int(r["step"]) for r in read_csv(group / f"seed{seed}" / "progress.csv")]
+        assert steps == list(range(20, 201, 20))

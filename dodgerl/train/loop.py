@@ -277,20 +277,7 @@ def start_run(config: RunConfig, runs: list[RunFiles], stacked: bool,
     timings = dict.fromkeys(TIMED_PHASES, 0.0)
     envs = make_vector_env(ec, tc.n_envs * n_seeds, plan.async_envs, plan.envs_per_worker)
     cleanup.callback(envs.close)
-    states, agents, eval_due = [], [], []
-    for files in runs:
-        seed_config = files.config
-        state = RunState(key=jax.random.PRNGKey(seed_config.seed),
-                         np_rng=np.random.default_rng(seed_config.seed), config=seed_config.to_dict())
-        agent = agent_for(envs, seed_config, state.split_key())
-        due = False
-        if files.candidates:
-            agent, due = resume_state(files.run_dir, files.candidates, agent, state, tc.eval_freq)
-        if state.next_eval is None and tc.eval_freq:
-            state.next_eval = (state.step // tc.eval_freq + 1) * tc.eval_freq
-        states.append(state)
-        agents.append(agent)
-        eval_due.append(due)
+    states, agents, eval_due = _restore_seeds(runs, envs, tc.eval_freq)
     replays = [open_replay(f.run_dir, f.config, plan, envs, agents[i], cleanup)
                for i, f in enumerate(runs)]
     steps_per_call = tc.utd * tc.n_envs * tc.update_every
@@ -323,6 +310,37 @@ def start_run(config: RunConfig, runs: list[RunFiles], stacked: bool,
         cleanup.callback(bar.close)
     return Run(config, plan, seeds, envs, dispatcher, collector, pace, bar, timings,
                eval_due=eval_due[0], stacked=stacked)
+
+
+def _restore_seeds(runs: list[RunFiles], envs: Any, eval_freq: int
+                   ) -> tuple[list[RunState], list[Any], list[bool]]:
+    """Each run's state and agent: new, or restored from the first of its candidates that
+    restores. The seeds of a group step together: where one restored an older step than the
+    others (its newer checkpoint did not verify), all of them go back to that step."""
+    while True:
+        states, agents, eval_due = [], [], []
+        for files in runs:
+            seed_config = files.config
+            state = RunState(key=jax.random.PRNGKey(seed_config.seed),
+                             np_rng=np.random.default_rng(seed_config.seed),
+                             config=seed_config.to_dict())
+            agent = agent_for(envs, seed_config, state.split_key())
+            due = False
+            if files.candidates:
+                agent, due = resume_state(files.run_dir, files.candidates, agent, state, eval_freq)
+            if state.next_eval is None and eval_freq:
+                state.next_eval = (state.step // eval_freq + 1) * eval_freq
+            states.append(state)
+            agents.append(agent)
+            eval_due.append(due)
+        steps = {state.step for state in states}
+        if len(steps) == 1:
+            return states, agents, eval_due
+        common = min(steps)
+        print(f"the seeds restored different steps ({sorted(steps)}): all resume from {common}",
+              flush=True)
+        for files in runs:
+            files.candidates = [c for c in files.candidates if int(c.name) <= common]
 
 
 def _seed_parts(files: RunFiles, plan: ExecutionPlan, state: RunState, replay: Any, eval_due: bool,
