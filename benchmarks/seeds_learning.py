@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.suite.stats import bootstrap_ci, curve_iqm_ci, iqm  # noqa: E402
+from benchmarks.suite.stats import bootstrap_ci, curve_iqm_ci, iqm
 
 ROOT = Path(__file__).resolve().parents[1]
 FINAL_EVALS = 5
