@@ -241,6 +241,7 @@ class GroupDispatcher(Dispatcher):
         if self._sharding is not None:
             agent = jax.device_put(agent, self._sharding)
             print(f"seeds sharded over {len(self._sharding.device_set)} devices", flush=True)
+        _warn_if_convolutions_stack_slowly(agents[0])
         self._samplers: list[Any] = []
         super().__init__(agent, replays[0], plan, batch_size, steps_per_call, update_every,
                          timings, cleanup)
@@ -321,6 +322,19 @@ class GroupDispatcher(Dispatcher):
             return metrics
 
         return from_batch
+
+
+def _warn_if_convolutions_stack_slowly(agent: Any) -> None:
+    """On an accelerator, convolutions (not GEMMs) vmapped over per-seed weights become grouped
+    convolutions, whose update was measured far slower per seed than one seed's own update
+    (benchmarks/reports/seeds_h100): say so at the start."""
+    from dodgerl.agents.sac.fast import resolve_impl
+
+    impl = resolve_impl(agent.config.impl, agent.observation_shape)
+    if len(agent.observation_shape) == 3 and not impl.conv_gemm and jax.default_backend() != "cpu":
+        print("note: stacked seeds with convolutions (images above 128 px) update slower per seed "
+              "than separate runs on GPUs measured so far (benchmarks/reports/seeds_h100); "
+              "agent.impl.conv_gemm=true computes them as GEMMs (not measured stacked)", flush=True)
 
 
 class SeedView:
