@@ -88,6 +88,14 @@ def test_each_seed_of_a_vector_group_is_the_run_it_would_be_alone(tmp_path, mirr
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == seed
         assert (run_dir / "plan.json").is_file() and complete_checkpoints(run_dir / "checkpoints")
         assert_same_run(run_dir, train_alone(tmp_path, raw, seed))
+    # A seed's directory is a run directory to dodgerl.evaluate: its best policy scores, on the
+    # evaluation's own seeds, what its eval.csv logged as the best.
+    from dodgerl.evaluate import evaluate, load_agent
+
+    loaded = load_agent(group / "seed4")
+    best = max(float(r["mean_return"]) for r in read_csv(group / "seed4" / "eval.csv"))
+    result = evaluate(loaded.agent, loaded.config.env, episodes=raw["train"]["eval_episodes"])
+    assert float(np.mean(result.returns)) == pytest.approx(best, abs=1e-6)
     # The seeds learned apart: their losses differ.
     a, b = (read_csv(group / f"seed{s}" / "progress.csv")[-1]["critic_loss"] for s in (3, 4))
     assert a != b
