@@ -83,6 +83,37 @@ def test_mirror_of_a_reopened_buffer_uploads_what_is_on_disk(tmp_path):
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
 
+def test_a_stacked_mirror_of_reopened_buffers_uploads_each_and_then_follows_them(tmp_path):
+    """StackedMirror: seed s's slice is buffer s, after the full upload of what two reopened
+    buffers (of different lengths) hold, in pieces smaller than one buffer, and after syncs."""
+    from dodgerl.replay.mirror import StackedMirror
+
+    bufs = []
+    for s, steps in enumerate((45, 12)):
+        buf = make(tmp_path, name=f"buf{s}", seed=s)
+        writer = ScriptedWriter(buf)
+        for _ in range(steps):
+            writer.step()
+        buf.close()
+        bufs.append(make(tmp_path, name=f"buf{s}", seed=s))
+    mirror = StackedMirror(bufs, upload_chunk=8)
+    assert mirror.take() == []  # the upload covered everything; nothing pending
+
+    def check():
+        frames = np.asarray(mirror.frames)
+        for s, buf in enumerate(bufs):
+            written = np.asarray(buf._arrays["frame_index"]) >= 0
+            assert written.any()
+            np.testing.assert_array_equal(frames[s][written], host_frames(buf)[written])
+
+    check()
+    writer = ScriptedWriter(bufs[1])
+    for _ in range(5):
+        writer.step()
+        mirror.upload(mirror.take())
+    check()
+
+
 def test_mirror_that_does_not_fit_is_refused_with_sizes(tmp_path, monkeypatch):
     buf = make(tmp_path)
     monkeypatch.setattr(mirror_module, "device_memory_bytes", lambda device: 10_000)

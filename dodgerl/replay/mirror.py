@@ -20,7 +20,7 @@ mirror refuses (with the sizes) to allocate more than ``max_fraction`` of the de
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +78,39 @@ def gather_batch(frames: jax.Array, indices: dict[str, jax.Array]) -> dict[str, 
             "next_observations": stack(indices["next_slots"]), **small}
 
 
+MIN_BUCKET = 8
+"""Fewest rows of an upload: smaller ones are padded up to it (few distinct shapes, few compiles)."""
+
+
+def written_slots(buffer: ReplayBuffer) -> tuple[np.ndarray, np.ndarray]:
+    """(env, slot) of every slot ``buffer`` has ever written, env by env: what a resumed
+    buffer holds, uploaded in full when its mirror starts."""
+    counts = [int(min(n, buffer.slots_per_env)) for n in buffer.frames_written]
+    env = np.concatenate([np.full(n, e, np.int32) for e, n in enumerate(counts)])
+    slots = np.concatenate([np.arange(n, dtype=np.int32) for n in counts])
+    return env, slots
+
+
+def bucketed(indices: tuple[np.ndarray, ...], slots: np.ndarray,
+             read: Callable[[slice], np.ndarray], max_bucket: int, slots_per_env: int
+             ) -> list[tuple[np.ndarray, ...]]:
+    """Upload chunks of the rows ``(*indices, slots)``: pieces of at most ``max_bucket`` rows,
+    each ``(*indices, slots, frames)`` padded to a power-of-two bucket (padding rows: slot
+    ``slots_per_env``, out of bounds, which the scatter drops). ``read(part)`` reads the frames
+    of the rows ``part`` from the buffers, one piece at a time: host memory stays bounded by
+    one piece however much a resumed buffer holds."""
+    chunks = []
+    for lo in range(0, slots.size, max_bucket):
+        part = slice(lo, lo + max_bucket)
+        n = slots[part].size
+        pad = max(MIN_BUCKET, 1 << (n - 1).bit_length()) - n
+        values = read(part)
+        chunks.append((*(np.pad(i[part], (0, pad)) for i in indices),
+                       np.pad(slots[part], (0, pad), constant_values=slots_per_env),
+                       np.pad(values, [(0, pad)] + [(0, 0)] * (values.ndim - 1))))
+    return chunks
+
+
 class DeviceMirror:
     """Frames of ``buffer`` kept on ``device``; see the module docstring.
 
@@ -100,7 +133,6 @@ class DeviceMirror:
         self.slots_per_env = buffer.slots_per_env
         self.frames = jnp.zeros((buffer.n_envs, buffer.slots_per_env, *buffer.observation_shape),
                                 buffer.observation_dtype, device=self.device)
-        self._min_bucket = 8
         self._max_bucket = int(upload_chunk)
         if self._max_bucket < 1 or self._max_bucket & (self._max_bucket - 1):
             raise ValueError(f"upload_chunk must be a power of two, got {upload_chunk}")
@@ -109,28 +141,13 @@ class DeviceMirror:
 
     def _upload_existing(self) -> None:
         """Copy what the buffer already holds (a resumed run): every slot ever written."""
-        written = self.buffer.frames_written
-        for e in range(self.buffer.n_envs):
-            n = int(min(written[e], self.slots_per_env))
-            self.upload(self._chunks(np.full(n, e, np.int32), np.arange(n, dtype=np.int32)))
+        self.upload(self._chunks(*written_slots(self.buffer)))
         self.buffer.take_writes()  # already covered by the full upload
 
-    def _chunk(self, env: np.ndarray, slots: np.ndarray) -> _Chunk:
-        """The frames of (env, slots), read from the buffer, padded to a power-of-two bucket."""
-        n = env.size
-        bucket = max(self._min_bucket, 1 << (n - 1).bit_length())  # few distinct shapes: few compiles
-        pad = bucket - n
-        values = self.buffer.frames_at(env, slots)
-        if pad:
-            values = np.concatenate([values, np.zeros((pad, *values.shape[1:]), values.dtype)])
-            env = np.concatenate([env, np.zeros(pad, np.int32)])
-            slots = np.concatenate([slots, np.full(pad, self.slots_per_env, np.int32)])
-        return env, slots, values
-
     def _chunks(self, env: np.ndarray, slots: np.ndarray) -> list[_Chunk]:
-        """``_chunk`` over (env, slots) in pieces of at most ``upload_chunk`` frames."""
-        return [self._chunk(env[lo:lo + self._max_bucket], slots[lo:lo + self._max_bucket])
-                for lo in range(0, env.size, self._max_bucket)]
+        """The frames of (env, slots), read from the buffer, as upload chunks (``bucketed``)."""
+        return bucketed((env,), slots, lambda part: self.buffer.frames_at(env[part], slots[part]),
+                        self._max_bucket, self.slots_per_env)
 
     def take(self) -> list[_Chunk]:
         """The host half of :meth:`sync`: the frames written since the last sync, read from the
@@ -195,32 +212,26 @@ class StackedMirror:
         self._max_bucket = int(upload_chunk)
         for b in self.buffers:
             b.track_writes(True)
-        existing = []
-        for s, b in enumerate(self.buffers):  # a resumed run: every slot ever written
-            written = b.frames_written
-            for e in range(b.n_envs):
-                n = int(min(written[e], self.slots_per_env))
-                existing.append((s, np.full(n, e, np.int32), np.arange(n, dtype=np.int32)))
-            b.take_writes()
+        existing = [(s, *written_slots(b)) for s, b in enumerate(self.buffers)]  # a resumed run
+        for b in self.buffers:
+            b.take_writes()  # already covered by the full upload
         self.upload(self._chunks(existing))
 
     def _chunks(self, writes: list[tuple[int, np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, ...]]:
-        """(seed, env, slot, frame) rows of the writes, in power-of-two buckets of at most
-        ``upload_chunk`` rows (padding rows: slot out of bounds, dropped by the scatter)."""
-        rows = [(np.full(env.size, s, np.int32), env, slots, self.buffers[s].frames_at(env, slots))
-                for s, env, slots in writes if env.size]
-        if not rows:
+        """(seed, env, slot, frame) upload chunks of every seed's writes (``bucketed``), the
+        rows in seed order."""
+        if not writes:
             return []
-        seed, env, slots, values = (np.concatenate(parts) for parts in zip(*rows))
-        chunks = []
-        for lo in range(0, seed.size, self._max_bucket):
-            part = slice(lo, lo + self._max_bucket)
-            n = seed[part].size
-            pad = max(8, 1 << (n - 1).bit_length()) - n
-            chunks.append((np.pad(seed[part], (0, pad)), np.pad(env[part], (0, pad)),
-                           np.pad(slots[part], (0, pad), constant_values=self.slots_per_env),
-                           np.pad(values[part], [(0, pad)] + [(0, 0)] * (values.ndim - 1))))
-        return chunks
+        seed = np.concatenate([np.full(env.size, s, np.int32) for s, env, _ in writes])
+        env = np.concatenate([env for _, env, _ in writes])
+        slots = np.concatenate([slots for _, _, slots in writes])
+
+        def read(part: slice) -> np.ndarray:  # the piece's rows, seed by seed (contiguous)
+            seeds, idx = seed[part], np.arange(seed.size)[part]
+            return np.concatenate([self.buffers[s].frames_at(env[idx[seeds == s]], slots[idx[seeds == s]])
+                                   for s in np.unique(seeds)])
+
+        return bucketed((seed, env), slots, read, self._max_bucket, self.slots_per_env)
 
     def take(self) -> list[tuple[np.ndarray, ...]]:
         """The host half of a sync: every buffer's frames written since the last one."""
