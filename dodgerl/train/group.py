@@ -34,7 +34,7 @@ import numpy as np
 
 from dodgerl.checkpoint import CheckpointError, resolve_resume
 from dodgerl.config import ConfigError, RunConfig, load_run_config, save_config
-from dodgerl.train.checkpointing import new_run_dir, set_aside_replay
+from dodgerl.train.checkpointing import changed_keys, new_run_dir, set_aside_replay
 from dodgerl.train.dispatcher import Dispatcher
 from dodgerl.train.loop import RunFiles, TrainResult, run_loop
 from dodgerl.train.plan import ExecutionPlan
@@ -118,12 +118,12 @@ def _open_group(config: RunConfig | None, seeds: list[int] | None, results_dir: 
     listed = json.loads((group_dir / GROUP_FILE).read_text())
     runs = []
     for name in listed["runs"]:
-        run_dir, _ = resolve_resume(group_dir / name)
+        run_dir, candidates = resolve_resume(group_dir / name)
         seed_config = load_run_config(run_dir)
         if total_timesteps is not None:
             seed_config = seed_config.with_total_timesteps(total_timesteps)
             save_config(seed_config, run_dir / "config.yaml")
-        runs.append(RunFiles(run_dir, seed_config, []))
+        runs.append(RunFiles(run_dir, seed_config, candidates))
     _check_same_configs(runs)
     _common_candidates(runs)
     return group_dir, runs
@@ -136,8 +136,6 @@ def _check_same_configs(runs: list[RunFiles]) -> None:
     for files in runs[1:]:
         other = dataclasses.replace(files.config, seed=0).to_dict()
         if other != reference:
-            from dodgerl.train.checkpointing import changed_keys
-
             differ = [k for k, _, _ in changed_keys(reference, other)] or ["a key"]
             raise ConfigError(f"{files.run_dir / 'config.yaml'}: differs from "
                               f"{runs[0].run_dir / 'config.yaml'} in {', '.join(differ)}; the "
@@ -145,20 +143,16 @@ def _check_same_configs(runs: list[RunFiles]) -> None:
 
 
 def _common_candidates(runs: list[RunFiles]) -> None:
-    """Every seed resumes from a checkpoint of the same step, the newest all of them have
-    (after a kill -9 in the middle of the seeds' saves some have one more): the seeds step
-    together, in one pool and one update."""
-    from dodgerl.checkpoint import CHECKPOINTS_DIR, complete_checkpoints
-
-    steps = None
-    for files in runs:
-        have = {int(p.name) for p in complete_checkpoints(files.run_dir / CHECKPOINTS_DIR)}
-        steps = have if steps is None else steps & have
+    """Each seed's candidates (its complete checkpoints, newest first) cut to the steps every
+    seed has: the seeds resume from one step, the newest all of them saved (after a kill -9 in
+    the middle of the seeds' saves some have one more), and step together in one pool and one
+    update."""
+    steps = set.intersection(*({int(c.name) for c in files.candidates} for files in runs))
     if not steps:
         raise CheckpointError("--resume: the seeds of the group have no complete checkpoint of "
                               "one step in common")
     for files in runs:
-        files.candidates = [files.run_dir / CHECKPOINTS_DIR / str(s) for s in sorted(steps, reverse=True)]
+        files.candidates = [c for c in files.candidates if int(c.name) in steps]
 
 
 # ---------------------------------------------------------------- memory
