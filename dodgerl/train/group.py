@@ -199,11 +199,9 @@ def _seed_sharding(n_seeds: int) -> Any:
     devices = _seed_devices(n_seeds)
     if len(devices) == 1:
         return None
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from dodgerl.agents.sac.seeds import seed_sharding
 
-    from dodgerl.agents.sac.seeds import SEED_AXIS
-
-    return NamedSharding(Mesh(np.array(devices), (SEED_AXIS,)), PartitionSpec(SEED_AXIS))
+    return seed_sharding(devices)
 
 
 # ---------------------------------------------------------------- the stacked dispatcher
@@ -289,8 +287,7 @@ class GroupDispatcher(Dispatcher):
 
             mirror = self.mirror
             host_indices = mirror.draw_indices(self.batch_size, self.steps_per_call)
-            where = self._sharding if self._sharding is not None else mirror.device
-            indices = self.submit(lambda: jax.device_put(host_indices, where))
+            indices = self.submit(lambda: jax.device_put(host_indices, mirror.device))
 
             def from_mirror() -> Any:  # the indices' upload ran before this, in order
                 self.agent, metrics = update_from_stacked(self.agent, mirror.frames,

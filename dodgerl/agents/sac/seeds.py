@@ -129,8 +129,12 @@ def shard_seeds(tree: Any, devices: Sequence[Any] | None = None) -> Any:
     if n % len(devices):
         raise ValueError(f"shard_seeds: {n} seeds do not split evenly over {len(devices)} "
                          "devices; use a multiple of the device count")
-    sharding = NamedSharding(Mesh(np.array(devices), (SEED_AXIS,)), PartitionSpec(SEED_AXIS))
-    return jax.device_put(tree, sharding)
+    return jax.device_put(tree, seed_sharding(devices))
+
+
+def seed_sharding(devices: Sequence[Any]) -> NamedSharding:
+    """The sharding that splits a leading seed axis evenly over ``devices``."""
+    return NamedSharding(Mesh(np.array(list(devices)), (SEED_AXIS,)), PartitionSpec(SEED_AXIS))
 
 
 def _placed_like(stacked: SACAgent, tree: Any) -> Any:
