@@ -359,8 +359,8 @@ def measure(name: str, steps: int, workdir: Path, out: Path, extra: list[str]) -
         "update_only_steps_per_s": ceiling,
         "fraction_of_update_ceiling": (round(n / wall_window * config.train.utd / ceiling, 3)
                                        if ceiling and seeds == 1 else None),
-        "gpu_busy": busy.mean(run_start + float(window_row(progress, window["from_step"])),
-                              run_start + float(window_row(progress, window["to_step"]))),
+        "gpu_busy": busy.mean(run_start + window_row(progress, window["from_step"]),
+                              run_start + window_row(progress, window["to_step"])),
         "eval": [(int(r["step"]), float(r["mean_return"])) for r in evals],
     }
 

@@ -246,10 +246,7 @@ def train_once(config, results_dir: Path) -> dict[str, Any]:
     ckpts = sorted((run_dir / "checkpoints").glob("*"), key=lambda p: p.name)
     replay_bytes = du_bytes(run_dir / "replay")
     return {
-        "seed": config.seed, "level": config.env.level, "steps": result.step,
-        "updates": result.updates, "episodes": result.episodes, "wall_s": wall,
-        "timings": result.timings, "eval": read_csv(run_dir / "eval.csv"),
-        "progress": read_csv(run_dir / "progress.csv"),
+        **run_record(result, config.seed, config.env.level, wall),
         "replay_bytes": replay_bytes, "replay_capacity": config.replay.buffer_size,
         "checkpoint_bytes": du_bytes(ckpts[-1]) if ckpts else None,
         "checkpoint_step": ckpts[-1].name if ckpts else None,
@@ -315,16 +312,18 @@ def train_seeds_once(config, seeds: list[int], results_dir: Path) -> list[dict[s
     start = time.perf_counter()
     group = train_seeds(config, seeds, results_dir=results_dir)
     wall = time.perf_counter() - start
-    outs = []
-    for seed, result in zip(seeds, group.runs):
-        run_dir = Path(result.run_dir)
-        outs.append({
-            "seed": seed, "level": config.env.level, "steps": result.step,
-            "updates": result.updates, "episodes": result.episodes, "wall_s": wall,
-            "timings": result.timings, "eval": read_csv(run_dir / "eval.csv"),
-            "progress": read_csv(run_dir / "progress.csv"), "seeds_in_process": len(seeds),
-        })
-    return outs
+    return [{**run_record(result, seed, config.env.level, wall), "seeds_in_process": len(seeds)}
+            for seed, result in zip(seeds, group.runs)]
+
+
+def run_record(result, seed: int, level: int, wall_s: float) -> dict[str, Any]:
+    """What the suite keeps of one finished run: counters, time split, eval and progress rows."""
+    run_dir = Path(result.run_dir)
+    return {
+        "seed": seed, "level": level, "steps": result.step, "updates": result.updates,
+        "episodes": result.episodes, "wall_s": wall_s, "timings": result.timings,
+        "eval": read_csv(run_dir / "eval.csv"), "progress": read_csv(run_dir / "progress.csv"),
+    }
 
 
 def learning(settings: SuiteSettings, scratch: Path) -> list[dict[str, Any]]:
