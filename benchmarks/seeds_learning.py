@@ -38,19 +38,24 @@ FINAL_EVALS = 5
 """"Final" return: the mean of a seed's last this many evaluations (not its best)."""
 
 
-def run_all(runs: dict[str, str], out: Path, time_limit_s: float, grace_s: float = 120.0) -> dict:
-    """Start every labelled command at once; SIGTERM those past the limit; their exit codes."""
+def run_all(runs: list[tuple[str, str]], out: Path, time_limit_s: float,
+            grace_s: float = 120.0) -> dict:
+    """Start every labelled command at once; SIGTERM those past the limit; their exit codes.
+    Commands that share a label (the seeds of one setting run as separate processes) share its
+    results directory; their logs are LABEL.log, LABEL.1.log, ..."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs = {}
-    for label, command in runs.items():
+    for label, command in runs:
+        count = sum(1 for n in procs if n == label or n.startswith(label + "."))
+        name = label if count == 0 else f"{label}.{count}"
         argv = shlex.split(command)
         if argv[0].endswith(".py"):
             argv = [sys.executable, str(ROOT / argv[0]) if not Path(argv[0]).is_absolute() else argv[0], *argv[1:]]
         argv += ["--results-dir", str(out / "runs" / label)]
-        log = (out / "logs" / f"{label}.log")
+        log = (out / "logs" / f"{name}.log")
         log.parent.mkdir(parents=True, exist_ok=True)
-        print(f"{label}: {' '.join(argv)}", flush=True)
-        procs[label] = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        print(f"{name}: {' '.join(argv)}", flush=True)
+        procs[name] = subprocess.Popen(argv, stdout=log.open("a"), stderr=subprocess.STDOUT,
                                         env=env, cwd=ROOT)
     start = time.perf_counter()
     while any(p.poll() is None for p in procs.values()):
@@ -183,16 +188,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="only read OUT/runs again and rewrite the report")
     parser.add_argument("--keep-replay", action="store_true")
     args = parser.parse_args(argv)
-    runs = dict(r.split("=", 1) for r in args.run)
+    runs = [tuple(r.split("=", 1)) for r in args.run]
     args.out.mkdir(parents=True, exist_ok=True)
     codes = {}
     if not args.summarise_only:
         codes = run_all(runs, args.out, args.time_limit_s or float("inf"))
-    labels = list(runs) or sorted(p.name for p in (args.out / "runs").iterdir())
+    labels = (list(dict.fromkeys(label for label, _ in runs))
+              or sorted(p.name for p in (args.out / "runs").iterdir()))
     curves = collect(args.out, labels)
     budgets = [int(b) for b in args.budgets.split(",") if b]
     table, summary = summarise(curves, budgets)
-    (args.out / "curves.json").write_text(json.dumps({"runs": runs, "exit": codes, "curves": curves,
+    (args.out / "curves.json").write_text(json.dumps({"runs": [list(r) for r in runs], "exit": codes, "curves": curves,
                                                       "summary": summary}, indent=1))
     plot(curves, args.out)
     report = ["# Learning curves, seeds trained together", "",

@@ -266,15 +266,37 @@ def test_n_step_gamma_must_be_a_number_in_unit_interval(tmp_path, bad):
 
 
 def _draw_by_full_scan(buf, batch_size):
-    """The sampling rule written out in full: every slot's flags scanned, the sampleable
-    (env, slot) pairs listed row-major, ``batch_size`` of them picked with a copy of the buffer's
-    Generator. ``add`` keeps the sampleable set incrementally; it must draw exactly these."""
+    """The sampling rule written out in full, over every slot's flags scanned afresh: frames
+    drawn uniformly from each env's stored window [max(oldest, written - S, 0), written - 2],
+    those that start no transition drawn again (8 rounds; what is left is picked among the
+    sampleable slots listed row-major), all with a copy of the buffer's Generator. ``add`` keeps
+    the sampleable set incrementally; it must draw exactly these."""
     ok = buf._scan_sampleable()
-    env, slot = np.nonzero(ok)
+    S = buf.slots_per_env
     rng = np.random.Generator(np.random.PCG64())
     rng.bit_generator.state = buf.rng_state
-    pick = rng.integers(0, env.size, size=batch_size)
-    return env[pick], slot[pick], int(ok.sum())
+    w = np.asarray(buf.frames_written, np.int64)
+    lo = np.maximum(np.maximum(buf._oldest, w - S), 0)
+    windows = [(e, f) for e in range(buf.n_envs) for f in range(lo[e], w[e] - 1)]
+    env, slot = np.zeros(batch_size, np.int64), np.zeros(batch_size, np.int64)
+    todo = list(range(batch_size))
+    for _ in range(8):
+        picks = rng.integers(0, len(windows), size=len(todo))
+        left = []
+        for i, p in zip(todo, picks):
+            e, f = windows[p]
+            if ok[e, f % S]:
+                env[i], slot[i] = e, f % S
+            else:
+                left.append(i)
+        todo = left
+        if not todo:
+            break
+    else:
+        listed_env, listed_slot = np.nonzero(ok)
+        pick = rng.integers(0, listed_env.size, size=len(todo))
+        env[todo], slot[todo] = listed_env[pick], listed_slot[pick]
+    return env, slot, int(ok.sum())
 
 
 def test_incremental_sampleable_set_draws_what_a_full_scan_of_the_flags_draws(tmp_path):
@@ -286,6 +308,7 @@ def test_incremental_sampleable_set_draws_what_a_full_scan_of_the_flags_draws(tm
         assert len(buf) == count > 0
         if model:
             assert count == len(writer.expected_transitions())
+        np.testing.assert_array_equal(buf._ok, buf._scan_sampleable())
         got = buf.sample_indices(50)
         np.testing.assert_array_equal(got["env"], env)
         np.testing.assert_array_equal(got["obs_slots"][:, -1], slot)
@@ -294,7 +317,7 @@ def test_incremental_sampleable_set_draws_what_a_full_scan_of_the_flags_draws(tm
         writer.step()
         if step == 115:
             buf.commit()
-        if step % 7 == 0:
+        if step % 7 == 0 or step > 110:
             check()
     del buf  # the last 4 adds were never committed: reopen drops the slots they overwrote
     buf = make(tmp_path, capacity=60, n_envs=3, frame_stack=2, seed=5)
@@ -303,6 +326,30 @@ def test_incremental_sampleable_set_draws_what_a_full_scan_of_the_flags_draws(tm
     for step in range(60):
         writer.step()
         check(model=False)
+
+
+def test_draws_are_uniform_over_the_sampleable_transitions_however_many_frames_end_episodes(tmp_path):
+    """Rejection of episode-final frames keeps the draw uniform over the sampleable set: with
+    episodes of 1 step (every other frame final, most draws rejected at least once) and of 1-9
+    steps, each transition's count over many draws stays within 5 sigma of the expected one."""
+    for name, lengths in (("short", lambda e, j: 1), ("mixed", lambda e, j: 1 + (3 * e + 5 * j) % 9)):
+        buf = make(tmp_path, name=name, capacity=60, n_envs=3, seed=11)
+        writer = ScriptedWriter(buf, lengths=lengths)
+        for _ in range(45):
+            writer.step()
+        expected = writer.expected_transitions()
+        draws = 40_000
+        env, frames = [], []
+        for _ in range(draws // 500):
+            got = buf.sample(500)
+            env.append(got["actions"][:, 1].astype(int))
+            frames.append(got["actions"][:, 0].astype(int))
+        pairs = np.stack([np.concatenate(env), np.concatenate(frames)], 1)
+        keys, counts = np.unique(pairs, axis=0, return_counts=True)
+        assert {tuple(k) for k in keys.tolist()} == expected
+        p = 1.0 / len(expected)
+        sigma = np.sqrt(draws * p * (1 - p))
+        assert np.abs(counts - draws * p).max() < 5 * sigma, (name, counts.min(), counts.max())
 
 
 def _wait_for(condition, seconds=10.0):

@@ -224,6 +224,7 @@ class ReplayBuffer(Sampling):
             self._frames_written = np.zeros(self.n_envs, np.int64)
             self._oldest = np.zeros(self.n_envs, np.int64)
             self._ok = np.zeros((self.n_envs, self.slots_per_env), bool)
+            self._n_ok = 0  # sampleable transitions: count_nonzero(_ok), kept by add
             self._episode_open = np.zeros(self.n_envs, bool)
             self._episode_start = np.zeros(self.n_envs, np.int64)
             self._transitions_added = 0
@@ -285,6 +286,7 @@ class ReplayBuffer(Sampling):
                 # The last frame may carry a VALID flag set by an uncommitted add; its next is gone.
                 self._arrays["flags"][e, (w - 1) % self.slots_per_env] &= ~VALID
         self._ok = self._scan_sampleable()
+        self._n_ok = int(np.count_nonzero(self._ok))
 
     def _overwritten_slots(self, e: int) -> np.ndarray:
         """Slots of env ``e``'s committed window that writes made after the commit overwrote:
@@ -351,6 +353,7 @@ class ReplayBuffer(Sampling):
         self._checksums.note_writes(env, s)  # a CRC32 hashed ahead of these slots is out of date
         arr["frame_index"][env, s] = -1
         arr["flags"][env, s] = 0
+        self._n_ok -= int(np.count_nonzero(self._ok[env, s]))
         self._ok[env, s] = False  # no transition starts at an overwritten slot until it is VALID again
         if self._obs_fd is None:
             arr["observations"][env, s] = frames
@@ -404,6 +407,7 @@ class ReplayBuffer(Sampling):
             arr["truncated"][every, s] = truncated.astype(bool)
             self._write_frames(every, next_observations, self._episode_start)
             arr["flags"][every, s] |= VALID  # last: the transition exists once all of it is written
+            self._n_ok += n - int(np.count_nonzero(self._ok[every, s]))
             self._ok[every, s] = True
             # An episode's final frame keeps its slot and starts nothing.
             self._episode_open[terminated.astype(bool) | truncated.astype(bool)] = False

@@ -24,6 +24,7 @@ class Sampling:
     _closed: bool
     _version: int
     _cache: tuple[int, np.ndarray] | None
+    _n_ok: int
     _written: list[np.ndarray] | None
     _frames_written: np.ndarray
     _oldest: np.ndarray
@@ -75,7 +76,7 @@ class Sampling:
         with self._lock:
             if self._closed:
                 return 0
-            return int(np.count_nonzero(self._ok))
+            return self._n_ok
 
     @property
     def rng_state(self) -> dict[str, Any]:
@@ -89,12 +90,40 @@ class Sampling:
             self.rng.bit_generator.state = state
 
     def _draw(self, batch_size: int) -> tuple[np.ndarray, ...]:
-        """Choose transitions uniformly among the sampleable ones. Caller holds the lock."""
+        """Choose transitions uniformly among the sampleable ones. Caller holds the lock.
+
+        By rejection: every sampleable transition of env e starts at a frame of the window
+        [max(oldest, written - S, 0), written - 2], so frames are drawn uniformly from the
+        windows of all envs and those that start no transition (an episode's final frame) are
+        drawn again. Uniform over the sampleable set, at a cost of O(batch) rather than a scan
+        of all S slots per draw (1M slots for a MuJoCo-sized buffer). Windows in which few
+        frames are sampleable (after many rejections) fall back to the scan.
+        """
+        w = self._frames_written
+        lo = np.maximum(np.maximum(self._oldest, w - self.slots_per_env), 0)
+        sizes = np.maximum(w - 1 - lo, 0)  # frames lo .. w - 2
+        bounds = np.cumsum(sizes)
+        total = int(bounds[-1]) if bounds.size else 0
+        if total == 0:
+            raise ValueError("cannot sample: the replay buffer holds no complete transition yet")
+        env = np.empty(batch_size, np.int64)
+        frame = np.empty(batch_size, np.int64)
+        todo = np.arange(batch_size)
+        for _ in range(8):
+            u = self.rng.integers(0, total, size=todo.size)
+            e = np.searchsorted(bounds, u, side="right")
+            f = lo[e] + u - (bounds[e] - sizes[e])
+            keep = self._ok[e, f % self.slots_per_env]
+            env[todo[keep]], frame[todo[keep]] = e[keep], f[keep]
+            todo = todo[~keep]
+            if todo.size == 0:
+                return self._locate(env, frame)
         flat = self._sampleable_flat()
         if flat.size == 0:
             raise ValueError("cannot sample: the replay buffer holds no complete transition yet")
-        pick = self.rng.integers(0, flat.size, size=batch_size)
-        return self._locate(*self._env_frames(flat[pick]))
+        e, f = self._env_frames(flat[self.rng.integers(0, flat.size, size=todo.size)])
+        env[todo], frame[todo] = e, f
+        return self._locate(env, frame)
 
     def _horizon(self, env: np.ndarray, a: np.ndarray) -> np.ndarray:
         """Steps m (B,) in [1, n_step] of the n-step transitions starting at (env, a): transitions

@@ -70,13 +70,14 @@ def new_run_dir(results_dir: str | Path, experiment: str) -> Path:
     """``results_dir/experiment/<YYYYmmdd_HHMMSS>``, created (a suffix if the second is taken)."""
     base = Path(results_dir) / experiment
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    run_dir = base / stamp
-    suffix = 1
-    while run_dir.exists():  # two runs started in the same second
-        run_dir = base / f"{stamp}_{suffix}"
-        suffix += 1
-    run_dir.mkdir(parents=True)
-    return run_dir
+    base.mkdir(parents=True, exist_ok=True)
+    run_dir, suffix = base / stamp, 1
+    while True:  # mkdir is atomic: two runs started in the same second get different suffixes
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            run_dir, suffix = base / f"{stamp}_{suffix}", suffix + 1
 
 
 def set_aside_replay(run_dir: Path) -> None:
