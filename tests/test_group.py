@@ -286,3 +286,28 @@ def test_a_seed_whose_newest_checkpoint_is_damaged_takes_the_group_back_with_it(
         assert f"resumed from {group / f'seed{seed}' / 'checkpoints' / '100'} at step 100" in out
         steps = [int(r["step"]) for r in read_csv(group / f"seed{seed}" / "progress.csv")]
         assert steps == list(range(20, 201, 20))
+
+
+def test_stacked_seeds_of_large_images_compute_their_convs_as_gemms_on_an_accelerator(monkeypatch, capsys):
+    """Above CONV_GEMM_MAX_SIDE, on an accelerator, a group whose config leaves conv_gemm open
+    gets GEMMs (vmapped cuDNN convolutions become slow grouped convolutions); a choice the config
+    makes, a single seed, small images, vectors and the CPU keep the config as it is."""
+    import jax
+
+    from dodgerl.train.group import with_stackable_convs
+
+    def config(side=256, **agent_impl):
+        raw = tiny_raw("topdown")
+        raw["env"]["image_size"] = side
+        raw["agent"]["impl"] = agent_impl
+        return config_from_dict(raw)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert with_stackable_convs(config(), 3).agent.impl.conv_gemm is True
+    assert "GEMMs" in capsys.readouterr().out
+    assert with_stackable_convs(config(), 1).agent.impl.conv_gemm is None
+    assert with_stackable_convs(config(conv_gemm=False), 3).agent.impl.conv_gemm is False
+    assert with_stackable_convs(config(side=84), 3).agent.impl.conv_gemm is None
+    assert with_stackable_convs(config_from_dict(tiny_raw("vector")), 3).agent.impl.conv_gemm is None
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert with_stackable_convs(config(), 3).agent.impl.conv_gemm is None

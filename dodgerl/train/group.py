@@ -98,6 +98,7 @@ def _open_group(config: RunConfig | None, seeds: list[int] | None, results_dir: 
         if not seeds:
             raise ConfigError("train_seeds: no seeds given")
         config = with_env_structure(config)  # before the directory: a bad config leaves none
+        config = with_stackable_convs(config, len(seeds))
         if total_timesteps is not None:
             config = config.with_total_timesteps(total_timesteps)
         group_dir = new_run_dir(results_dir, config.experiment)
@@ -233,7 +234,6 @@ class GroupDispatcher(Dispatcher):
         if self._sharding is not None:
             agent = jax.device_put(agent, self._sharding)
             print(f"seeds sharded over {len(self._sharding.device_set)} devices", flush=True)
-        _warn_if_convolutions_stack_slowly(agents[0])
         self._samplers: list[Any] = []
         super().__init__(agent, replays[0], plan, batch_size, steps_per_call, update_every,
                          timings, cleanup)
@@ -322,17 +322,27 @@ def _stack(trees: list[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _warn_if_convolutions_stack_slowly(agent: Any) -> None:
-    """On an accelerator, convolutions (not GEMMs) vmapped over per-seed weights become grouped
-    convolutions, whose update was measured far slower per seed than one seed's own update
-    (benchmarks/reports/seeds_h100): say so at the start."""
-    from dodgerl.agents.sac.fast import resolve_impl
+def with_stackable_convs(config: RunConfig, n_seeds: int) -> RunConfig:
+    """``config`` with ``agent.impl.conv_gemm: true`` where it leaves the choice open (null) and
+    the seeds' convolutions would otherwise run as cuDNN convolutions (images above
+    ``CONV_GEMM_MAX_SIDE`` on an accelerator). Vmapped over per-seed weights a convolution
+    becomes a grouped convolution, far slower per seed than one seed's own; a GEMM becomes a
+    batched GEMM (benchmarks/reports/seeds_h100). The same function either way, up to float
+    summation order. The choice is written into each seed's config.yaml, so a resume (of the
+    group or of one seed alone) computes what the run computed."""
+    from dodgerl.agents.sac.fast import CONV_GEMM_MAX_SIDE
+    from dodgerl.envs.make import image_side
 
-    impl = resolve_impl(agent.config.impl, agent.observation_shape)
-    if len(agent.observation_shape) == 3 and not impl.conv_gemm and jax.default_backend() != "cpu":
-        print("note: stacked seeds with convolutions (images above 128 px) update slower per seed "
-              "than separate runs on GPUs measured so far (benchmarks/reports/seeds_h100); "
-              "agent.impl.conv_gemm=true computes them as GEMMs (not measured stacked)", flush=True)
+    if n_seeds < 2 or config.agent.impl.conv_gemm is not None or jax.default_backend() == "cpu":
+        return config
+    side = image_side(config.env)
+    if side is None or side <= CONV_GEMM_MAX_SIDE:
+        return config
+    print(f"note: {n_seeds} stacked seeds of {side}x{side} images compute their convolutions as "
+          "GEMMs (agent.impl.conv_gemm=true): vmapped cuDNN convolutions update far slower per "
+          "seed (benchmarks/reports/seeds_h100)", flush=True)
+    impl = dataclasses.replace(config.agent.impl, conv_gemm=True)
+    return dataclasses.replace(config, agent=dataclasses.replace(config.agent, impl=impl))
 
 
 class SeedView:
