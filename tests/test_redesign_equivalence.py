@@ -1,5 +1,6 @@
-"""Behaviour unchanged by the training-loop redesign (issue 28): the same seed and config give
-the runs the tree before it gave (tests/data/redesign_baseline/README.md says how they were made)."""
+"""Runs unchanged: the same seed and config give the pinned runs (first those of the tree before
+the training-loop redesign of issue 28; since the replay's draw changed, those of the tree after
+it: tests/data/redesign_baseline/README.md says how and when they were made)."""
 
 from __future__ import annotations
 

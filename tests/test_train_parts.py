@@ -181,3 +181,22 @@ def test_the_rate_behind_the_eta_is_the_recent_one_not_the_warm_ups():
         rate.add(float(t), 4500 + (t - 9))
     assert rate.rate() == pytest.approx(1.0)
     assert RecentRate().rate() is None
+
+
+def test_split_keys_moves_every_seed_on_exactly_as_its_own_split_key_would():
+    """The loop's one compiled split of every seed's key gives each seed the keys its own eager
+    split_key gives, round after round (a group's seed draws what the seed alone draws)."""
+    from dodgerl.train.checkpointing import split_keys
+
+    def states():
+        return [RunState(key=jax.random.PRNGKey(s), np_rng=np.random.default_rng(s)) for s in (0, 7, 3)]
+
+    together, alone = states(), states()
+    for _ in range(3):
+        subs, stacked = split_keys(together)
+        expected = [state.split_key() for state in alone]
+        for i, key in enumerate(expected):
+            np.testing.assert_array_equal(np.asarray(subs[i]), np.asarray(key))
+            np.testing.assert_array_equal(np.asarray(stacked[i]), np.asarray(key))
+            np.testing.assert_array_equal(np.asarray(together[i].key), np.asarray(alone[i].key))
+    assert len({tuple(np.asarray(k).ravel()) for k in subs}) == 3

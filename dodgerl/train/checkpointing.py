@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dodgerl.checkpoint import (BEST_DIR, CheckpointError, RunCheckpoints, abandoned_dir,
@@ -64,6 +65,23 @@ class RunState:
             "replay_transitions": replay_transitions, "resumes": self.resumes,
             "next_eval": self.next_eval, "config": self.config,
         }
+
+
+@jax.jit
+def _split_each(keys: tuple[jax.Array, ...]) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...], jax.Array]:
+    pairs = [jax.random.split(key) for key in keys]
+    subs = tuple(pair[1] for pair in pairs)
+    return tuple(pair[0] for pair in pairs), subs, jnp.stack(subs)
+
+
+def split_keys(states: list[RunState]) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """A fresh key of each state, as ``split_key`` would give it (each state's key moves on
+    alike), in one compiled call rather than one eager split per state: the loop takes keys
+    for every seed at every act and update call. Returns them one by one and stacked (N,)."""
+    keys, subs, stacked = _split_each(tuple(state.key for state in states))
+    for state, key in zip(states, keys):
+        state.key = key
+    return subs, stacked
 
 
 def new_run_dir(results_dir: str | Path, experiment: str) -> Path:

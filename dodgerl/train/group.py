@@ -235,6 +235,8 @@ class GroupDispatcher(Dispatcher):
             agent = jax.device_put(agent, self._sharding)
             print(f"seeds sharded over {len(self._sharding.device_set)} devices", flush=True)
         self._samplers: list[Any] = []
+        # The first act and update calls check the seed axes and shapes; the same calls follow.
+        self._validate_act = self._validate_update = True
         super().__init__(agent, replays[0], plan, batch_size, steps_per_call, update_every,
                          timings, cleanup)
 
@@ -257,14 +259,15 @@ class GroupDispatcher(Dispatcher):
         return (self._pending_calls >= self.update_every
                 and min(len(r) for r in self.replays) >= self.batch_size)
 
-    def act(self, observations: np.ndarray, keys: list[jax.Array]) -> Future:
+    def act(self, observations: np.ndarray, keys: jax.Array) -> Future:
         from dodgerl.agents.sac.seeds import act_stacked
 
         n = self.n_seeds
         per_seed = observations.reshape(n, observations.shape[0] // n, *observations.shape[1:])
 
         def call() -> jax.Array:
-            actions = act_stacked(self.agent, per_seed, _stack(keys))
+            actions = act_stacked(self.agent, per_seed, keys, validate=self._validate_act)
+            self._validate_act = False
             return actions.reshape(-1, actions.shape[-1])
 
         return self.submit(call)
@@ -277,11 +280,10 @@ class GroupDispatcher(Dispatcher):
         index = np.int32(seed)
         return self.submit(lambda: take_seed(self.agent, index))
 
-    def _update_call(self, keys: list[jax.Array]) -> Callable[[], Any]:
+    def _update_call(self, keys: jax.Array) -> Callable[[], Any]:
         from dodgerl.agents.sac import Batch
         from dodgerl.agents.sac.seeds import update_from_stacked, update_stacked
 
-        stacked_keys = _stack(keys)
         if self.mirror is not None:
             from dodgerl.replay.mirror import gather_batch
 
@@ -291,8 +293,9 @@ class GroupDispatcher(Dispatcher):
 
             def from_mirror() -> Any:  # the indices' upload ran before this, in order
                 self.agent, metrics = update_from_stacked(self.agent, mirror.frames,
-                                                          indices.result(), stacked_keys,
-                                                          gather_batch)
+                                                          indices.result(), keys,
+                                                          gather_batch, self._validate_update)
+                self._validate_update = False
                 return metrics
 
             return from_mirror
@@ -309,7 +312,9 @@ class GroupDispatcher(Dispatcher):
         batch = Batch(**_stack(draws))
 
         def from_batch() -> Any:
-            self.agent, metrics = update_stacked(self.agent, batch, stacked_keys)
+            self.agent, metrics = update_stacked(self.agent, batch, keys,
+                                                 self._validate_update)
+            self._validate_update = False
             return metrics
 
         return from_batch

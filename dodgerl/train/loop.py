@@ -26,7 +26,7 @@ from dodgerl.checkpoint import resolve_resume
 from dodgerl.config import RunConfig, load_run_config, save_config
 from dodgerl.envs.make import image_side, make_vector_env
 from dodgerl.train.checkpointing import (Checkpointer, RunState, new_run_dir, resume_state,
-                                         set_aside_replay)
+                                         set_aside_replay, split_keys)
 from dodgerl.train.collector import Collector
 from dodgerl.train.dispatcher import Dispatcher, resolved
 from dodgerl.train.evaluation import TrainingEvaluation
@@ -83,46 +83,47 @@ def run_loop(config: RunConfig, runs: list[RunFiles], stacked: bool) -> list[Tra
     stacked on a seed axis, advanced by one compiled update); one result per run."""
     tc = config.train
     with contextlib.ExitStack() as cleanup:
+        # Before the start: a stop asked while the run is built is honoured at its first step.
+        stop = cleanup.enter_context(StopFlag())
         run = start_run(config, runs, stacked, cleanup)
         state, bar = run.state, run.bar  # every seed's counters move together: seed 0's is the clock
         next_log = (state.step // tc.log_freq + 1) * tc.log_freq
         next_ckpt = (state.step // tc.checkpoint_freq + 1) * tc.checkpoint_freq
         interrupted = False
-        with StopFlag() as stop:
-            if run.eval_due:  # before the first act: the same key split as the run before
+        if run.eval_due:  # before the first act: the same key split as the run before
+            run.evaluate(advance=True)
+        actions = run.choose_actions()
+        while state.step < tc.total_timesteps:
+            if stop.requested:
+                interrupted = True
+                print(f"\n{stop.requested} received: saving a checkpoint at step {state.step}", flush=True)
+                break
+            run.collect(actions)
+            if run.plan.overlap:
+                # The next action is queued before the update: fetching it does not wait
+                # for the update, which then runs while the envs step.
+                actions = run.choose_actions()
+                run.update(block=False)
+            else:
+                run.update(block=True)
+                actions = run.choose_actions()
+            if bar is not None:
+                bar.update(tc.n_envs)
+            if state.step >= next_log:
+                next_log += tc.log_freq
+                run.log_progress()
+            # The checkpoint before the evaluation of the same step: it then waits only for
+            # evaluations started at least eval_freq env steps ago.
+            if state.step >= next_ckpt:
+                next_ckpt += tc.checkpoint_freq
+                if state.step < tc.total_timesteps:  # the last one comes after the final evaluation
+                    run.save_checkpoint(wait=False)
+            if state.next_eval is not None and state.step >= state.next_eval:
                 run.evaluate(advance=True)
-            actions = run.choose_actions()
-            while state.step < tc.total_timesteps:
-                if stop.requested:
-                    interrupted = True
-                    print(f"\n{stop.requested} received: saving a checkpoint at step {state.step}", flush=True)
-                    break
-                run.collect(actions)
-                if run.plan.overlap:
-                    # The next action is queued before the update: fetching it does not wait
-                    # for the update, which then runs while the envs step.
-                    actions = run.choose_actions()
-                    run.update(block=False)
-                else:
-                    run.update(block=True)
-                    actions = run.choose_actions()
-                if bar is not None:
-                    bar.update(tc.n_envs)
-                if state.step >= next_log:
-                    next_log += tc.log_freq
-                    run.log_progress()
-                # The checkpoint before the evaluation of the same step: it then waits only for
-                # evaluations started at least eval_freq env steps ago.
-                if state.step >= next_ckpt:
-                    next_ckpt += tc.checkpoint_freq
-                    if state.step < tc.total_timesteps:  # the last one comes after the final evaluation
-                        run.save_checkpoint(wait=False)
-                if state.next_eval is not None and state.step >= state.next_eval:
-                    run.evaluate(advance=True)
-            run.finish_evaluations()
-            if not interrupted and (state.next_eval is None or not eval_log_has(runs[0].run_dir / "eval.csv", state.step)):
-                run.evaluate(advance=False)
-            run.save_checkpoint(wait=True)
+        run.finish_evaluations()
+        if not interrupted and (state.next_eval is None or not eval_log_has(runs[0].run_dir / "eval.csv", state.step)):
+            run.evaluate(advance=False)
+        run.save_checkpoint(wait=True)
         run.dispatcher.finish()
         # Leaving the stack closes, newest first: the progress bar, the evaluation's threads and
         # processes, the dispatch thread, the sampler and the mirror, the logs, the replay files,
@@ -177,9 +178,9 @@ class Run:
         return self.seeds[0].state
 
     def _keys(self) -> Any:
-        """A fresh key of every seed (one key for a run of one agent)."""
-        keys = [seed.state.split_key() for seed in self.seeds]
-        return keys if self.stacked else keys[0]
+        """A fresh key of every seed, stacked (N,) for a group; one key for a run of one agent."""
+        keys, stacked = split_keys([seed.state for seed in self.seeds])
+        return stacked if self.stacked else keys[0]
 
     def choose_actions(self) -> Future:
         """Uniform random actions during warm-up, then the policy's (not waited for)."""

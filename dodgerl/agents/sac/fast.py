@@ -33,11 +33,17 @@ on the CPU backend."""
 
 def resolve_impl(impl: ImplOptions, observation_shape: tuple[int, ...]) -> ImplOptions:
     """``impl`` with ``conv_gemm`` and ``scan_unroll`` chosen where None, from the backend
-    (``jax.default_backend()``, read now) and the observation shape."""
+    (``jax.default_backend()``, read now) and the observation shape. Cached: every act and update
+    call of an agent builds its networks through this."""
+    return _resolve_impl(impl, tuple(observation_shape), jax.default_backend())
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve_impl(impl: ImplOptions, observation_shape: tuple[int, ...], backend: str) -> ImplOptions:
     is_image = len(observation_shape) == 3
     changes: dict[str, Any] = {}
     if impl.conv_gemm is None:
-        changes["conv_gemm"] = is_image and (jax.default_backend() == "cpu"
+        changes["conv_gemm"] = is_image and (backend == "cpu"
                                              or max(observation_shape[:2]) <= CONV_GEMM_MAX_SIDE)
     if impl.scan_unroll is None:
         changes["scan_unroll"] = 8 if is_image else 1

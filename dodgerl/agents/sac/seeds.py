@@ -159,15 +159,20 @@ _update_stacked_jit = jax.jit(_update_stacked, donate_argnums=0)
 compilations."""
 
 
-def update_stacked(stacked: SACAgent, batch: Batch, keys: Any
+def update_stacked(stacked: SACAgent, batch: Batch, keys: Any, validate: bool = True
                    ) -> tuple[SACAgent, dict[str, jax.Array]]:
     """K gradient steps for each of the N seeds in one compiled call: seed i runs
     ``unstack(stacked)[i].update(batch_i, keys[i])`` (``batch_i``: slice i of every field).
 
     ``batch`` fields have a leading seed axis, (N, K, B, ...); ``keys`` is (N,). Returns the
     stacked agent and metrics of shape (N,), each seed's mean over its K steps. The stacked
-    agent's buffers are donated: use the returned one.
+    agent's buffers are donated: use the returned one. ``validate=False`` skips the checks of
+    seed axes and shapes, for a caller repeating a call that passed them (the training loop:
+    they cost more host time than the launch of a small update).
     """
+    if not validate:
+        batch, keys = _placed_like(stacked, (batch, keys))
+        return _update_stacked_jit(stacked, batch, keys)
     n = seed_count(stacked)
     if not isinstance(batch, Batch):
         raise ValueError(f"update_stacked expects a sac.Batch, got {type(batch).__name__}")
@@ -205,8 +210,8 @@ _update_from_stacked_jit = jax.jit(_update_from_stacked, donate_argnums=0, stati
 
 
 def update_from_stacked(stacked: SACAgent, store: Any, indices: Any, keys: Any,
-                        gather: Callable[[Any, Any], Mapping[str, jax.Array]]
-                        ) -> tuple[SACAgent, dict[str, jax.Array]]:
+                        gather: Callable[[Any, Any], Mapping[str, jax.Array]],
+                        validate: bool = True) -> tuple[SACAgent, dict[str, jax.Array]]:
     """``SACAgent.update_from`` for every seed in one compiled call: seed i trains on
     ``gather(store_i, indices_i)`` with ``keys[i]``.
 
@@ -214,8 +219,12 @@ def update_from_stacked(stacked: SACAgent, store: Any, indices: Any, keys: Any,
     (N, n_envs, slots, *obs) frames); every leaf of ``indices`` is (N, K, ...). A tuple of N
     separate stores is not accepted: ``vmap`` needs one array per leaf, and stacking N separate
     stores inside the call would copy every store on every call. ``store`` is read, not
-    donated; ``gather`` must be a module-level function (a static argument).
+    donated; ``gather`` must be a module-level function (a static argument). ``validate``: as
+    in ``update_stacked``.
     """
+    if not validate:
+        indices, keys = _placed_like(stacked, (indices, keys))
+        return _update_from_stacked_jit(stacked, store, indices, keys, gather)
     n = seed_count(stacked)
     for name, tree in (("store", store), ("indices", indices)):
         for leaf in jax.tree.leaves(tree):
@@ -245,10 +254,16 @@ _act_stacked_jit = jax.jit(_act_stacked, static_argnums=(0, 1, 2, 7))
 
 
 def act_stacked(stacked: SACAgent, observations: Any, keys: Any = None,
-                deterministic: bool = False) -> jax.Array:
+                deterministic: bool = False, validate: bool = True) -> jax.Array:
     """Actions in [-1, 1]^d for every seed at once: observations (N, E, *obs_shape) ->
     (N, E, d), seed i's E actions drawn by its own policy with ``keys[i]`` (keys (N,); None
-    only with ``deterministic``). Only the policies' parameters enter the compiled call."""
+    only with ``deterministic``). Only the policies' parameters enter the compiled call.
+    ``validate``: as in ``update_stacked`` (skipped only where keys are given, stacked)."""
+    if not validate and keys is not None:
+        policy = stacked.policy()
+        return _act_stacked_jit(stacked.config, stacked.observation_shape, stacked.action_dim,
+                                policy.head, policy.encoder, observations, keys,
+                                bool(deterministic))
     n = seed_count(stacked)
     shape = tuple(np.shape(observations))
     if len(shape) != 2 + len(stacked.observation_shape) or shape[0] != n or \
