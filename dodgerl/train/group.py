@@ -322,8 +322,8 @@ class GroupDispatcher(Dispatcher):
 
 @jax.jit
 def _stack(trees: list[Any]) -> Any:
-    """Equal pytrees (the seeds' keys, or their batches) stacked on a new leading seed axis in
-    one compiled call; an eager ``jnp.stack`` per field costs one dispatch each, per update."""
+    """The seeds' batches (equal pytrees) stacked on a new leading seed axis in one compiled
+    call; an eager ``jnp.stack`` per field costs one dispatch each, per update."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 

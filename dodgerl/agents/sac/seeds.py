@@ -167,21 +167,20 @@ def update_stacked(stacked: SACAgent, batch: Batch, keys: Any, validate: bool = 
     ``batch`` fields have a leading seed axis, (N, K, B, ...); ``keys`` is (N,). Returns the
     stacked agent and metrics of shape (N,), each seed's mean over its K steps. The stacked
     agent's buffers are donated: use the returned one. ``validate=False`` skips the checks of
-    seed axes and shapes, for a caller repeating a call that passed them (the training loop:
-    they cost more host time than the launch of a small update).
+    seed axes and shapes (``keys`` must then be one (N,) array), for a caller repeating a call
+    that passed them (the training loop: they cost more host time than the launch of a small
+    update).
     """
-    if not validate:
-        batch, keys = _placed_like(stacked, (batch, keys))
-        return _update_stacked_jit(stacked, batch, keys)
-    n = seed_count(stacked)
-    if not isinstance(batch, Batch):
-        raise ValueError(f"update_stacked expects a sac.Batch, got {type(batch).__name__}")
-    leading = tuple(np.shape(batch.rewards))[:1]
-    if leading != (n,):
-        raise ValueError(f"update_stacked: batch.rewards has shape {np.shape(batch.rewards)}, "
-                         f"expected (N={n}, K, B)")
-    check_batch(stacked, _one_seed_shapes(batch))
-    keys = _seed_keys(keys, n, "update_stacked")
+    if validate:
+        n = seed_count(stacked)
+        if not isinstance(batch, Batch):
+            raise ValueError(f"update_stacked expects a sac.Batch, got {type(batch).__name__}")
+        leading = tuple(np.shape(batch.rewards))[:1]
+        if leading != (n,):
+            raise ValueError(f"update_stacked: batch.rewards has shape {np.shape(batch.rewards)}, "
+                             f"expected (N={n}, K, B)")
+        check_batch(stacked, _one_seed_shapes(batch))
+        keys = _seed_keys(keys, n, "update_stacked")
     batch, keys = _placed_like(stacked, (batch, keys))
     return _update_stacked_jit(stacked, batch, keys)
 
@@ -222,16 +221,14 @@ def update_from_stacked(stacked: SACAgent, store: Any, indices: Any, keys: Any,
     donated; ``gather`` must be a module-level function (a static argument). ``validate``: as
     in ``update_stacked``.
     """
-    if not validate:
-        indices, keys = _placed_like(stacked, (indices, keys))
-        return _update_from_stacked_jit(stacked, store, indices, keys, gather)
-    n = seed_count(stacked)
-    for name, tree in (("store", store), ("indices", indices)):
-        for leaf in jax.tree.leaves(tree):
-            if np.shape(leaf)[:1] != (n,):
-                raise ValueError(f"update_from_stacked: a leaf of {name} has shape "
-                                 f"{np.shape(leaf)}, expected a leading seed axis of {n}")
-    keys = _seed_keys(keys, n, "update_from_stacked")
+    if validate:
+        n = seed_count(stacked)
+        for name, tree in (("store", store), ("indices", indices)):
+            for leaf in jax.tree.leaves(tree):
+                if np.shape(leaf)[:1] != (n,):
+                    raise ValueError(f"update_from_stacked: a leaf of {name} has shape "
+                                     f"{np.shape(leaf)}, expected a leading seed axis of {n}")
+        keys = _seed_keys(keys, n, "update_from_stacked")
     indices, keys = _placed_like(stacked, (indices, keys))
     return _update_from_stacked_jit(stacked, store, indices, keys, gather)
 
@@ -259,23 +256,19 @@ def act_stacked(stacked: SACAgent, observations: Any, keys: Any = None,
     (N, E, d), seed i's E actions drawn by its own policy with ``keys[i]`` (keys (N,); None
     only with ``deterministic``). Only the policies' parameters enter the compiled call.
     ``validate``: as in ``update_stacked`` (skipped only where keys are given, stacked)."""
-    if not validate and keys is not None:
-        policy = stacked.policy()
-        return _act_stacked_jit(stacked.config, stacked.observation_shape, stacked.action_dim,
-                                policy.head, policy.encoder, observations, keys,
-                                bool(deterministic))
-    n = seed_count(stacked)
-    shape = tuple(np.shape(observations))
-    if len(shape) != 2 + len(stacked.observation_shape) or shape[0] != n or \
-            shape[2:] != stacked.observation_shape:
-        raise ValueError(f"act_stacked: observations of shape {shape}, expected "
-                         f"(N={n}, E, *{stacked.observation_shape})")
     deterministic = bool(deterministic)
-    if keys is None:
-        if not deterministic:
-            raise ValueError("act_stacked: keys are required unless deterministic=True")
-        keys = jax.random.split(jax.random.key(0), n)
-    keys = _seed_keys(keys, n, "act_stacked")
+    if validate or keys is None:
+        n = seed_count(stacked)
+        shape = tuple(np.shape(observations))
+        if len(shape) != 2 + len(stacked.observation_shape) or shape[0] != n or \
+                shape[2:] != stacked.observation_shape:
+            raise ValueError(f"act_stacked: observations of shape {shape}, expected "
+                             f"(N={n}, E, *{stacked.observation_shape})")
+        if keys is None:
+            if not deterministic:
+                raise ValueError("act_stacked: keys are required unless deterministic=True")
+            keys = jax.random.split(jax.random.key(0), n)
+        keys = _seed_keys(keys, n, "act_stacked")
     policy = stacked.policy()
     return _act_stacked_jit(stacked.config, stacked.observation_shape, stacked.action_dim,
                             policy.head, policy.encoder, observations, keys, deterministic)
