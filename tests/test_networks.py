@@ -144,6 +144,24 @@ def test_nature_cnn_layernorm_tanh_output_is_a_normalised_bounded_trunk():
                                np.maximum(dense, 0.0), rtol=1e-5, atol=1e-6)
 
 
+def test_nature_cnn_downsample_reads_the_block_averaged_image():
+    # An image constant on 3x3 blocks pools to exactly its 85x85 source: the pooled network on
+    # the large image is the plain network (same parameters) on the small one.
+    rng = np.random.default_rng(0)
+    small = jnp.asarray(rng.integers(0, 256, (2, 85, 85, 6)), jnp.uint8)
+    large = jnp.repeat(jnp.repeat(small, 3, axis=1), 3, axis=2)
+    large = jnp.pad(large, ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=255)  # 256: VALID drops it
+    for gemm in (False, True):
+        pooled, plain = NatureCNN(features=16, downsample=3, conv_gemm=gemm), NatureCNN(features=16, conv_gemm=gemm)
+        params = pooled.init(jax.random.key(1), large)
+        assert params["params"]["Dense_0"]["kernel"].shape == (3136, 16)  # 7x7x64, as at 84 px
+        np.testing.assert_allclose(pooled.apply(params, large), plain.apply(params, small),
+                                   rtol=1e-5, atol=1e-5)
+    # and it is not the full-resolution network: pooling changes what the convs read
+    unpooled = NatureCNN(features=16).init(jax.random.key(1), large)
+    assert unpooled["params"]["Dense_0"]["kernel"].shape == (28 * 28 * 64, 16)
+
+
 def test_nature_cnn_rejects_unknown_output():
     with np.testing.assert_raises_regex(ValueError, "output 'gelu'"):
         NatureCNN(features=8, output="gelu").init(jax.random.key(0), jnp.zeros((1, 40, 40, 3), jnp.uint8))

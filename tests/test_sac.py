@@ -629,3 +629,38 @@ def test_update_with_symmetry_is_the_plain_update_of_the_transformed_batch(space
     assert losses(agent, batch) == pytest.approx(losses(plain, transformed), rel=1e-6)
     assert losses(agent, batch)["critic_loss"] != pytest.approx(losses(plain, batch)["critic_loss"],
                                                                 rel=1e-4)
+
+
+def test_encoder_downsample_null_pools_to_about_84_px_and_too_much_pooling_is_refused():
+    auto = sac.SACConfig(**TINY, encoder_downsample=None)
+    assert [sac.image_downsample(auto, (s, s, 3)) for s in (64, 84, 167, 168, 256)] == [1, 1, 1, 2, 3]
+    assert sac.image_downsample(auto, (65,)) == 1  # vectors are never pooled
+    assert sac.image_downsample(sac.SACConfig(**TINY, encoder_downsample=2), (256, 256, 3)) == 2
+    space = gymnasium.spaces.Box(0, 255, (168, 168, 3), np.uint8)
+    agent = sac.create(jax.random.key(0), space, ACTION_SPACE, auto)
+    assert agent.networks.encoder.downsample == 2
+    assert agent.critic.params["encoder"]["Dense_0"]["kernel"].shape[0] == 7 * 7 * 64  # 84 px
+    with pytest.raises(sac.ConfigError, match=r"agent.encoder_downsample=3: pooling the 84x84 "
+                                              r"images by 3 leaves 28 px"):
+        sac.create(jax.random.key(0), gymnasium.spaces.Box(0, 255, (84, 84, 3), np.uint8),
+                   ACTION_SPACE, sac.SACConfig(**TINY, encoder_downsample=3))
+    with pytest.raises(sac.ConfigError, match="agent.encoder_downsample"):
+        sac.SACConfig(encoder_downsample=0)
+
+
+def test_augmentation_pad_null_shifts_by_4_px_per_84_px_of_side():
+    assert [sac.shift_pad(sac.SACConfig(augmentation_pad=None), (s, s, 9)) for s in (84, 256, 42)] == [4, 12, 2]
+    assert sac.shift_pad(sac.SACConfig(augmentation_pad=7), (256, 256, 9)) == 7
+    space = gymnasium.spaces.Box(0, 255, (42, 42, 3), np.uint8)
+    batch = jax.tree.map(lambda x: x[0], random_batch(space, 1, 8))  # one step's (B, ...) batch
+    keys = jax.random.split(jax.random.key(3), 3)
+
+    def augmented(pad):
+        agent = sac.create(jax.random.key(0), space, ACTION_SPACE,
+                           sac.SACConfig(**TINY, augmentation=True, augmentation_pad=pad))
+        return np.asarray(sac.augment_batch(agent, *keys, batch).observations)
+
+    np.testing.assert_array_equal(augmented(None), augmented(2))
+    assert not np.array_equal(augmented(None), np.asarray(batch.observations))
+    with pytest.raises(sac.ConfigError, match="agent.augmentation_pad"):
+        sac.SACConfig(augmentation_pad=-1)

@@ -473,10 +473,20 @@ def test_bad_config_file_names_the_key(tmp_path):
 
 
 def test_shipped_configs_load_and_match_the_seed():
+    seed = load_config(REPO / "configs" / "sac_topdown_seed256_easy.yaml")
     easy = load_config(REPO / "configs" / "sac_topdown_cnn_easy.yaml")
-    assert (easy.env.level, easy.env.image_size, easy.env.obs_mode) == (1, 256, "topdown")
-    assert tuple(easy.agent.net_arch) == (256, 256) and easy.agent.batch_size == 64
-    assert (easy.replay.buffer_size, easy.train.learning_starts, easy.train.total_timesteps) == (100_000, 5_000, 500_000)
+    for cfg in (seed, easy):  # the seed's side, network, batch, buffer and budget
+        assert (cfg.env.level, cfg.env.image_size, cfg.env.obs_mode) == (1, 256, "topdown")
+        assert tuple(cfg.agent.net_arch) == (256, 256) and cfg.agent.batch_size == 64
+        assert (cfg.replay.buffer_size, cfg.train.learning_starts, cfg.train.total_timesteps) == (100_000, 5_000, 500_000)
+    # the seed's own settings (SB3's CnnPolicy): every pixel switch off
+    assert (seed.env.frame_stack, seed.agent.augmentation, seed.agent.encoder_downsample) == (1, False, 1)
+    assert (seed.agent.encoder_output, seed.agent.encoder_features, seed.replay.n_step) == ("relu", 512, 1)
+    assert (seed.agent.encoder_sharing, seed.train.n_envs) == ("separate", 1)
+    # the main command's: the pixel recipe, whose pooling and shift follow the image side
+    assert (easy.env.frame_stack, easy.agent.augmentation, easy.replay.n_step) == (3, True, 3)
+    assert (easy.agent.encoder_output, easy.agent.encoder_features) == ("layernorm_tanh", 50)
+    assert easy.agent.encoder_downsample is None and easy.agent.augmentation_pad is None
     assert load_config(REPO / "configs" / "sac_topdown_cnn_hard.yaml").env.level == 2
     assert load_config(REPO / "configs" / "sac_vector_easy.yaml").env.obs_mode == "vector"
     assert load_config(REPO / "configs" / "sac_vector_hard.yaml").env.level == 2

@@ -177,6 +177,9 @@ class NatureCNN(nn.Module):
     the first conv's rewrite for convolutions, none for GEMMs. The parameters (``Conv_0``..
     ``Conv_2``, ``Dense_0``) and their layout are the same either way.
 
+    ``downsample`` k > 1 first average-pools the image over k x k blocks (stride k, VALID),
+    in float32: the convs then read an image of side ``side // k``.
+
     ``output`` is what follows the dense layer: ``"relu"`` (Nature-DQN, SB3's NatureCNN) or
     ``"layernorm_tanh"`` (LayerNorm then tanh, as the trunk of SAC-AE / DrQ's encoder: bounded,
     normalised features for the heads; computed in float32).
@@ -188,13 +191,21 @@ class NatureCNN(nn.Module):
     space_to_depth: bool | None = None
     output: str = "relu"
     conv_gemm: bool = False
+    downsample: int = 1
 
     @nn.compact
     def __call__(self, observations: jnp.ndarray) -> jnp.ndarray:
         if self.output not in NATURE_CNN_OUTPUTS:
             raise ValueError(f"NatureCNN output {self.output!r}: must be one of {NATURE_CNN_OUTPUTS}")
         s2d = not self.conv_gemm if self.space_to_depth is None else self.space_to_depth
-        x = observations.astype(self.dtype) * jnp.asarray(1.0 / 255.0, self.dtype)
+        if self.downsample > 1:
+            k = self.downsample
+            x = observations.astype(jnp.float32) * (1.0 / 255.0)
+            lead = x.shape[:-3]
+            x = nn.avg_pool(x.reshape(-1, *x.shape[-3:]), (k, k), strides=(k, k))
+            x = x.reshape(*lead, *x.shape[1:]).astype(self.dtype)
+        else:
+            x = observations.astype(self.dtype) * jnp.asarray(1.0 / 255.0, self.dtype)
         x = StridedConv(32, 8, 4, dtype=self.dtype, space_to_depth=s2d,
                         gemm=self.conv_gemm, name="Conv_0")(x)
         x = nn.relu(x)

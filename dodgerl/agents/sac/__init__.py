@@ -27,6 +27,8 @@ from dodgerl.agents.sac.config import (
     ImplOptions,
     ObservationStructure,
     SACConfig,
+    image_downsample,
+    shift_pad,
     with_observation_structure,
 )
 from dodgerl.agents.sac.fast import (
@@ -68,6 +70,8 @@ __all__ = [
     "SYMMETRY_KEY_SALT",
     "VECTOR_ENCODERS",
     "Batch",
+    "image_downsample",
+    "shift_pad",
     "ConfigError",
     "CriticTrainState",
     "ImplOptions",

@@ -22,7 +22,7 @@ import optax
 from flax import struct
 from flax.training.train_state import TrainState
 
-from dodgerl.agents.sac.config import ImplOptions, SACConfig
+from dodgerl.agents.sac.config import ImplOptions, SACConfig, image_downsample
 from dodgerl.agents.sac.fast import encode, resolve_impl
 from dodgerl.agents.sac.state import Batch, CriticTrainState
 from dodgerl.agents.sac.update import _update_from_jit, _update_jit, check_batch
@@ -53,7 +53,9 @@ def build_networks(
 ) -> Networks:
     """Modules for these static settings (cached, so agents with equal settings share them).
     ``config.impl``'s None fields are chosen now, from the backend and the observation shape."""
-    return _build_networks(config, resolve_impl(config.impl, observation_shape),
+    k = image_downsample(config, observation_shape)
+    cnn_input = (*(n // k for n in observation_shape[:2]), *observation_shape[2:])
+    return _build_networks(config, resolve_impl(config.impl, cnn_input if k > 1 else observation_shape),
                            observation_shape, action_dim)
 
 
@@ -71,6 +73,7 @@ def _build_networks(config: SACConfig, impl: ImplOptions, observation_shape: tup
             space_to_depth=impl.conv1_space_to_depth,
             output=config.encoder_output,
             conv_gemm=impl.conv_gemm,
+            downsample=image_downsample(config, observation_shape),
         )
     elif config.vector_encoder == "set":
         assert config.set_layout is not None  # create() says so first
@@ -246,6 +249,13 @@ def _check_config_fits(config: SACConfig, observation_shape: tuple[int, ...],
                        action_dim: int) -> None:
     """ConfigErrors for what the config leaves unset or gets wrong about these shapes."""
     is_vector = len(observation_shape) == 1
+    k = image_downsample(config, observation_shape)
+    if not is_vector and min(observation_shape[:2]) // k < nature_cnn_min_size():
+        raise ConfigError(
+            f"agent.encoder_downsample={config.encoder_downsample}: pooling the "
+            f"{observation_shape[0]}x{observation_shape[1]} images by {k} leaves "
+            f"{min(observation_shape[:2]) // k} px, below NatureCNN's {nature_cnn_min_size()}"
+        )
     if is_vector and config.vector_encoder == "set":
         if config.set_layout is None:
             raise _not_given("set_layout", "vector_encoder 'set'")

@@ -111,12 +111,19 @@ class SACConfig(Validated):
     augmentation: bool = False
     """Random-shift augmentation of image observations and next observations (DrQ), on device,
     independent per sample and between obs and next obs. Ignored for vector observations."""
-    augmentation_pad: int = 4
-    """Shift range in pixels for the augmentation (edge padding then random crop)."""
+    augmentation_pad: int | None = 4
+    """Shift range in pixels for the augmentation (edge padding then random crop). None: 4 px
+    per 84 px of the image's side (DrQ's 4 at 84x84, 12 at 256x256), the same fraction of the
+    image at any rendered side."""
     bf16_encoder: bool = False
     """Run the CNN in bfloat16 (params, optimiser and heads stay float32)."""
     encoder_features: int = 512
     """Width of the NatureCNN's final dense layer (image observations)."""
+    encoder_downsample: int | None = 1
+    """Average-pool images over k x k blocks (stride k) before NatureCNN's first conv: its
+    receptive field and its dense layer then see the image at 1/k of its side. 1: no pooling
+    (SB3's NatureCNN). None: k = side // 84 (at least 1), so that the CNN reads about 84 px
+    whatever side the env renders (3 at 256x256: 85 px). Unused for vector observations."""
     encoder_output: EncoderOutput = "relu"
     """What follows that dense layer: 'relu' (Nature-DQN, as SB3's NatureCNN) or 'layernorm_tanh'
     (LayerNorm then tanh, the trunk of SAC-AE / DrQ; with ``encoder_features: 50`` as in DrQ)."""
@@ -185,11 +192,35 @@ class SACConfig(Validated):
                 "must be > 0 (log(alpha) is learned)")
         require(self.log_std_min < self.log_std_max, "log_std_min",
                 f"must be below log_std_max={self.log_std_max}")
-        for name, low in (("batch_size", 1), ("n_critics", 1), ("encoder_features", 1),
-                          ("augmentation_pad", 0)):
+        for name, low in (("batch_size", 1), ("n_critics", 1), ("encoder_features", 1)):
             require(getattr(self, name) >= low, name, f"must be an integer >= {low}")
+        require(self.augmentation_pad is None or self.augmentation_pad >= 0, "augmentation_pad",
+                "must be an integer >= 0 or null (4 px per 84 px of side)")
+        require(self.encoder_downsample is None or self.encoder_downsample >= 1,
+                "encoder_downsample", "must be an integer >= 1 (1: no pooling) or null (side // 84)")
         require(self.target_entropy is None or math.isfinite(self.target_entropy),
                 "target_entropy", "must be a finite number or null")
+
+
+AUTO_DOWNSAMPLE_SIDE = 84
+"""``encoder_downsample: null`` pools an image of side s by s // this (at least 1), and
+``augmentation_pad: null`` shifts it by 4 px per this many pixels of side."""
+
+
+def image_downsample(config: SACConfig, observation_shape: tuple[int, ...]) -> int:
+    """The pooling factor NatureCNN applies to images of this shape (1 for vectors)."""
+    if len(observation_shape) != 3:
+        return 1
+    if config.encoder_downsample is not None:
+        return config.encoder_downsample
+    return max(1, min(observation_shape[:2]) // AUTO_DOWNSAMPLE_SIDE)
+
+
+def shift_pad(config: SACConfig, observation_shape: tuple[int, ...]) -> int:
+    """The random shift's range in pixels for images of this shape."""
+    if config.augmentation_pad is not None:
+        return config.augmentation_pad
+    return round(4 * min(observation_shape[:2]) / AUTO_DOWNSAMPLE_SIDE)
 
 
 class ObservationStructure(Protocol):

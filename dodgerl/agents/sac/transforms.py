@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import jax
 
-from dodgerl.agents.sac.config import SACConfig
+from dodgerl.agents.sac.config import SACConfig, shift_pad
 from dodgerl.agents.sac.state import Batch
 from dodgerl.networks import (
     apply_image_symmetries,
@@ -50,8 +50,8 @@ def augment_batch(agent: SACAgent, key: jax.Array, shift_key: jax.Array,
     if config.symmetry != "none":
         batch = apply_symmetry(config, jax.random.fold_in(key, SYMMETRY_KEY_SALT), batch)
     if agent.networks.is_image and config.augmentation:
+        pad = shift_pad(config, agent.observation_shape)
         batch = batch.replace(
-            observations=random_shift(shift_key, batch.observations, config.augmentation_pad),
-            next_observations=random_shift(next_shift_key, batch.next_observations,
-                                           config.augmentation_pad))
+            observations=random_shift(shift_key, batch.observations, pad),
+            next_observations=random_shift(next_shift_key, batch.next_observations, pad))
     return batch

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Pixel-SAC learning runs on one GPU (issue 30), in jobs that fit the 10-minute GPU calls. Every
+# run of a job runs at once; runs still going at LIMIT s get SIGTERM (they checkpoint and stop).
+# Jobs of one OUT add to the same report folder (benchmarks/seeds_learning.py summarises it):
+#   OUT=dir bash benchmarks/pixels_gpu.sh screen   # level 1 (and 2), seed 0, one run per lead:
+#       the seed's exact 256x256 settings, 256x256 pooled to 85 px, 84x84 variants
+#   OUT=dir bash benchmarks/pixels_gpu.sh drq84_n3       # level 1, 84x84, 3 frames + shift,
+#       LayerNorm-tanh trunk of 50, 3-step returns: seeds 0-4 together (one process)
+#   OUT=dir bash benchmarks/pixels_gpu.sh drq84_n3_resume  # that group resumed
+#   OUT=dir bash benchmarks/pixels_gpu.sh pool256_n3     # the same recipe from 256x256 frames
+#       pooled by 3 in the network (85 px), shift 12 px: seeds 0-1 together (two 100K-transition
+#       replays of 256x256 frames are 39 GB of disk; the GPU machine has 64 GB)
+#   OUT=dir bash benchmarks/pixels_gpu.sh summary  # rewrite the report of all jobs
+set -u
+[ $# -gt 0 ] || { echo "jobs: screen | summary" >&2; exit 2; }
+out=${OUT:-results/benchmarks}/pixels
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes share the GPU
+quiet="--set train.progress_bar=false --set train.video=false"
+budgets=50000,100000,150000,200000,300000
+top="experiments/topdown_sac.py --total-timesteps 300000 $quiet"
+drq84="--config configs/sac_topdown_drq84_easy.yaml"
+ln50="--set agent.encoder_output=layernorm_tanh --set agent.encoder_features=50"
+group_of() { ls -d "$out/runs/$1"/*/*/ | head -1; }  # runs/LABEL/<experiment>/<timestamp>/
+keep=()
+runs=()
+for job in "$@"; do
+  case $job in
+    screen)
+      # The seed's settings (devlog 025, SB3 CnnPolicy): one env, one frame, fp32, one encoder
+      # per network, the plain loop; host replay (three 256x256 mirrors would not fit the GPU).
+      runs+=(--run "seed_exact_256=$top --level 1 --set agent.encoder_sharing=separate --set perf.overlap=false --set perf.device_mirror=false"
+             --run "pool3_drq_ln50_256=$top --level 1 --set agent.encoder_downsample=null --set env.frame_stack=3 --set agent.augmentation=true --set agent.augmentation_pad=12 $ln50 --set train.n_envs=16"
+             --run "drq84_ln50_nstep3=$top --level 1 $drq84 $ln50 --set replay.n_step=3"
+             --run "drq84_ln50_criticln=$top --level 1 $drq84 $ln50 --set agent.critic_layer_norm=true"
+             --run "drq84_ln50_d4_level2=$top --level 2 $drq84 $ln50 --set agent.symmetry=d4") ;;
+    drq84_n3)
+      keep=(--keep-replay)
+      runs+=(--run "drq84_ln50_nstep3_level1=$top --level 1 $drq84 $ln50 --set replay.n_step=3 --seeds 0-4") ;;
+    drq84_n3_resume)
+      keep=(--keep-replay)
+      runs+=(--run "drq84_ln50_nstep3_level1=experiments/topdown_sac.py --resume $(group_of drq84_ln50_nstep3_level1)") ;;
+    pool256_n3)
+      runs+=(--run "pool3_ln50_nstep3_256_level1=$top --level 1 --set agent.encoder_downsample=null --set env.frame_stack=3 --set agent.augmentation=true --set agent.augmentation_pad=12 $ln50 --set replay.n_step=3 --set train.n_envs=16 --seeds 0-1") ;;
+    summary) ;;
+    *) echo "unknown job $job" >&2; exit 2 ;;
+  esac
+done
+if [ ${#runs[@]} -eq 0 ]; then
+  exec python benchmarks/seeds_learning.py --out "$out" --summarise-only --budgets $budgets
+fi
+exec python benchmarks/seeds_learning.py --out "$out" --time-limit-s "${LIMIT:-470}" \
+  --budgets $budgets "${keep[@]}" "${runs[@]}"
