@@ -45,7 +45,7 @@ def timed(fn, iters: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="sac_topdown_cnn_easy.yaml")
+    parser.add_argument("--config", default="sac_topdown_seed256_easy.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--capacity", type=int, default=20_000,
                         help="replay capacity (the gather cost does not depend on it)")

@@ -202,8 +202,7 @@ def test_suite_pixel_setting_with_frame_stack_and_shift_reaches_the_run_config()
     from benchmarks.suite.measure import env_config, run_config
     from benchmarks.suite.settings import FULL, IMG84, IMG84_DRQ
 
-    assert IMG84_DRQ in FULL.learning_obs and IMG84_DRQ.label in FULL.learning_budget
-    config = run_config(IMG84_DRQ, FULL.learning_budget[IMG84_DRQ.label], 2, 3, "learning")
+    config = run_config(IMG84_DRQ, FULL.learning_budget[IMG84.label], 2, 3, "learning")
     assert (config.env.image_size, config.env.frame_stack, config.env.level) == (84, 3, 2)
     assert config.agent.augmentation is True and config.agent.batch_size == 64 and config.seed == 3
     assert env_config(IMG84_DRQ).frame_stack == 3
@@ -213,7 +212,7 @@ def test_suite_pixel_setting_with_frame_stack_and_shift_reaches_the_run_config()
 
 def test_suite_learning_runs_train_the_shipped_agent_of_each_level():
     from benchmarks.suite.measure import run_config
-    from benchmarks.suite.settings import FULL, IMG84_DRQ, VECTOR, VECTOR_TINY
+    from benchmarks.suite.settings import FULL, IMG84, IMG256, VECTOR, VECTOR_TINY
 
     budget = FULL.learning_budget[VECTOR.label]
     easy, hard = (run_config(VECTOR, budget, level, 0, "learning", shipped=True) for level in (1, 2))
@@ -222,8 +221,15 @@ def test_suite_learning_runs_train_the_shipped_agent_of_each_level():
     assert run_config(VECTOR, budget, 2, 0, "e2e").agent.symmetry == "none"  # throughput: defaults
     tiny = run_config(VECTOR_TINY, budget, 2, 0, "learning", shipped=True)
     assert tiny.agent.net_arch == (64, 64) and tiny.agent.batch_size == 64  # the setting on top
-    pixels = run_config(IMG84_DRQ, FULL.learning_budget[IMG84_DRQ.label], 2, 0, "learning", shipped=True)
-    assert pixels.agent.symmetry == "d4" and pixels.agent.augmentation is True  # sac_topdown_cnn_hard
+    for level, symmetry in ((1, "none"), (3, "d4")):  # sac_topdown_cnn_easy, sac_topdown_cnn_hard
+        for obs in (IMG84, IMG256):
+            pixels = run_config(obs, FULL.learning_budget[obs.label], level, 0, "learning", shipped=True)
+            # the whole shipped recipe (env, agent, replay and parallel envs) at the row's side
+            assert (pixels.env.level, pixels.env.image_size, pixels.env.frame_stack) == (level, obs.image_size, 3)
+            assert (pixels.agent.symmetry, pixels.agent.augmentation, pixels.replay.n_step) == (symmetry, True, 3)
+            assert pixels.train.n_envs == 16 and pixels.train.total_timesteps == 300_000
+            assert pixels.replay.buffer_size == FULL.learning_budget[obs.label].buffer_size
+    assert FULL.levels == (1, 2, 3) and FULL.seeds == 5
 
 
 def markdown_rows(table: str) -> dict[str, list[str]]:
@@ -447,3 +453,41 @@ def test_sweep_summary_reads_runs_from_folders_and_archives(tmp_path, capsys, mo
         "best": "1000.0", "best_at": "30000", "final": "880.0"}
     assert got[1]["level"] == "1" and got[1]["first_900_at"] == "" and got[1]["best"] == "500.0"
     assert got[1]["run"].startswith(str(tmp_path / "b.tgz"))
+
+
+def test_suite_jobs_of_parts_merge_into_one_report(tmp_path):
+    """Two jobs of the tiny suite, each a part (sections, levels), merge into the report of both:
+    every learning row once, the reference rows of the job that ran them, both commands."""
+    from benchmarks.suite.cli import main
+
+    a, b, merged = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
+    assert main(["--suite", "tiny", "--sections", "reference,learning", "--levels", "1",
+                 "--out", str(a)]) == 0
+    assert main(["--suite", "tiny", "--sections", "learning", "--levels", "2", "--obs", "vector",
+                 "--out", str(b)]) == 0
+    job_a = json.loads((a / "results.json").read_text())
+    assert {r["level"] for r in job_a["learning"]} == {1} and job_a["update_throughput"] == []
+    assert "Sections run by this job: reference, learning" in (a / "report.md").read_text()
+    assert main(["--merge", str(a), str(b), str(a), "--out", str(merged)]) == 0  # a twice: once kept
+    results = json.loads((merged / "results.json").read_text())
+    runs = sorted((r["level"], r["seed"]) for r in results["learning"])
+    assert runs == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert {r["level"] for r in results["reference"]} == {1}
+    assert results["settings"]["levels"] == [1, 2] and len(results["jobs"]) == 3
+    assert {c["level"] for c in results["summary"]["learning_curves"]} == {1, 2}
+    text = (merged / "report.md").read_text()
+    assert "Merged from 3 jobs" in text and "--levels 2 --obs vector" in text
+    assert "| 2 | vector (tiny net) | `configs/sac_vector_hard.yaml` |" in text
+
+
+def test_suite_job_arguments_are_checked(tmp_path, capsys):
+    from benchmarks.suite.cli import main
+
+    for argv, message in ((["--suite", "tiny", "--obs", "img84"], "learns from vector"),
+                          (["--suite", "tiny", "--levels", "3"], "runs levels 1, 2"),
+                          (["--suite", "tiny", "--sections", "learnin"], "choose from env"),
+                          (["--merge", str(tmp_path)], "needs --out"),
+                          (["--merge", str(tmp_path), "--out", str(tmp_path / "m")], "no results.json")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err

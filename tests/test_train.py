@@ -482,12 +482,16 @@ def test_shipped_configs_load_and_match_the_seed():
     # the seed's own settings (SB3's CnnPolicy): every pixel switch off
     assert (seed.env.frame_stack, seed.agent.augmentation, seed.agent.encoder_downsample) == (1, False, 1)
     assert (seed.agent.encoder_output, seed.agent.encoder_features, seed.replay.n_step) == ("relu", 512, 1)
-    assert (seed.agent.encoder_sharing, seed.train.n_envs) == ("separate", 1)
+    assert seed.train.n_envs == 1
     # the main command's: the pixel recipe, whose pooling and shift follow the image side
     assert (easy.env.frame_stack, easy.agent.augmentation, easy.replay.n_step) == (3, True, 3)
     assert (easy.agent.encoder_output, easy.agent.encoder_features) == ("layernorm_tanh", 50)
     assert easy.agent.encoder_downsample is None and easy.agent.augmentation_pad is None
-    assert load_config(REPO / "configs" / "sac_topdown_cnn_hard.yaml").env.level == 2
+    hard = load_config(REPO / "configs" / "sac_topdown_cnn_hard.yaml")
+    assert (hard.env.level, hard.agent.symmetry) == (2, "d4")
+    replace = dataclasses.replace
+    assert (hard.env, replace(hard.agent, symmetry="none"), hard.replay, hard.train) == (
+        replace(easy.env, level=2), easy.agent, easy.replay, easy.train)  # the same recipe
     assert load_config(REPO / "configs" / "sac_vector_easy.yaml").env.obs_mode == "vector"
     assert load_config(REPO / "configs" / "sac_vector_hard.yaml").env.level == 2
     drq = load_config(REPO / "configs" / "sac_topdown_drq84_easy.yaml")

@@ -151,30 +151,39 @@ def update_throughput(settings: SuiteSettings) -> list[dict[str, Any]]:
 # training runs (3. end to end, 4. learning, 5. cost)
 
 
-def shipped_agent(obs_mode: str, level: int) -> dict[str, Any]:
-    """The ``agent`` section of the config ``experiments/{vector,topdown}_sac.py --level LEVEL``
-    trains with (``dodgerl.cli.default_config``)."""
+def shipped_config(obs_mode: str, level: int) -> dict[str, Any]:
+    """The raw config ``experiments/{vector,topdown}_sac.py --level LEVEL`` trains
+    (``dodgerl.cli.default_config``)."""
     from dodgerl.cli import default_config
     from dodgerl.config import read_yaml
 
-    return dict(read_yaml(default_config(obs_mode, level)).get("agent") or {})
+    return read_yaml(default_config(obs_mode, level))
+
+
+SHIPPED_TRAIN_KEYS = ("n_envs", "utd", "update_every")
+"""What a learning row keeps of the shipped config's ``train`` section (the rest is its budget's)."""
 
 
 def run_config(obs: ObsSetting, budget: TrainBudget, level: int, seed: int, experiment: str,
                shipped: bool = False):
-    """A run of ``obs`` with ``budget``: its agent is SACConfig's defaults, or with ``shipped``
-    the shipped config's agent for this level and observation; ``obs.batch_size`` and
-    ``obs.agent`` go on top of either."""
+    """A run of ``obs`` with ``budget``. Without ``shipped``: SACConfig's defaults, one env. With
+    it: the shipped config for this level and observation (its env, agent and replay sections
+    and its ``SHIPPED_TRAIN_KEYS``: frame stack, n-step returns, parallel envs), at the setting's
+    image side. ``obs.batch_size``, ``obs.env`` and ``obs.agent`` go on top of either, and the
+    budget sets the steps, the buffer and the evaluations."""
     from dodgerl.config import config_from_dict
 
-    base = shipped_agent(obs.obs_mode, level) if shipped else {}
+    base = shipped_config(obs.obs_mode, level) if shipped else {}
+    train = {k: v for k, v in (base.get("train") or {}).items() if k in SHIPPED_TRAIN_KEYS}
     return config_from_dict({
         "experiment": experiment,
         "seed": seed,
-        "env": {"level": level, "obs_mode": obs.obs_mode, "image_size": obs.image_size, **obs.env},
-        "agent": {**base, "batch_size": obs.batch_size, **obs.agent},
-        "replay": {"buffer_size": budget.buffer_size},
+        "env": {**(base.get("env") or {}), "level": level, "obs_mode": obs.obs_mode,
+                "image_size": obs.image_size, **obs.env},
+        "agent": {**(base.get("agent") or {}), "batch_size": obs.batch_size, **obs.agent},
+        "replay": {**(base.get("replay") or {}), "buffer_size": budget.buffer_size},
         "train": {
+            **train,
             "total_timesteps": budget.total_timesteps, "learning_starts": budget.learning_starts,
             "eval_freq": budget.eval_freq, "eval_episodes": budget.eval_episodes,
             "log_freq": budget.log_freq, "checkpoint_freq": max(budget.total_timesteps, 1),
@@ -328,9 +337,9 @@ def run_record(result, seed: int, level: int, wall_s: float) -> dict[str, Any]:
 
 def learning(settings: SuiteSettings, scratch: Path) -> list[dict[str, Any]]:
     """``seeds`` runs per (obs type, level), the seeds of each trained together in one process
-    (``train_seeds``); eval curves kept. Each run's agent is the shipped config's for its level
-    and observation (what ``experiments/*_sac.py --level L`` trains), with the setting's
-    overrides on top."""
+    (``train_seeds``); eval curves kept. Each run is the shipped config for its level and
+    observation (what ``experiments/*_sac.py --level L`` trains, ``run_config(shipped=True)``),
+    at the setting's image side and with its overrides on top."""
     from dodgerl.cli import default_config
 
     runs = []

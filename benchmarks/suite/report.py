@@ -92,6 +92,8 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
         s = r.get("steady") or {}
         if s.get("env_steps_per_s"):
             bars.append(("training env steps/s (UTD 1)", r["obs"], s["env_steps_per_s"]))
+    if not bars:  # a job that ran no throughput section (benchmarks/suite/jobs.py)
+        return files
     metrics = list(dict.fromkeys(b[0] for b in bars))
     obs_labels = list(dict.fromkeys(b[1] for b in bars))
     fig, ax = plt.subplots(figsize=(11, 5))
@@ -138,6 +140,17 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"described here, which may have been shared with other jobs: load average at start "
         f"{', '.join(f'{x:.2f}' for x in results['load_average_at_start'])} (1/5/15 min), at end "
         f"{', '.join(f'{x:.2f}' for x in results['load_average_at_end'])}.\n")
+    if results.get("jobs"):
+        add(f"Merged from {len(results['jobs'])} jobs (`python -m benchmarks --merge`), each a "
+            "part of the suite; the machine table below is the first job's:\n")
+        add("| job | sections | started | GPU | wall min | command |\n| ---: | --- | --- | --- | ---: | --- |")
+        for i, j in enumerate(results["jobs"], 1):
+            add(f"| {i} | {', '.join(j['sections'])} | {j['started']} | {j['machine'].get('gpu') or 'none'} "
+                f"| {j['suite_wall_s'] / 60:.1f} | `{j['command']}` |")
+        add("")
+    elif results.get("sections") and len(results["sections"]) < 6:
+        add(f"Sections run by this job: {', '.join(results['sections'])} (the others' rows are "
+            "empty; `--merge` joins jobs).\n")
 
     add("## Machine and versions\n")
     add("| item | value |\n| --- | --- |")
@@ -216,13 +229,15 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     add(f"Levels {', '.join(map(str, s['levels']))}; {s['seeds']} seeds per setting; each point "
         "is the IQM over seeds of the mean deterministic eval return, with a 95% percentile "
         f"bootstrap CI ({s['bootstrap_reps']} resamples; `benchmarks/suite/stats.py`). "
-        "Each run trains the agent of the shipped config for its level and observation (what "
-        "`experiments/{vector,topdown}_sac.py --level L` trains), with the overrides below on "
-        "top; the throughput rows above use SACConfig's defaults. Agents:\n")
+        "Each run trains the shipped config for its level and observation (what "
+        "`experiments/{vector,topdown}_sac.py --level L` trains: its env, agent and replay "
+        "sections and its parallel envs), at the row's image side, with the overrides below on "
+        "top and the suite's budget; the throughput rows above use SACConfig's defaults. "
+        "Configs:\n")
     shipped = sorted({(r["level"], r["obs"], r["agent_config"]) for r in results["learning"]
                       if "agent_config" in r})
     if shipped:
-        add("| level | observation | agent section of |\n| ---: | --- | --- |")
+        add("| level | observation | config |\n| ---: | --- | --- |")
         for level, obs, name in shipped:
             add(f"| {level} | {obs} | `configs/{name}` |")
         add("")
@@ -307,6 +322,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     add("## Plots\n")
     for name in results.get("plots", []):
         add(f"- [{name}]({name})")
-    add("\n![throughput](throughput.png)\n")
+    if "throughput.png" in results.get("plots", []):
+        add("\n![throughput](throughput.png)\n")
     add("All raw numbers (per seed, per eval point, per phase) are in `results.json`.\n")
     (out / "report.md").write_text("\n".join(L))
