@@ -10,6 +10,10 @@
 #   OUT=dir bash benchmarks/pixels_gpu.sh pool256_n3     # the same recipe from 256x256 frames
 #       pooled by 3 in the network (85 px), shift 12 px: seeds 0-1 together (two 100K-transition
 #       replays of 256x256 frames are 39 GB of disk; the GPU machine has 64 GB)
+#   OUT=dir bash benchmarks/pixels_gpu.sh screen2  # the shipped recipe, seed 0, one run per
+#       lead after the 84x84 plateau: 256x256 as shipped, batch 256, batch 256 + lr 1e-4
+#       (DrQ-v2), levels 2 and 3 at 84x84
+#   OUT=dir bash benchmarks/pixels_gpu.sh seed_exact  # the seed's settings alone (one env)
 #   OUT=dir bash benchmarks/pixels_gpu.sh summary  # rewrite the report of all jobs
 set -u
 [ $# -gt 0 ] || { echo "jobs: screen | summary" >&2; exit 2; }
@@ -19,6 +23,7 @@ quiet="--set train.progress_bar=false --set train.video=false"
 budgets=50000,100000,150000,200000,300000
 top="experiments/topdown_sac.py --total-timesteps 300000 $quiet"
 drq84="--config configs/sac_topdown_drq84_easy.yaml"
+seed256="--config configs/sac_topdown_seed256_easy.yaml"  # the main config before 2026-12-07
 ln50="--set agent.encoder_output=layernorm_tanh --set agent.encoder_features=50"
 group_of() { ls -d "$out/runs/$1"/*/*/ | head -1; }  # runs/LABEL/<experiment>/<timestamp>/
 keep=()
@@ -28,8 +33,8 @@ for job in "$@"; do
     screen)
       # The seed's settings (devlog 025, SB3 CnnPolicy): one env, one frame, fp32, one encoder
       # per network, the plain loop; host replay (three 256x256 mirrors would not fit the GPU).
-      runs+=(--run "seed_exact_256=$top --level 1 --set agent.encoder_sharing=separate --set perf.overlap=false --set perf.device_mirror=false"
-             --run "pool3_drq_ln50_256=$top --level 1 --set agent.encoder_downsample=null --set env.frame_stack=3 --set agent.augmentation=true --set agent.augmentation_pad=12 $ln50 --set train.n_envs=16"
+      runs+=(--run "seed_exact_256=$top --level 1 $seed256 --set agent.encoder_sharing=separate --set perf.overlap=false --set perf.device_mirror=false"
+             --run "pool3_drq_ln50_256=$top --level 1 $seed256 --set agent.encoder_downsample=null --set env.frame_stack=3 --set agent.augmentation=true --set agent.augmentation_pad=12 $ln50 --set train.n_envs=16"
              --run "drq84_ln50_nstep3=$top --level 1 $drq84 $ln50 --set replay.n_step=3"
              --run "drq84_ln50_criticln=$top --level 1 $drq84 $ln50 --set agent.critic_layer_norm=true"
              --run "drq84_ln50_d4_level2=$top --level 2 $drq84 $ln50 --set agent.symmetry=d4") ;;
@@ -41,6 +46,14 @@ for job in "$@"; do
       runs+=(--run "drq84_ln50_nstep3_level1=experiments/topdown_sac.py --resume $(group_of drq84_ln50_nstep3_level1)") ;;
     pool256_n3)
       runs+=(--run "pool3_ln50_nstep3_256_level1=$top --level 1 --set agent.encoder_downsample=null --set env.frame_stack=3 --set agent.augmentation=true --set agent.augmentation_pad=12 $ln50 --set replay.n_step=3 --set train.n_envs=16 --seeds 0-1") ;;
+    screen2)
+      runs+=(--run "shipped_256_level1=$top --level 1"
+             --run "shipped_84_b256_level1=$top --level 1 --set env.image_size=84 --set agent.batch_size=256"
+             --run "shipped_84_b256_lr1e4_level1=$top --level 1 --set env.image_size=84 --set agent.batch_size=256 --set agent.actor_lr=0.0001 --set agent.critic_lr=0.0001"
+             --run "shipped_84_level2=$top --level 2 --set env.image_size=84"
+             --run "shipped_84_level3=$top --level 3 --set env.image_size=84") ;;
+    seed_exact)
+      runs+=(--run "seed_exact_256=$top --level 1 $seed256 --set agent.encoder_sharing=separate --set perf.overlap=false") ;;
     summary) ;;
     *) echo "unknown job $job" >&2; exit 2 ;;
   esac

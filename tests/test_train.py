@@ -431,7 +431,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, to_group, thread
         ("agent.no_such_key=1", "no_such_key"),
         ("bogus=1", "unknown config key 'bogus'"),
         ("train.total_timesteps", "expected key=value"),
-        ("perf.envs_per_worker=3", "perf.envs_per_worker: must divide train.n_envs (1), got 3"),
+        ("perf.envs_per_worker=3", "perf.envs_per_worker: must divide train.n_envs (16), got 3"),
         ("perf.updates_in_flight=3", "perf.updates_in_flight: must be 1 or 2"),
         ("perf.dispatch_thread=sometimes", "perf.dispatch_thread"),
     ],
