@@ -14,9 +14,11 @@
 #       lead after the 84x84 plateau: 256x256 as shipped, batch 256, batch 256 + lr 1e-4
 #       (DrQ-v2), levels 2 and 3 at 84x84
 #   OUT=dir bash benchmarks/pixels_gpu.sh seed_exact  # the seed's settings alone (one env)
+#   OUT=dir bash benchmarks/pixels_gpu.sh reeval   # every kept best policy of OUT on 100 fresh
+#       episodes (REEVAL=N to change; a job of its own: it steps N episodes per seed)
 #   OUT=dir bash benchmarks/pixels_gpu.sh summary  # rewrite the report of all jobs
 set -u
-[ $# -gt 0 ] || { echo "jobs: screen | summary" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "jobs: screen | drq84_n3 | drq84_n3_resume | pool256_n3 | screen2 | seed_exact | reeval | summary" >&2; exit 2; }
 out=${OUT:-results/benchmarks}/pixels
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes share the GPU
 quiet="--set train.progress_bar=false --set train.video=false"
@@ -54,6 +56,9 @@ for job in "$@"; do
              --run "shipped_84_level3=$top --level 3 --set env.image_size=84") ;;
     seed_exact)
       runs+=(--run "seed_exact_256=$top --level 1 $seed256 --set agent.encoder_sharing=separate --set perf.overlap=false") ;;
+    reeval)
+      exec python benchmarks/seeds_learning.py --out "$out" --summarise-only --budgets $budgets \
+        --reeval-episodes "${REEVAL:-100}" ;;
     summary) ;;
     *) echo "unknown job $job" >&2; exit 2 ;;
   esac

@@ -10,8 +10,10 @@ curves end where they were. Then, per label, every seed's ``eval.csv`` (a group 
 or every run directory found: a peer's or a single run's) goes into ``curves.json``, and
 ``report.md`` gets, per label: the IQM over seeds with a 95% stratified bootstrap CI at fixed
 budgets, the final return (mean of each seed's last 5 evaluations), env steps to 900, and the
-plots ``curves_steps.png`` and ``curves_wallclock.png``. Replay buffers and checkpoints are
-deleted at the end (the logs stay), so OUT stays small.
+plots ``curves_steps.png`` and ``curves_wallclock.png``. With ``--reeval-episodes N`` each run's
+kept best policy is then evaluated on N fresh episodes (``reeval.json``, a table of its own).
+Replay buffers and checkpoints are deleted at the end (the logs and ``best/`` stay), so OUT stays
+small.
 """
 
 from __future__ import annotations
@@ -104,6 +106,58 @@ def collect(out: Path, labels: list[str]) -> dict:
     return curves
 
 
+FRESH_SEED = 2_000_000
+"""Re-evaluation episode i resets with seed FRESH_SEED + i: episodes the run never evaluated
+(its evaluations use eval_seed 1,000,000 + i, its training envs seeds from the run's seed)."""
+
+
+def reevaluate_best(out: Path, labels: list[str], episodes: int, seed: int = FRESH_SEED) -> dict:
+    """Per label, per seed: each run's kept best policy (``best/``) evaluated on ``episodes``
+    fresh deterministic episodes (``dodgerl.evaluate``), with the step and the logged 10-episode
+    return it was kept for. Runs without a best policy are left out."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    from dodgerl.checkpoint import CheckpointError
+    from dodgerl.evaluate import evaluate, load_agent
+
+    found: dict = {}
+    for label in labels:
+        for config in sorted((out / "runs" / label).rglob("config.yaml")):
+            run_dir = config.parent
+            if not (run_dir / "best").is_dir():
+                continue
+            try:
+                loaded = load_agent(run_dir, "best")
+            except CheckpointError as err:
+                print(f"{label}: {run_dir}: no best policy to re-evaluate ({err})", flush=True)
+                continue
+            result = evaluate(loaded.agent, loaded.config.env, episodes, seed)
+            found.setdefault(label, {})[str(loaded.config.seed)] = {
+                "step": int(loaded.meta["step"]), "logged_best": loaded.meta.get("best_eval"),
+                "episodes": episodes, "episode_seeds": [seed, seed + episodes - 1],
+                "mean_return": float(result.returns.mean()),
+                "std_return": float(result.returns.std()),
+            }
+            print(f"{label} seed {loaded.config.seed}: best policy (step {loaded.meta['step']}) on "
+                  f"{episodes} fresh episodes: {result.returns.mean():.1f}", flush=True)
+    return found
+
+
+def reeval_table(reeval: dict) -> str:
+    """The kept best policies on fresh episodes: IQM over seeds with a 95% bootstrap CI."""
+    lines = ["| run | seeds | episodes each | logged best (10 eval episodes), IQM | best policy on fresh "
+             "episodes, IQM [95% CI] | per seed (step: return) |", "| --- " * 6 + "|"]
+    for label, per_seed in reeval.items():
+        fresh = np.array([r["mean_return"] for r in per_seed.values()])
+        logged = np.array([r["logged_best"] for r in per_seed.values() if r["logged_best"] is not None])
+        point = bootstrap_ci(fresh, iqm)
+        episodes = sorted({r["episodes"] for r in per_seed.values()})
+        lines.append(f"| {label} | {len(per_seed)} | {', '.join(map(str, episodes))} | "
+                     f"{iqm(logged):.0f} | {point[0]:.0f} [{point[1]:.0f}, {point[2]:.0f}] | "
+                     + ", ".join(f"{r['step'] // 1000}K: {r['mean_return']:.0f}" for r in per_seed.values())
+                     + " |")
+    return "\n".join(lines)
+
+
 def common_points(per_seed: dict) -> tuple[list[int], np.ndarray]:
     """The eval steps every seed has, and the (seeds, points) returns at them."""
     steps = None
@@ -187,7 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarise-only", action="store_true",
                         help="only read OUT/runs again and rewrite the report")
     parser.add_argument("--keep-replay", action="store_true")
+    parser.add_argument("--reeval-episodes", type=int, default=0, metavar="N",
+                        help="after the runs, evaluate each run's kept best policy on N fresh "
+                             "deterministic episodes (seeds 2,000,000 + i) into OUT/reeval.json "
+                             "and the report (0: no; the report keeps an earlier reeval.json)")
     args = parser.parse_args(argv)
+    if args.reeval_episodes < 0:
+        parser.error("--reeval-episodes must be >= 0")
     runs = [tuple(r.split("=", 1)) for r in args.run]
     args.out.mkdir(parents=True, exist_ok=True)
     codes = {}
@@ -201,11 +261,20 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "curves.json").write_text(json.dumps({"runs": [list(r) for r in runs], "exit": codes, "curves": curves,
                                                       "summary": summary}, indent=1))
     plot(curves, args.out)
+    reeval_path = args.out / "reeval.json"
+    if args.reeval_episodes:
+        reeval_path.write_text(json.dumps(reevaluate_best(args.out, labels, args.reeval_episodes), indent=1))
+    reeval = json.loads(reeval_path.read_text()) if reeval_path.is_file() else {}
+    reeval = {label: r for label, r in reeval.items() if label in labels and r}
     report = ["# Learning curves, seeds trained together", "",
               f"Command: `python benchmarks/seeds_learning.py {' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}`",
               "", f"Final: the mean of each seed's last {FINAL_EVALS} evaluations; IQM over seeds with a "
               "95% stratified percentile bootstrap CI.", "", table, "",
               "![vs env steps](curves_steps.png) ![vs wall-clock](curves_wallclock.png)", ""]
+    if reeval:
+        report += ["Each run's kept best policy (`best/`), re-evaluated on fresh deterministic "
+                   f"episodes (seeds {FRESH_SEED:,} + i, never evaluated during the run; "
+                   "`reeval.json`):", "", reeval_table(reeval), ""]
     (args.out / "report.md").write_text("\n".join(report))
     print("\n".join(report), flush=True)
     if not args.keep_replay:
