@@ -8,7 +8,7 @@
 #       LayerNorm-tanh trunk of 50, 3-step returns: seeds 0-4 together (one process)
 #   OUT=dir bash benchmarks/pixels_gpu.sh drq84_n3_resume  # that group resumed
 #   OUT=dir bash benchmarks/pixels_gpu.sh pool256_n3     # the same recipe from 256x256 frames
-#       pooled by 3 in the network (85 px), shift 12 px: seeds 0-1 together (two 100K-transition
+#       pooled by 3 in the network (85 px), shift 12 px (the shipped config): seeds 0-1 together (two 100K-transition
 #       replays of 256x256 frames are 39 GB of disk; the GPU machine has 64 GB)
 #   OUT=dir bash benchmarks/pixels_gpu.sh screen2  # the shipped recipe, seed 0, one run per
 #       lead after the 84x84 plateau: 256x256 as shipped, batch 256, batch 256 + lr 1e-4
@@ -47,7 +47,7 @@ for job in "$@"; do
       keep=(--keep-replay)
       runs+=(--run "drq84_ln50_nstep3_level1=experiments/topdown_sac.py --resume $(group_of drq84_ln50_nstep3_level1)") ;;
     pool256_n3)
-      runs+=(--run "pool3_ln50_nstep3_256_level1=$top --level 1 --set agent.encoder_downsample=null --set env.frame_stack=3 --set agent.augmentation=true --set agent.augmentation_pad=12 $ln50 --set replay.n_step=3 --set train.n_envs=16 --seeds 0-1") ;;
+      runs+=(--run "pool3_ln50_nstep3_256_level1=$top --level 1 --seeds 0-1") ;;  # the shipped config
     screen2)
       runs+=(--run "shipped_256_level1=$top --level 1"
              --run "shipped_84_b256_level1=$top --level 1 --set env.image_size=84 --set agent.batch_size=256"

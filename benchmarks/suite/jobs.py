@@ -62,9 +62,9 @@ EMPTY: dict[str, Any] = {
 def merge(dirs: list[Path]) -> dict[str, Any]:
     """The results of several jobs of one suite as one: rows concatenated in the jobs' order (a
     learning run or a reference policy twice, same observation, level and seed: the first
-    job's kept), the peer of
-    the first job that ran it, the cost's peaks, the summed wall time, every job's command and
-    machine. ValueError if the jobs ran different suites or a directory has no results."""
+    job's kept), the peer of the first job that ran it, the cost's peaks, the summed wall time,
+    every job's command and machine. ValueError if the jobs ran different suites or a directory
+    has no results."""
     jobs = []
     for d in dirs:
         path = Path(d) / "results.json"

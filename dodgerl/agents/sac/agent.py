@@ -53,10 +53,10 @@ def build_networks(
 ) -> Networks:
     """Modules for these static settings (cached, so agents with equal settings share them).
     ``config.impl``'s None fields are chosen now, from the backend and the observation shape."""
-    k = image_downsample(config, observation_shape)
+    k = image_downsample(config, observation_shape)  # the convs' choices follow what they read
     cnn_input = (*(n // k for n in observation_shape[:2]), *observation_shape[2:])
-    return _build_networks(config, resolve_impl(config.impl, cnn_input if k > 1 else observation_shape),
-                           observation_shape, action_dim)
+    return _build_networks(config, resolve_impl(config.impl, cnn_input), observation_shape,
+                           action_dim)
 
 
 @functools.lru_cache(maxsize=None)
