@@ -11,14 +11,19 @@
 #       pooled by 3 in the network (85 px), shift 12 px (the shipped config): seeds 0-1 together (two 100K-transition
 #       replays of 256x256 frames are 39 GB of disk; the GPU machine has 64 GB)
 #   OUT=dir bash benchmarks/pixels_gpu.sh screen2  # the shipped recipe, seed 0, one run per
-#       lead after the 84x84 plateau: 256x256 as shipped, batch 256, batch 256 + lr 1e-4
-#       (DrQ-v2), levels 2 and 3 at 84x84
+#       lead after the 84x84 plateau: 256x256 as shipped; at 84x84 the state agent's optimizer
+#       (lr 1e-3, tau 0.01), batch 256, both; levels 2 and 3 at 84x84
+#   OUT=dir bash benchmarks/pixels_gpu.sh screen3  # 84x84, seed 0: the actor's own trunk on the
+#       shared convs (encoder_sharing convs, DrQ-v2), with the state agent's optimizer, and
+#       DrQ's 1024-wide heads
+#   LABEL=name ARGS="--level 1 ..." OUT=dir bash benchmarks/pixels_gpu.sh group  # one group,
+#       seeds SEEDS (default 0-4) in one process; group_resume resumes it
 #   OUT=dir bash benchmarks/pixels_gpu.sh seed_exact  # the seed's settings alone (one env)
 #   OUT=dir bash benchmarks/pixels_gpu.sh reeval   # every kept best policy of OUT on 100 fresh
 #       episodes (REEVAL=N to change; a job of its own: it steps N episodes per seed)
 #   OUT=dir bash benchmarks/pixels_gpu.sh summary  # rewrite the report of all jobs
 set -u
-[ $# -gt 0 ] || { echo "jobs: screen | drq84_n3 | drq84_n3_resume | pool256_n3 | screen2 | seed_exact | reeval | summary" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "jobs: screen | drq84_n3 | drq84_n3_resume | pool256_n3 | screen2 | screen3 | group | group_resume | seed_exact | reeval | summary" >&2; exit 2; }
 out=${OUT:-results/benchmarks}/pixels
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes share the GPU
 quiet="--set train.progress_bar=false --set train.video=false"
@@ -27,6 +32,7 @@ top="experiments/topdown_sac.py --total-timesteps 300000 $quiet"
 drq84="--config configs/sac_topdown_drq84_easy.yaml"
 seed256="--config configs/sac_topdown_seed256_easy.yaml"  # the main config before 2026-12-07
 ln50="--set agent.encoder_output=layernorm_tanh --set agent.encoder_features=50"
+fast="--set agent.actor_lr=0.001 --set agent.critic_lr=0.001 --set agent.tau=0.01"  # the state agent's optimizer (configs/sac_vector_easy.yaml)
 group_of() { ls -d "$out/runs/$1"/*/*/ | head -1; }  # runs/LABEL/<experiment>/<timestamp>/
 keep=()
 runs=()
@@ -50,10 +56,22 @@ for job in "$@"; do
       runs+=(--run "pool3_ln50_nstep3_256_level1=$top --level 1 --seeds 0-1") ;;  # the shipped config
     screen2)
       runs+=(--run "shipped_256_level1=$top --level 1"
+             --run "shipped_84_lr1e3_tau01_level1=$top --level 1 --set env.image_size=84 $fast"
              --run "shipped_84_b256_level1=$top --level 1 --set env.image_size=84 --set agent.batch_size=256"
-             --run "shipped_84_b256_lr1e4_level1=$top --level 1 --set env.image_size=84 --set agent.batch_size=256 --set agent.actor_lr=0.0001 --set agent.critic_lr=0.0001"
+             --run "shipped_84_b256_lr1e3_tau01_level1=$top --level 1 --set env.image_size=84 --set agent.batch_size=256 $fast"
              --run "shipped_84_level2=$top --level 2 --set env.image_size=84"
              --run "shipped_84_level3=$top --level 3 --set env.image_size=84") ;;
+    screen3)
+      runs+=(--run "shipped_84_convs_level1=$top --level 1 --set env.image_size=84 --set agent.encoder_sharing=convs"
+             --run "shipped_84_convs_lr1e3_tau01_level1=$top --level 1 --set env.image_size=84 --set agent.encoder_sharing=convs $fast"
+             --run "shipped_84_head1024_level1=$top --level 1 --set env.image_size=84 --set agent.net_arch=[1024,1024]") ;;
+    group)
+      # One group of SEEDS (default 0-4) in one process: LABEL=name ARGS="experiments/... flags"
+      keep=(--keep-replay)
+      runs+=(--run "${LABEL:?LABEL=name}=$top ${ARGS:?ARGS=flags} --seeds ${SEEDS:-0-4}") ;;
+    group_resume)
+      keep=(--keep-replay)
+      runs+=(--run "${LABEL:?LABEL=name}=experiments/topdown_sac.py --resume $(group_of "$LABEL")") ;;
     seed_exact)
       runs+=(--run "seed_exact_256=$top --level 1 $seed256 --set agent.encoder_sharing=separate --set perf.overlap=false") ;;
     reeval)

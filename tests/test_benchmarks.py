@@ -491,3 +491,26 @@ def test_suite_job_arguments_are_checked(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(argv)
         assert message in capsys.readouterr().err
+
+def test_progress_table_averages_each_runs_window_and_takes_the_iqm_over_runs(tmp_path, capsys):
+    from benchmarks.progress_table import main, window_mean
+
+    runs = []
+    for seed, scale in enumerate((1.0, 2.0, 3.0, 4.0)):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        rows = ["step,critic_loss,temperature", "1000,,"]  # no update yet: empty cells
+        rows += [f"{s},{scale * s / 1000},{0.5}" for s in range(2000, 11000, 1000)]
+        (run / "progress.csv").write_text("\n".join(rows) + "\n")
+        runs.append(str(run))
+    # Window (5000, 10000]: steps 6000..10000, loss scale * (6..10) / 1 -> mean 8 * scale.
+    assert window_mean(tmp_path / "seed1" / "progress.csv", "critic_loss", 10000, 5000) == 16.0
+    assert np.isnan(window_mean(tmp_path / "seed1" / "progress.csv", "critic_loss", 1000, 500))
+    assert main(["--label", "g", *runs, "--keys", "critic_loss,temperature", "--steps", "10000,1000"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    loss_row = next(line for line in out if "| critic_loss |" in line)
+    # Per-run means 8, 16, 24, 32: IQM of 4 drops one from each end -> 20.
+    assert loss_row.split("|")[4].strip().startswith("20 [")
+    assert loss_row.split("|")[5].strip() == "-"  # before the first update: no rows
+    with pytest.raises(ValueError, match="no column 'q_mean'"):
+        window_mean(tmp_path / "seed0" / "progress.csv", "q_mean", 10000, 5000)

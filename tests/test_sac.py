@@ -273,6 +273,55 @@ def test_separate_encoders_each_trained_by_own_loss(space):
     assert not _nonzero(actor_g)
 
 
+@pytest.mark.parametrize("output", ["relu", "layernorm_tanh"])
+def test_convs_sharing_actor_trains_its_own_trunk_on_the_critics_detached_convs(output):
+    """DrQ-v2's sharing: the critic loss trains the whole critic encoder (convs and trunk); the
+    actor loss trains the actor head's own trunk and MLP and never the critic's convs."""
+    cfg = sac.SACConfig(**TINY, encoder_sharing="convs", encoder_output=output)
+    agent = sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, cfg)
+    assert set(agent.actor.params) == {"head"}
+    trunk = agent.actor.params["head"]["Trunk_Dense"]["kernel"]
+    conv_out = agent.critic.params["encoder"]["Dense_0"]["kernel"].shape[0]
+    assert trunk.shape == (conv_out, TINY["encoder_features"])  # reads the conv output
+    assert ("Trunk_LayerNorm" in agent.actor.params["head"]) == (output == "layernorm_tanh")
+    batch = jax.tree.map(lambda x: x[0], random_batch(IMAGE_SPACE, 1, 8))
+    critic_g, actor_g = _loss_grads(agent, batch, "actor_loss")
+    assert not _nonzero(critic_g), "the actor loss must not touch the critic (convs included)"
+    assert _nonzero(actor_g["head"]["Trunk_Dense"]) and _nonzero(actor_g["head"]["MLP_0"])
+    critic_g, actor_g = _loss_grads(agent, batch, "critic_loss")
+    assert _nonzero(critic_g["encoder"]["Conv_0"]) and _nonzero(critic_g["encoder"]["Dense_0"])
+    assert not _nonzero(actor_g)
+
+
+def test_convs_sharing_acts_through_the_critics_convs_and_the_actors_trunk():
+    from dodgerl.networks import NatureCNN, TanhGaussianActorHead
+
+    cfg = sac.SACConfig(**TINY, encoder_sharing="convs", encoder_output="layernorm_tanh")
+    agent = sac.create(jax.random.key(0), IMAGE_SPACE, ACTION_SPACE, cfg)
+    obs = np.random.default_rng(1).integers(0, 256, (3, *IMAGE_SPACE.shape), dtype=np.uint8)
+    nets = agent.networks
+    # The conv output by hand: the critic's CNN up to its last conv, flattened.
+    torso = nets.encoder.clone(returns="torso").apply({"params": agent.critic.params["encoder"]},
+                                                      obs)
+    features, torso_too = nets.encoder.clone(returns="both").apply(
+        {"params": agent.critic.params["encoder"]}, obs)
+    np.testing.assert_array_equal(torso, torso_too)
+    assert isinstance(nets.encoder, NatureCNN) and torso.shape == (3, agent.actor.params["head"][
+        "Trunk_Dense"]["kernel"].shape[0])
+    np.testing.assert_allclose(features, nets.encoder.apply(
+        {"params": agent.critic.params["encoder"]}, obs), rtol=1e-6, atol=1e-6)
+    assert isinstance(nets.actor_head, TanhGaussianActorHead)
+    mean, _ = nets.actor_head.apply({"params": agent.actor.params["head"]}, torso)
+    np.testing.assert_allclose(agent.act(obs, deterministic=True), np.tanh(mean), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_convs_sharing_needs_images():
+    cfg = sac.SACConfig(**TINY, vector_encoder_arch=(8,), encoder_sharing="convs")
+    with pytest.raises(sac.ConfigError, match=r"encoder_sharing='convs'.*6-dim vector"):
+        sac.create(jax.random.key(0), VECTOR_SPACE, ACTION_SPACE, cfg)
+
+
 # ---------------------------------------------------------------- the scanned update
 
 
@@ -459,10 +508,15 @@ def test_bf16_augmented_image_update_gives_finite_metrics():
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(agent.critic.params))
 
 
-@pytest.mark.parametrize("space, vector_arch", [(VECTOR_SPACE, (8,)), (VECTOR_SPACE, ()),
-                                                (IMAGE_SPACE, (8,))],
-                         ids=["vector", "vector_identity_encoder", "image"])
-@pytest.mark.parametrize("sharing", ["critic", "separate"])
+_IMPL_CASES = [(space, arch, sharing) for space, arch in ((VECTOR_SPACE, (8,)), (VECTOR_SPACE, ()),
+                                                     (IMAGE_SPACE, (8,)))
+               for sharing in ("critic", "separate", "convs")
+               if sharing != "convs" or space is IMAGE_SPACE]  # convs: images only
+
+
+@pytest.mark.parametrize("space, vector_arch, sharing", _IMPL_CASES,
+                         ids=[f"{'image' if s is IMAGE_SPACE else 'vector' if a else 'vector_identity_encoder'}-{m}"
+                              for s, a, m in _IMPL_CASES])
 def test_impl_options_do_not_change_the_update(space, vector_arch, sharing):
     """ImplOptions change how the step is computed, never what: convs as GEMMs (the default at
     this image size) or as cuDNN convolutions, either over space-to-depth images, one batched

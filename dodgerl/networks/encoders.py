@@ -57,6 +57,15 @@ class SetEncoder(nn.Module):
 
 NATURE_CNN_OUTPUTS = ("relu", "layernorm_tanh")
 """What may follow NatureCNN's dense layer (``NatureCNN.output``)."""
+NATURE_CNN_RETURNS = ("features", "torso", "both")
+"""What NatureCNN returns (``NatureCNN.returns``)."""
+
+
+def trunk_output(x: jnp.ndarray, output: str, layer_norm: nn.Module) -> jnp.ndarray:
+    """What follows a trunk's dense layer: ReLU, or ``layer_norm`` then tanh (in float32)."""
+    if output == "layernorm_tanh":
+        return jnp.tanh(layer_norm(x.astype(jnp.float32)))
+    return nn.relu(x).astype(jnp.float32)
 
 
 def nature_cnn_min_size() -> int:
@@ -183,6 +192,10 @@ class NatureCNN(nn.Module):
     ``output`` is what follows the dense layer: ``"relu"`` (Nature-DQN, SB3's NatureCNN) or
     ``"layernorm_tanh"`` (LayerNorm then tanh, as the trunk of SAC-AE / DrQ's encoder: bounded,
     normalised features for the heads; computed in float32).
+
+    ``returns``: ``"features"`` (the dense layer's output), ``"torso"`` (the flattened output of
+    the last conv, float32; the dense layer's parameters are then unused) or ``"both"``
+    (features, torso). The parameters are the same for all three.
     """
 
     features: int = 512
@@ -192,11 +205,14 @@ class NatureCNN(nn.Module):
     output: str = "relu"
     conv_gemm: bool = False
     downsample: int = 1
+    returns: str = "features"
 
     @nn.compact
     def __call__(self, observations: jnp.ndarray) -> jnp.ndarray:
         if self.output not in NATURE_CNN_OUTPUTS:
             raise ValueError(f"NatureCNN output {self.output!r}: must be one of {NATURE_CNN_OUTPUTS}")
+        if self.returns not in NATURE_CNN_RETURNS:
+            raise ValueError(f"NatureCNN returns {self.returns!r}: must be one of {NATURE_CNN_RETURNS}")
         s2d = not self.conv_gemm if self.space_to_depth is None else self.space_to_depth
         if self.downsample > 1:
             k = self.downsample
@@ -216,13 +232,14 @@ class NatureCNN(nn.Module):
                             space_to_depth=s2d and self.conv_gemm,
                             gemm=self.conv_gemm, name=f"Conv_{i}")(x)
             x = nn.relu(x)
-        x = x.reshape(*x.shape[:-3], -1)
+        torso = x.reshape(*x.shape[:-3], -1)
+        if self.returns == "torso":
+            return torso.astype(jnp.float32)
         dense_dtype = self.dtype if self.dense_dtype is None else self.dense_dtype
         x = nn.Dense(self.features, dtype=dense_dtype, param_dtype=jnp.float32,
-                     name="Dense_0")(x.astype(dense_dtype))
-        if self.output == "layernorm_tanh":
-            return jnp.tanh(nn.LayerNorm(name="LayerNorm_0")(x.astype(jnp.float32)))
-        return nn.relu(x).astype(jnp.float32)
+                     name="Dense_0")(torso.astype(dense_dtype))
+        features = trunk_output(x, self.output, nn.LayerNorm(name="LayerNorm_0"))
+        return (features, torso.astype(jnp.float32)) if self.returns == "both" else features
 
 
 def precast_params(encoder: nn.Module, params: dict) -> dict:

@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dodgerl.networks.encoders import trunk_output
+
 
 class MLP(nn.Module):
     """ReLU hidden layers ``net_arch``, then a linear layer of ``out_features``.
@@ -32,15 +34,24 @@ class TanhGaussianActorHead(nn.Module):
 
     log_std is squashed smoothly into [log_std_min, log_std_max] with a tanh (as DrQ does) rather
     than clipped, so its gradient never dies at the bounds.
+
+    ``trunk_features`` > 0 first maps the features through a trunk of the actor's own: a dense
+    layer of that width, then ``trunk_output`` (``"relu"`` or ``"layernorm_tanh"``, as
+    NatureCNN's). With ``encoder_sharing: convs`` it reads the critic's conv output (DrQ-v2).
     """
 
     net_arch: Sequence[int]
     action_dim: int
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+    trunk_features: int = 0
+    trunk_output: str = "relu"
 
     @nn.compact
     def __call__(self, features: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        if self.trunk_features:
+            features = trunk_output(nn.Dense(self.trunk_features, name="Trunk_Dense")(features),
+                                    self.trunk_output, nn.LayerNorm(name="Trunk_LayerNorm"))
         out = MLP(self.net_arch, 2 * self.action_dim)(features)
         mean, raw_log_std = jnp.split(out, 2, axis=-1)
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (

@@ -23,7 +23,7 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from dodgerl.agents.sac.config import ImplOptions, SACConfig, image_downsample
-from dodgerl.agents.sac.fast import encode, resolve_impl
+from dodgerl.agents.sac.fast import resolve_impl
 from dodgerl.agents.sac.state import Batch, CriticTrainState
 from dodgerl.agents.sac.update import _update_from_jit, _update_jit, check_batch
 from dodgerl.networks import (
@@ -46,6 +46,9 @@ class Networks:
     critic_head: CriticEnsemble
     actor_head: TanhGaussianActorHead
     is_image: bool
+    actor_input: nn.Module
+    """Observations -> the actor head's input, on the parameters of the encoder the actor reads:
+    ``encoder`` itself, or with ``convs`` sharing the same CNN returning its conv output."""
 
 
 def build_networks(
@@ -63,6 +66,7 @@ def build_networks(
 def _build_networks(config: SACConfig, impl: ImplOptions, observation_shape: tuple[int, ...],
                     action_dim: int) -> Networks:
     is_image = len(observation_shape) == 3
+    convs = is_image and config.encoder_sharing == "convs"  # vectors: a ConfigError in create
     encoder: nn.Module
     if is_image:
         dtype = jnp.bfloat16 if config.bf16_encoder else jnp.float32
@@ -84,9 +88,12 @@ def _build_networks(config: SACConfig, impl: ImplOptions, observation_shape: tup
         encoder=encoder,
         critic_head=CriticEnsemble(config.net_arch, config.n_critics, config.critic_layer_norm),
         actor_head=TanhGaussianActorHead(
-            config.net_arch, action_dim, config.log_std_min, config.log_std_max
+            config.net_arch, action_dim, config.log_std_min, config.log_std_max,
+            trunk_features=config.encoder_features if convs else 0,
+            trunk_output=config.encoder_output,
         ),
         is_image=is_image,
+        actor_input=encoder.clone(returns="torso") if convs else encoder,
     )
 
 
@@ -130,9 +137,10 @@ class Policy(struct.PyTreeNode):
 class SACAgent(struct.PyTreeNode):
     """The whole SAC agent as one pytree: three TrainStates plus static config and shapes.
 
-    critic.params = {"encoder": ..., "head": ...} (the encoder is shared with the actor when
-    ``encoder_sharing == "critic"``); critic.target_params has the same structure.
-    actor.params = {"head": ...} with critic sharing, {"encoder": ..., "head": ...} with separate.
+    critic.params = {"encoder": ..., "head": ...} (the encoder, or with ``convs`` its convolutions,
+    is shared with the actor unless ``encoder_sharing == "separate"``); critic.target_params has
+    the same structure. actor.params = {"head": ...} with critic or convs sharing (with convs the
+    head holds the actor's own trunk), {"encoder": ..., "head": ...} with separate.
     temperature.params = {"log_temperature": scalar}.
     """
 
@@ -156,10 +164,10 @@ class SACAgent(struct.PyTreeNode):
     def policy(self) -> Policy:
         """The acting part alone (actor head and encoder parameters): what ``act`` uses, small
         enough to copy to another process (``jax.device_get`` it first) or device."""
-        if self.config.encoder_sharing == "critic":
-            encoder_params = self.critic.params["encoder"]
-        else:
+        if self.config.encoder_sharing == "separate":
             encoder_params = self.actor.params["encoder"]
+        else:
+            encoder_params = self.critic.params["encoder"]
         return Policy(self.actor.params["head"], encoder_params, self.config, self.observation_shape,
                       self.action_dim)
 
@@ -249,6 +257,11 @@ def _check_config_fits(config: SACConfig, observation_shape: tuple[int, ...],
                        action_dim: int) -> None:
     """ConfigErrors for what the config leaves unset or gets wrong about these shapes."""
     is_vector = len(observation_shape) == 1
+    if is_vector and config.encoder_sharing == "convs":
+        raise ConfigError(
+            f"agent.encoder_sharing='convs' shares a CNN's convolutions: it needs image "
+            f"observations, the observation is a {observation_shape[0]}-dim vector (use 'critic' "
+            "or 'separate')")
     k = image_downsample(config, observation_shape)
     if not is_vector and min(observation_shape[:2]) // k < nature_cnn_min_size():
         raise ConfigError(
@@ -328,7 +341,8 @@ def _initial_states(key: jax.Array, config: SACConfig, observation_shape: tuple[
         "encoder": critic_encoder,
         "head": nets.critic_head.init(k_critic, features, dummy_action)["params"],
     }
-    actor_params = {"head": nets.actor_head.init(k_actor, features)["params"]}
+    actor_features = nets.actor_input.apply({"params": critic_encoder}, dummy_obs)
+    actor_params = {"head": nets.actor_head.init(k_actor, actor_features)["params"]}
     if config.encoder_sharing == "separate":
         actor_params["encoder"] = nets.encoder.init(k_enc_actor, dummy_obs).get("params", {})
 
@@ -363,7 +377,7 @@ def _act(config: SACConfig, observation_shape: tuple[int, ...], action_dim: int,
     single = observations.ndim == len(observation_shape)
     if single:
         observations = observations[None]
-    features = encode(nets, encoder_params, observations)
+    features = nets.actor_input.apply({"params": encoder_params}, observations)
     mean, log_std = nets.actor_head.apply({"params": head_params}, features)
     if deterministic:
         actions = jnp.tanh(mean)

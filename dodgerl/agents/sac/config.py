@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 from dodgerl.networks import NATURE_CNN_OUTPUTS, SYMMETRY_GROUPS
 from dodgerl.validation import Validated
 
-EncoderSharing = Literal["critic", "separate"]
+EncoderSharing = Literal["critic", "separate", "convs"]
 VectorEncoder = Literal["mlp", "set"]
 EncoderOutput = Literal["relu", "layernorm_tanh"]
 Symmetry = Literal["none", "flip_x", "d4"]
@@ -107,7 +107,10 @@ class SACConfig(Validated):
     """Entropy the temperature steers towards; None means -action_dim."""
     encoder_sharing: EncoderSharing = "critic"
     """'critic': one encoder, trained by the critic loss; the actor reads stop-gradient features of
-    it (DrQ). 'separate': actor and critic each own an encoder trained by their own loss (SB3)."""
+    it (DrQ). 'separate': actor and critic each own an encoder trained by their own loss (SB3).
+    'convs' (images only): the critic's convolutions, trained by the critic loss, are shared; the
+    actor reads their output detached through a trunk of its own (a dense layer of
+    ``encoder_features`` and ``encoder_output``, trained by the actor loss), as DrQ-v2."""
     augmentation: bool = False
     """Random-shift augmentation of image observations and next observations (DrQ), on device,
     independent per sample and between obs and next obs. Ignored for vector observations."""

@@ -100,9 +100,10 @@ class StepFeatures:
     critic: jax.Array
     """Critic encoder of obs: the critic loss's input, its gradient reaches that encoder."""
     actor: jax.Array
-    """Actor's view of obs: the critic's features detached (critic sharing) or its own encoder's."""
+    """Actor's view of obs: the critic's features detached (critic sharing), its own encoder's
+    (separate) or the critic's conv output detached (convs; the actor head's trunk reads it)."""
     next: jax.Array
-    """Online (actor's) encoder of next obs, detached: what the policy samples a' from."""
+    """The actor's view of next obs (online encoder), detached: what the policy samples a' from."""
     next_target: jax.Array
     """Target encoder of next obs: the target critic's input."""
 
@@ -123,6 +124,9 @@ def encode_step(agent: SACAgent, critic_params: Any, actor_params: Any,
         target_encoder = precast["target"]
         if actor_encoder is not None:
             actor_encoder = _with_precast(actor_encoder, precast["actor"])
+    if config.encoder_sharing == "convs":
+        return _encode_step_convs(agent, critic_encoder, target_encoder, observations,
+                                  next_observations)
     # With critic sharing the actor reads the critic's encoder (detached, below).
     online_encoder = critic_encoder if config.encoder_sharing == "critic" else actor_encoder
     # stack_next (exclusive with concat_online) needs parameters to stack: the identity vector
@@ -152,6 +156,26 @@ def encode_step(agent: SACAgent, critic_params: Any, actor_params: Any,
         critic_features = encode(nets, critic_encoder, observations)
         actor_features = online_features
     return StepFeatures(critic_features, actor_features, next_features, next_target_features)
+
+
+def _encode_step_convs(agent: SACAgent, critic_encoder: Any, target_encoder: Any,
+                       observations: jax.Array, next_observations: jax.Array) -> StepFeatures:
+    """``encode_step`` with ``convs`` sharing: one critic-encoder call gives the critic's features
+    of obs and the conv output the actor reads (detached); the actor's view of next obs is the
+    conv output alone. ``concat_online`` makes the two online calls one over [obs; next obs]."""
+    nets, sg = agent.networks, jax.lax.stop_gradient
+    with_torso = nets.encoder.clone(returns="both")
+    if agent.config.impl.concat_online:
+        batch_size = observations.shape[0]
+        features, torso = with_torso.apply(
+            {"params": critic_encoder}, jnp.concatenate([observations, next_observations], axis=0))
+        critic_features, actor_torso = features[:batch_size], torso[:batch_size]
+        next_torso = torso[batch_size:]
+    else:
+        critic_features, actor_torso = with_torso.apply({"params": critic_encoder}, observations)
+        next_torso = nets.actor_input.apply({"params": sg(critic_encoder)}, next_observations)
+    next_target_features = encode(nets, target_encoder, next_observations)
+    return StepFeatures(critic_features, sg(actor_torso), sg(next_torso), next_target_features)
 
 
 def sample_policy(agent: SACAgent, actor_head_params: Any, features: StepFeatures,
