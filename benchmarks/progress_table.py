@@ -12,7 +12,6 @@ markdown table: one row per label and key, one column per step ("-" where no run
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from pathlib import Path
@@ -20,16 +19,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.seeds_learning import read_rows  # noqa: E402
 from benchmarks.suite.stats import bootstrap_ci  # noqa: E402
 
 
-def window_mean(progress: Path, key: str, step: int, window: int) -> float:
-    """Mean of ``key`` over the rows of ``progress`` with step in (step - window, step]; NaN if
-    none (empty cells, as before the first update, are skipped)."""
-    with progress.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+def window_mean(rows: list[dict[str, str]], key: str, step: int, window: int,
+                source: Path | str = "progress.csv") -> float:
+    """Mean of ``key`` over the progress.csv ``rows`` (read from ``source``) with step in
+    (step - window, step]; NaN if none (empty cells, as before the first update, are skipped)."""
     if rows and key not in rows[0]:
-        raise ValueError(f"{progress}: no column {key!r} (columns: {', '.join(rows[0])})")
+        raise ValueError(f"{source}: no column {key!r} (columns: {', '.join(rows[0])})")
     values = [float(r[key]) for r in rows if r[key] not in ("", None) and step - window < int(r["step"]) <= step]
     return float(np.mean(values)) if values else math.nan
 
@@ -38,10 +37,12 @@ def table(groups: dict[str, list[Path]], keys: list[str], steps: list[int], wind
     lines = ["| runs | seeds | column | " + " | ".join(f"{s:,}" for s in steps) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in steps) + " |"]
     for label, runs in groups.items():
+        progress = {run: read_rows(run / "progress.csv") for run in runs}  # each file read once
         for key in keys:
             cells = []
             for step in steps:
-                values = np.array([window_mean(r / "progress.csv", key, step, window) for r in runs])
+                values = np.array([window_mean(progress[r], key, step, window, r / "progress.csv")
+                                   for r in runs])
                 values = values[np.isfinite(values)]
                 if len(values) == 0:
                     cells.append("-")

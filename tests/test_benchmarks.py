@@ -494,6 +494,7 @@ def test_suite_job_arguments_are_checked(tmp_path, capsys):
 
 def test_progress_table_averages_each_runs_window_and_takes_the_iqm_over_runs(tmp_path, capsys):
     from benchmarks.progress_table import main, window_mean
+    from benchmarks.seeds_learning import read_rows
 
     runs = []
     for seed, scale in enumerate((1.0, 2.0, 3.0, 4.0)):
@@ -504,13 +505,15 @@ def test_progress_table_averages_each_runs_window_and_takes_the_iqm_over_runs(tm
         (run / "progress.csv").write_text("\n".join(rows) + "\n")
         runs.append(str(run))
     # Window (5000, 10000]: steps 6000..10000, loss scale * (6..10) / 1 -> mean 8 * scale.
-    assert window_mean(tmp_path / "seed1" / "progress.csv", "critic_loss", 10000, 5000) == 16.0
-    assert np.isnan(window_mean(tmp_path / "seed1" / "progress.csv", "critic_loss", 1000, 500))
+    seed1 = read_rows(tmp_path / "seed1" / "progress.csv")
+    assert window_mean(seed1, "critic_loss", 10000, 5000) == 16.0
+    assert np.isnan(window_mean(seed1, "critic_loss", 1000, 500))
     assert main(["--label", "g", *runs, "--keys", "critic_loss,temperature", "--steps", "10000,1000"]) == 0
     out = capsys.readouterr().out.splitlines()
     loss_row = next(line for line in out if "| critic_loss |" in line)
     # Per-run means 8, 16, 24, 32: IQM of 4 drops one from each end -> 20.
     assert loss_row.split("|")[4].strip().startswith("20 [")
     assert loss_row.split("|")[5].strip() == "-"  # before the first update: no rows
-    with pytest.raises(ValueError, match="no column 'q_mean'"):
-        window_mean(tmp_path / "seed0" / "progress.csv", "q_mean", 10000, 5000)
+    seed0 = tmp_path / "seed0" / "progress.csv"
+    with pytest.raises(ValueError, match="seed0/progress.csv: no column 'q_mean'"):
+        window_mean(read_rows(seed0), "q_mean", 10000, 5000, seed0)
