@@ -12,10 +12,10 @@
 #       replays of 256x256 frames are 39 GB of disk; the GPU machine has 64 GB)
 #   OUT=dir bash benchmarks/pixels_gpu.sh screen2  # the shipped recipe, seed 0, one run per
 #       lead after the 84x84 plateau: 256x256 as shipped; at 84x84 the state agent's optimizer
-#       (lr 1e-3, tau 0.01), batch 256, both; levels 2 and 3 at 84x84
-#   OUT=dir bash benchmarks/pixels_gpu.sh screen3  # 84x84, seed 0: the actor's own trunk on the
-#       shared convs (encoder_sharing convs, DrQ-v2), with the state agent's optimizer, and
-#       DrQ's 1024-wide heads
+#       (lr 1e-3, tau 0.01), batch 256, both; the actor's own trunk on the shared convs
+#       (encoder_sharing convs, DrQ-v2), alone and with the state agent's optimizer
+#   OUT=dir bash benchmarks/pixels_gpu.sh screen3  # 84x84, seed 0: DrQ's 1024-wide heads
+#   [ARGS=flags SEEDS=0-1] OUT=dir bash benchmarks/pixels_gpu.sh levels84  # levels 2 and 3 at 84
 #   LABEL=name ARGS="--level 1 ..." OUT=dir bash benchmarks/pixels_gpu.sh group  # one group,
 #       seeds SEEDS (default 0-4) in one process; group_resume resumes it
 #   OUT=dir bash benchmarks/pixels_gpu.sh seed_exact  # the seed's settings alone (one env)
@@ -23,7 +23,7 @@
 #       episodes (REEVAL=N to change; a job of its own: it steps N episodes per seed)
 #   OUT=dir bash benchmarks/pixels_gpu.sh summary  # rewrite the report of all jobs
 set -u
-[ $# -gt 0 ] || { echo "jobs: screen | drq84_n3 | drq84_n3_resume | pool256_n3 | screen2 | screen3 | group | group_resume | seed_exact | reeval | summary" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "jobs: screen | drq84_n3 | drq84_n3_resume | pool256_n3 | screen2 | screen3 | levels84 | group | group_resume | seed_exact | reeval | summary" >&2; exit 2; }
 out=${OUT:-results/benchmarks}/pixels
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes share the GPU
 quiet="--set train.progress_bar=false --set train.video=false"
@@ -59,12 +59,14 @@ for job in "$@"; do
              --run "shipped_84_lr1e3_tau01_level1=$top --level 1 --set env.image_size=84 $fast"
              --run "shipped_84_b256_level1=$top --level 1 --set env.image_size=84 --set agent.batch_size=256"
              --run "shipped_84_b256_lr1e3_tau01_level1=$top --level 1 --set env.image_size=84 --set agent.batch_size=256 $fast"
-             --run "shipped_84_level2=$top --level 2 --set env.image_size=84"
-             --run "shipped_84_level3=$top --level 3 --set env.image_size=84") ;;
+             --run "shipped_84_convs_level1=$top --level 1 --set env.image_size=84 --set agent.encoder_sharing=convs"
+             --run "shipped_84_convs_lr1e3_tau01_level1=$top --level 1 --set env.image_size=84 --set agent.encoder_sharing=convs $fast") ;;
+    levels84)
+      # Levels 2 and 3 at 84x84, SEEDS (default 0-1) each in one process; ARGS adds flags to both.
+      runs+=(--run "shipped_84_level2=$top --level 2 --set env.image_size=84 ${ARGS:-} --seeds ${SEEDS:-0-1}"
+             --run "shipped_84_level3=$top --level 3 --set env.image_size=84 ${ARGS:-} --seeds ${SEEDS:-0-1}") ;;
     screen3)
-      runs+=(--run "shipped_84_convs_level1=$top --level 1 --set env.image_size=84 --set agent.encoder_sharing=convs"
-             --run "shipped_84_convs_lr1e3_tau01_level1=$top --level 1 --set env.image_size=84 --set agent.encoder_sharing=convs $fast"
-             --run "shipped_84_head1024_level1=$top --level 1 --set env.image_size=84 --set agent.net_arch=[1024,1024]") ;;
+      runs+=(--run "shipped_84_head1024_level1=$top --level 1 --set env.image_size=84 --set agent.net_arch=[1024,1024]") ;;
     group)
       # One group of SEEDS (default 0-4) in one process: LABEL=name ARGS="experiments/... flags"
       keep=(--keep-replay)
