@@ -20,7 +20,8 @@
 #       seeds SEEDS (default 0-4) in one process; group_resume resumes it
 #   OUT=dir bash benchmarks/pixels_gpu.sh seed_exact  # the seed's settings alone (one env)
 #   OUT=dir bash benchmarks/pixels_gpu.sh reeval   # every kept best policy of OUT on 100 fresh
-#       episodes (REEVAL=N to change; a job of its own: it steps N episodes per seed)
+#       episodes (REEVAL=N to change; subprocesses, one per core, step them; a job of its own:
+#       a policy that survives steps up to N x 1000 env steps per seed)
 #   OUT=dir bash benchmarks/pixels_gpu.sh summary  # rewrite the report of all jobs
 set -u
 [ $# -gt 0 ] || { echo "jobs: screen | drq84_n3 | drq84_n3_resume | pool256_n3 | screen2 | screen3 | levels84 | group | group_resume | seed_exact | reeval | summary" >&2; exit 2; }

@@ -111,10 +111,15 @@ FRESH_SEED = 2_000_000
 (its evaluations use eval_seed 1,000,000 + i, its training envs seeds from the run's seed)."""
 
 
-def reevaluate_best(out: Path, labels: list[str], episodes: int, seed: int = FRESH_SEED) -> dict:
+def reevaluate_best(out: Path, labels: list[str], episodes: int, seed: int = FRESH_SEED,
+                    processes: int | None = None) -> dict:
     """Per label, per seed: each run's kept best policy (``best/``) evaluated on ``episodes``
     fresh deterministic episodes (``dodgerl.evaluate``), with the step and the logged 10-episode
-    return it was kept for. Runs without a best policy are left out."""
+    return it was kept for. Runs without a best policy are left out. The episodes step in
+    ``processes`` subprocesses (default: one per CPU core; 0: in this process), which changes
+    how long it takes, not what it measures."""
+    if processes is None:
+        processes = os.cpu_count() or 1
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     from dodgerl.checkpoint import CheckpointError
     from dodgerl.evaluate import evaluate, load_agent
@@ -130,7 +135,7 @@ def reevaluate_best(out: Path, labels: list[str], episodes: int, seed: int = FRE
             except CheckpointError as err:
                 print(f"{label}: {run_dir}: no best policy to re-evaluate ({err})", flush=True)
                 continue
-            result = evaluate(loaded.agent, loaded.config.env, episodes, seed)
+            result = evaluate(loaded.agent, loaded.config.env, episodes, seed, processes=processes)
             found.setdefault(label, {})[str(loaded.config.seed)] = {
                 "step": int(loaded.meta["step"]), "logged_best": loaded.meta.get("best_eval"),
                 "episodes": episodes, "episode_seeds": [seed, seed + episodes - 1],
@@ -245,9 +250,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="after the runs, evaluate each run's kept best policy on N fresh "
                              "deterministic episodes (seeds 2,000,000 + i) into OUT/reeval.json "
                              "and the report (0: no; the report keeps an earlier reeval.json)")
+    parser.add_argument("--reeval-processes", type=int, default=None, metavar="N",
+                        help="subprocesses that step the re-evaluation episodes (default: one "
+                             "per CPU core; 0: in this process); the results are the same")
     args = parser.parse_args(argv)
     if args.reeval_episodes < 0:
         parser.error("--reeval-episodes must be >= 0")
+    if args.reeval_processes is not None and args.reeval_processes < 0:
+        parser.error("--reeval-processes must be >= 0")
     runs = [tuple(r.split("=", 1)) for r in args.run]
     args.out.mkdir(parents=True, exist_ok=True)
     codes = {}
@@ -263,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(curves, args.out)
     reeval_path = args.out / "reeval.json"
     if args.reeval_episodes:
-        reeval_path.write_text(json.dumps(reevaluate_best(args.out, labels, args.reeval_episodes), indent=1))
+        reeval_path.write_text(json.dumps(reevaluate_best(args.out, labels, args.reeval_episodes,
+                                                              processes=args.reeval_processes), indent=1))
     reeval = json.loads(reeval_path.read_text()) if reeval_path.is_file() else {}
     reeval = {label: r for label, r in reeval.items() if label in labels and r}
     report = ["# Learning curves, seeds trained together", "",

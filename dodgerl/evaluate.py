@@ -74,17 +74,25 @@ def load_agent(path: str | Path, which: str = "best") -> LoadedAgent:
 
 def evaluate(agent: Any, env_config: EnvConfig, episodes: int = 10, seed: int = 1_000_000,
              deterministic: bool = True, key: jax.Array | None = None,
-             record: bool = False) -> EvalResult:
+             record: bool = False, processes: int = 0) -> EvalResult:
     """``episodes`` episodes of ``agent`` (anything with ``act(obs, key, deterministic=)``: an
     agent or a ``sac.Policy``) on envs reset with seeds ``seed``, ``seed + 1``, ...; the same
     episodes a run evaluates with ``eval_seed`` = ``seed``. ``record``: keep episode 0's frames.
     Deterministic results equal the run's own evaluation exactly when both act on the same kind
-    of device (a run on a GPU evaluated here on the CPU can differ in the last bits)."""
+    of device (a run on a GPU evaluated here on the CPU can differ in the last bits).
+
+    ``processes``: 0 steps every env in this process; N > 0 steps episodes 1, 2, ... in
+    subprocesses of at most ceil((episodes - 1) / N) envs each (``Evaluator``'s asynchronous
+    mode: the same episodes and results, in about the time of the slowest subprocess)."""
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes={episodes!r}: must be an integer >= 1")
+    if isinstance(processes, bool) or not isinstance(processes, (int, np.integer)) or processes < 0:
+        raise ValueError(f"processes={processes!r}: must be an integer >= 0")
     episodes = int(episodes)
     key = jax.random.PRNGKey(0) if key is None else key
-    evaluator = Evaluator(env_config, episodes, seed, record)
+    per_worker = -(-(episodes - 1) // processes) if processes and episodes > 1 else 1
+    evaluator = Evaluator(env_config, episodes, seed, record, asynchronous=processes > 0,
+                          envs_per_worker=per_worker)
     try:
         return evaluator.run(lambda o, k: agent.act(o, k, deterministic=deterministic), key)
     finally:
@@ -112,10 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--deterministic", dest="deterministic", action="store_true",
                       help="take the mean action")
     parser.add_argument("--key", type=int, default=0, help="PRNG seed of sampled actions")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="step episodes 1, 2, ... in up to about N subprocesses (0, the "
+                             "default: all in this process); the episodes and results are the same")
     parser.add_argument("--gif", type=Path, default=None, help="write episode 0 as a GIF here")
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:
         parser.error("--episodes must be >= 1")
+    if args.processes < 0:
+        parser.error("--processes must be >= 0")
     try:
         loaded = load_agent(args.path, args.which)
     except (CheckpointError, ConfigError) as err:  # ConfigError: the run's env cannot be made here
@@ -126,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     seed = tc.eval_seed if args.seed is None else args.seed
     deterministic = tc.eval_deterministic if args.deterministic is None else args.deterministic
     result = evaluate(loaded.agent, loaded.config.env, episodes, seed, deterministic,
-                      jax.random.PRNGKey(args.key), record=args.gif is not None)
+                      jax.random.PRNGKey(args.key), record=args.gif is not None,
+                      processes=args.processes)
     if args.gif is not None and result.frames:
         write_gif(result.frames, args.gif)
     row = result.row(loaded.meta["step"], 0.0)

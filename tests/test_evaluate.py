@@ -37,6 +37,18 @@ def test_the_kept_best_policy_reproduces_the_runs_best_evaluation(run_dir):
         assert row[field] == float(best_row[field]), field
 
 
+def test_episodes_in_subprocesses_equal_episodes_in_this_process(run_dir):
+    loaded = load_agent(run_dir)
+    here = evaluate(loaded.agent, loaded.config.env, 7, 500)
+    # 6 episodes after the first, at most 2 per subprocess: 3 subprocesses
+    apart = evaluate(loaded.agent, loaded.config.env, 7, 500, processes=3)
+    np.testing.assert_array_equal(apart.returns, here.returns)
+    np.testing.assert_array_equal(apart.lengths, here.lengths)
+    assert len(set(here.lengths.tolist())) > 1  # level 2: episodes end at different steps
+    with pytest.raises(ValueError, match="processes=-1"):
+        evaluate(loaded.agent, loaded.config.env, 3, 500, processes=-1)
+
+
 def test_latest_and_named_checkpoints_load_and_act(run_dir):
     oldest, newest = complete_checkpoints(run_dir / "checkpoints")
     latest = load_agent(run_dir, which="latest")
