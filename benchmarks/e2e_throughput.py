@@ -208,7 +208,12 @@ for _base, _file, _overrides, _text, _counts in (
         ("img256", "sac_topdown_seed256_easy.yaml", ["train.n_envs=16", "agent.bf16_encoder=true"],
          "256x256, 16 envs per seed, bf16 encoder", (1, 3)),
         ("vector", "sac_vector_easy.yaml", ["train.n_envs=16"],
-         "65-dim state, set encoder, batch 256, 16 envs per seed, update_every 8", (1, 10))):
+         "65-dim state, set encoder, batch 256, 16 envs per seed, update_every 8", (1, 10)),
+        ("shipped256", "sac_topdown_cnn_easy.yaml", [],
+         "the main command's config: 256x256 pooled by 3 in the network, 3 frames + shift, "
+         "LayerNorm-tanh trunk of 50, 3-step returns, 16 envs per seed", (1, 3)),
+        ("shipped84", "sac_topdown_cnn_easy.yaml", ["env.image_size=84"],
+         "the main command's config at 84x84, 16 envs per seed", (1, 5))):
     for _n in _counts:
         SEED_CASES[f"{_base}_seeds{_n}"] = _n
         CASES[f"{_base}_seeds{_n}"] = (_file, _overrides, f"{_text}; {_n} seed(s) in one process")
@@ -232,6 +237,10 @@ SB3_CASES: dict[str, tuple[str, list[str], str]] = {
     "sb3_vector": ("sac_vector_easy.yaml", [], "Stable-Baselines3 SAC MlpPolicy, vector, batch 256, 1 env"),
     "sb3_img84_drq": ("sac_topdown_drq84_easy.yaml", [],
                       "Stable-Baselines3 SAC CnnPolicy, 84x84, 3 stacked frames, batch 64, 1 env"),
+    "sb3_shipped256": ("sac_topdown_cnn_easy.yaml", [],
+                       "Stable-Baselines3 SAC CnnPolicy on the main command's env: 256x256, 3 stacked frames, batch 64, 1 env"),
+    "sb3_shipped84": ("sac_topdown_cnn_easy.yaml", ["env.image_size=84"],
+                      "Stable-Baselines3 SAC CnnPolicy on the main command's env at 84x84: 3 stacked frames, batch 64, 1 env"),
 }
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Many seeds in one process against one seed alone, every pair in one call on one machine
 # (issue 29): 84x84 (drq84 config) 1 vs 5 seeds, the vector config 1 vs 10, 256x256 1 vs 3;
+# shipped256_seeds1,shipped256_seeds3 and shipped84_seeds1,shipped84_seeds5 are the main
+# command's config (configs/sac_topdown_cnn_easy.yaml) at 256x256 and at 84x84;
 # 16 envs per seed, UTD 1, evaluation every 10K and a checkpoint every 10K env steps included.
 # The report (report.md, e2e.json, per-case CSVs) goes to $OUT (default results/benchmarks/seeds).
 #   bash benchmarks/seeds_speed.sh            # CASES=... STEPS=... BUDGET_S=... to change
