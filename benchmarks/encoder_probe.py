@@ -1,7 +1,9 @@
-"""Can an encoder represent a good policy from the 65-dim state? Behaviour cloning of the lookahead planner.
+"""Can an encoder represent a good policy, and its value? Behaviour cloning of the lookahead planner.
 
     python benchmarks/encoder_probe.py [--level 2] [--transitions 100000] [--noise 0.3]
         [--steps 30000] [--episodes 20] [--encoders mlp,set] [--json out.json]
+    python benchmarks/encoder_probe.py --obs topdown --image-size 84 --frame-stack 3 \
+        --encoders cnn,cnn512 --level 1 --transitions 50000   # the same from pixels (GPU)
 
 SAC from state learns level 2 slowly (benchmarks/reports/train_vector_level2_cpu); this
 separates what the network can represent from what SAC's learning finds. It plays the
@@ -13,18 +15,32 @@ same steps, same seeds. Each fitted policy is then played deterministically on t
 seeds the training runs use (1,000,000 + i). A policy that the plain MLP cannot fit but the
 set encoder can says the representation, not the reward signal, is what holds SAC back.
 
-Runs on the CPU (forced); about 3 minutes per encoder on the 2-core CI box at the defaults.
+The value probe (``--value-steps``, default ``--steps``; 0: off) asks the critic's question:
+each encoder followed by an MLP [256, 256] regresses the discounted return-to-go (``--gamma``)
+of the played episodes, from the observation, on the first 90% of the episodes; its RMSE on the
+other 10% is against that of predicting the training mean. The return after a truncation
+counts as 0 (no bootstrap): the same bias for every encoder.
+
+``--obs topdown`` records what the pixel agent sees (``--image-size``, ``--frame-stack``
+frames, as ``dodgerl.envs.make.make_env`` stacks them) for the same planner, so the vector and
+pixel encoders answer the same question: ``cnn`` is NatureCNN with the shipped configs'
+LayerNorm-tanh trunk of 50, ``cnn512`` with DrQ / SB3's ReLU 512. No augmentation: this measures
+what fits, not what generalises best.
+
+The vector probe runs on the CPU unless JAX_PLATFORMS says otherwise (about 3 minutes per
+encoder on the 2-core CI box at the defaults); the pixel probe on JAX's default device, since
+the CNN encoders need a GPU at these sizes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
@@ -34,12 +50,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from dodgerl.envs.dodge_env import DodgeEnv  # noqa: E402
-from dodgerl.envs.policies import LookaheadPolicy, run_episode  # noqa: E402
+from dodgerl.config import EnvConfig  # noqa: E402
 from dodgerl.envs.dodge_env import DODGE_OBS_LAYOUT  # noqa: E402
-from dodgerl.networks import MLP, MLPEncoder, SetEncoder  # noqa: E402
+from dodgerl.envs.make import make_env  # noqa: E402
+from dodgerl.envs.policies import LookaheadPolicy, run_episode  # noqa: E402
+from dodgerl.networks import MLP, MLPEncoder, NatureCNN, SetEncoder  # noqa: E402
 
 EVAL_SEED = 1_000_000
+VECTOR_ENCODERS = ("mlp", "set")
+IMAGE_ENCODERS = ("cnn", "cnn512")
 
 
 class ClonedPolicy(nn.Module):
@@ -53,119 +72,232 @@ class ClonedPolicy(nn.Module):
         return jnp.tanh(MLP(self.net_arch, 2)(self.encoder(observations)))
 
 
-def make_encoder(name: str, set_arch: tuple[int, ...]) -> nn.Module:
+class ValueProbe(nn.Module):
+    """An SAC encoder, then an MLP to one number: the value of the observation."""
+
+    encoder: nn.Module
+    net_arch: tuple[int, ...] = (256, 256)
+
+    @nn.compact
+    def __call__(self, observations: jnp.ndarray) -> jnp.ndarray:
+        return MLP(self.net_arch, 1)(self.encoder(observations))[..., 0]
+
+
+def make_encoder(name: str, set_arch: tuple[int, ...], obs: str = "vector") -> nn.Module:
+    known = VECTOR_ENCODERS if obs == "vector" else IMAGE_ENCODERS
+    if name not in VECTOR_ENCODERS + IMAGE_ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}: expected one of {', '.join(VECTOR_ENCODERS + IMAGE_ENCODERS)}")
+    if name not in known:
+        raise ValueError(f"encoder {name!r} does not read {obs} observations: use one of {', '.join(known)}")
     if name == "mlp":
         return MLPEncoder()  # the identity: the shipped vector config's encoder
     if name == "set":
         return SetEncoder(*DODGE_OBS_LAYOUT, features=set_arch)
-    raise ValueError(f"unknown encoder {name!r}: expected mlp or set")
+    if name == "cnn":  # the shipped pixel configs' encoder (encoder_output layernorm_tanh, 50)
+        return NatureCNN(features=50, output="layernorm_tanh")
+    return NatureCNN(features=512, output="relu")  # DrQ's / SB3's
 
 
-def collect(level: int, transitions: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
-    """(observations, planner actions, episodes) from noisy planner play; episode i uses seed i."""
-    env = DodgeEnv(level=level, obs_mode="vector")
+def probe_env_config(level: int, obs: str = "vector", image_size: int = 84, frame_stack: int = 1) -> EnvConfig:
+    """The dodge env as the agent sees it: the state vector, or images of ``image_size`` with
+    ``frame_stack`` frames."""
+    if obs == "vector":
+        return EnvConfig(level=level, obs_mode="vector", action_space_type="basic", max_episode_steps=1000)
+    return EnvConfig(level=level, obs_mode="topdown", image_size=image_size, action_space_type="basic",
+                     frame_stack=frame_stack, max_episode_steps=1000)
+
+
+@dataclasses.dataclass
+class Collected:
+    """Noisy planner play: per transition the observation, the planner's (noise-free) action,
+    the discounted return-to-go of what was played, and the episode it belongs to."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    returns_to_go: np.ndarray
+    episode_ids: np.ndarray
+
+    @property
+    def episodes(self) -> int:
+        return int(self.episode_ids.max()) + 1
+
+
+def collect(level: int, transitions: int, noise: float, seed: int = 0, env_config: EnvConfig | None = None,
+            gamma: float = 0.99) -> Collected:
+    """``transitions`` steps of noisy planner play on ``env_config`` (default: the state vector
+    of ``level``); episode i uses seed i. The last episode is cut at ``transitions``."""
+    env = make_env(env_config or probe_env_config(level))
     planner = LookaheadPolicy(env)
     rng = np.random.default_rng(seed)
-    observations, actions = [], []
+    obs, _ = env.reset(seed=0)
+    observations = np.empty((transitions, *obs.shape), obs.dtype)
+    actions = np.empty((transitions, 2), np.float32)
+    rewards = np.empty(transitions)
+    episode_ids = np.empty(transitions, np.int64)
     episode = 0
-    while len(observations) < transitions:
-        obs, _ = env.reset(seed=episode)
-        episode += 1
-        while len(observations) < transitions:
-            action = planner()
-            observations.append(obs)
-            actions.append(action)
-            played = np.clip(action + noise * rng.normal(size=2), -1.0, 1.0).astype(np.float32)
-            obs, _, terminated, truncated, _ = env.step(played)
-            if terminated or truncated:
-                break
+    for t in range(transitions):
+        action = planner()
+        observations[t], actions[t], episode_ids[t] = obs, action, episode
+        played = np.clip(action + noise * rng.normal(size=2), -1.0, 1.0).astype(np.float32)
+        obs, rewards[t], terminated, truncated, _ = env.step(played)
+        if (terminated or truncated) and t + 1 < transitions:
+            episode += 1
+            obs, _ = env.reset(seed=episode)
     env.close()
-    return np.asarray(observations, np.float32), np.asarray(actions, np.float32), episode
+    returns = np.empty(transitions, np.float32)
+    following = 0.0
+    for t in range(transitions - 1, -1, -1):  # within an episode; a new one starts from 0
+        if t + 1 < transitions and episode_ids[t + 1] != episode_ids[t]:
+            following = 0.0
+        following = rewards[t] + gamma * following
+        returns[t] = following
+    return Collected(observations, actions, returns, episode_ids)
 
 
-def fit(policy: ClonedPolicy, observations: np.ndarray, actions: np.ndarray, steps: int,
+def fit(model: nn.Module, observations: np.ndarray, targets: np.ndarray, steps: int,
         batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> tuple[dict, float]:
-    """Adam on the mean squared error to the planner's actions; returns (params, last-1000-step mean loss)."""
-    params = policy.init(jax.random.key(seed), observations[:1])
+    """Adam on the mean squared error of ``model(observations)`` to ``targets`` (the planner's
+    actions, or returns); returns (params, last-1000-step mean loss)."""
+    params = model.init(jax.random.key(seed), observations[:1])
     tx = optax.adam(lr)
     opt_state = tx.init(params)
 
     @jax.jit
     def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(lambda p: jnp.mean((policy.apply(p, x) - y) ** 2))(params)
+        loss, grads = jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x) - y) ** 2))(params)
         updates, opt_state = tx.update(grads, opt_state)
         return optax.apply_updates(params, updates), opt_state, loss
 
     rng = np.random.default_rng(seed)
-    x_all, y_all = jnp.asarray(observations), jnp.asarray(actions)
+    x_all, y_all = jnp.asarray(observations), jnp.asarray(targets)
     losses = []
     for _ in range(steps):
-        idx = rng.integers(0, len(observations), batch_size)
+        idx = jnp.asarray(rng.integers(0, len(observations), batch_size))
         params, opt_state, loss = step(params, opt_state, x_all[idx], y_all[idx])
         losses.append(loss)
     tail = np.asarray(jax.device_get(losses[-1000:]))
     return params, float(tail.mean())
 
 
-def play(level: int, make_policy, episodes: int) -> np.ndarray:
+def predict(model: nn.Module, params: dict, observations: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    apply = jax.jit(model.apply)
+    return np.concatenate([np.asarray(apply(params, jnp.asarray(observations[i:i + chunk])))
+                           for i in range(0, len(observations), chunk)])
+
+
+def value_probe(encoder: nn.Module, data: Collected, steps: int, batch_size: int = 256,
+                scale: float = 100.0) -> dict:
+    """Fit ``ValueProbe(encoder)`` to the returns-to-go (divided by ``scale``) of the first 90%
+    of the episodes (at least one held out); RMSEs in return units on both parts, and the
+    held-out RMSE of the training mean."""
+    if data.episodes < 2:
+        raise ValueError(f"value probe: {data.episodes} episode cannot be split into training and "
+                         "held-out episodes: collect more transitions")
+    cut = min(data.episodes - 1, int(np.ceil(0.9 * data.episodes)))
+    train, held = data.episode_ids < cut, data.episode_ids >= cut
+    model = ValueProbe(encoder)
+    params, _ = fit(model, data.observations[train], data.returns_to_go[train] / scale, steps, batch_size)
+    rmse = {name: float(np.sqrt(np.mean((predict(model, params, data.observations[m]) * scale
+                                         - data.returns_to_go[m]) ** 2)))
+            for name, m in (("train", train), ("held_out", held))}
+    baseline = float(np.sqrt(np.mean((data.returns_to_go[held] - data.returns_to_go[train].mean()) ** 2)))
+    return {"rmse_train": rmse["train"], "rmse_held_out": rmse["held_out"], "rmse_held_out_mean_baseline": baseline,
+            "train_episodes": cut, "held_out_episodes": data.episodes - cut}
+
+
+def play(env_config: EnvConfig, make_policy, episodes: int) -> np.ndarray:
     """(return, length) of ``make_policy(env)`` on seeds EVAL_SEED + i (deterministic policies)."""
-    env = DodgeEnv(level=level, obs_mode="vector")
+    env = make_env(env_config)
     policy = make_policy(env)
     results = [run_episode(env, policy, seed=EVAL_SEED + i) for i in range(episodes)]
     env.close()
     return np.asarray(results, np.float64)
 
 
-def evaluate(policy: ClonedPolicy, params: dict, level: int, episodes: int) -> np.ndarray:
+def evaluate(policy: ClonedPolicy, params: dict, env_config: EnvConfig, episodes: int) -> np.ndarray:
     """The fitted policy's (return, length) per episode, as ``play``."""
     act = jax.jit(lambda obs: policy.apply(params, obs[None])[0])
-    return play(level, lambda env: lambda obs: np.asarray(act(obs)), episodes)
+    return play(env_config, lambda env: lambda obs: np.asarray(act(obs)), episodes)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--level", type=int, default=2)
+    parser.add_argument("--obs", choices=("vector", "topdown"), default="vector")
+    parser.add_argument("--image-size", type=int, default=84, help="image side (--obs topdown)")
+    parser.add_argument("--frame-stack", type=int, default=3, help="stacked frames (--obs topdown)")
     parser.add_argument("--transitions", type=int, default=100_000)
     parser.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian action noise while collecting")
-    parser.add_argument("--steps", type=int, default=30_000, help="gradient steps of the fit (batch 256)")
+    parser.add_argument("--steps", type=int, default=30_000, help="gradient steps of the fit")
+    parser.add_argument("--value-steps", type=int, default=None,
+                        help="gradient steps of the value probe (default: --steps; 0: no value probe)")
+    parser.add_argument("--gamma", type=float, default=0.99, help="discount of the value probe's returns")
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per encoder")
-    parser.add_argument("--encoders", default="mlp,set", help="comma-separated: mlp, set")
+    parser.add_argument("--encoders", default=None,
+                        help=f"comma-separated: {', '.join(VECTOR_ENCODERS)} (vector) or "
+                             f"{', '.join(IMAGE_ENCODERS)} (topdown); default: all of the obs mode's")
     parser.add_argument("--set-arch", default="64,64", help="hidden widths of the set encoder's item MLP")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.obs == "vector" and "JAX_PLATFORMS" not in os.environ:
+        jax.config.update("jax_platforms", "cpu")  # small MLPs: the CPU, as the committed report
     set_arch = tuple(int(w) for w in args.set_arch.split(","))
-    names = [n for n in args.encoders.split(",") if n]
-    for name in names:
-        make_encoder(name, set_arch)  # fail on a bad name before collecting
+    default = VECTOR_ENCODERS if args.obs == "vector" else IMAGE_ENCODERS
+    names = [n for n in (args.encoders or ",".join(default)).split(",") if n]
+    try:
+        for name in names:
+            make_encoder(name, set_arch, args.obs)  # fail on a bad name before collecting
+    except ValueError as err:
+        parser.error(str(err))
+    value_steps = args.steps if args.value_steps is None else args.value_steps
+    env_config = probe_env_config(args.level, args.obs, args.image_size, args.frame_stack)
 
     start = time.perf_counter()
-    observations, actions, n_episodes = collect(args.level, args.transitions, args.noise)
+    data = collect(args.level, args.transitions, args.noise, env_config=env_config, gamma=args.gamma)
     collect_s = time.perf_counter() - start
-    planner = play(args.level, LookaheadPolicy, args.episodes)
+    planner = play(env_config, LookaheadPolicy, args.episodes)
     rows = []
     for name in names:
-        policy = ClonedPolicy(make_encoder(name, set_arch))
+        policy = ClonedPolicy(make_encoder(name, set_arch, args.obs))
         t0 = time.perf_counter()
-        params, loss = fit(policy, observations, actions, args.steps)
-        results = evaluate(policy, params, args.level, args.episodes)
-        rows.append({"encoder": name, "fit_loss": loss, "return_mean": results[:, 0].mean(),
-                     "return_std": results[:, 0].std(), "length_mean": results[:, 1].mean(),
-                     "survived": float((results[:, 1] == 1000).mean()), "seconds": time.perf_counter() - t0})
-    print(f"Behaviour cloning of the lookahead planner, level {args.level}: {len(observations)} transitions "
-          f"from {n_episodes} episodes (action noise std {args.noise}, {collect_s:.0f} s), {args.steps} Adam "
-          f"steps of batch 256 per encoder, {args.episodes} deterministic episodes on seeds {EVAL_SEED}+i\n")
+        params, loss = fit(policy, data.observations, data.actions, args.steps, args.batch_size)
+        results = evaluate(policy, params, env_config, args.episodes)
+        row = {"encoder": name, "fit_loss": loss, "return_mean": results[:, 0].mean(),
+               "return_std": results[:, 0].std(), "length_mean": results[:, 1].mean(),
+               "survived": float((results[:, 1] == 1000).mean()), "seconds": time.perf_counter() - t0}
+        if value_steps:
+            row["value"] = value_probe(make_encoder(name, set_arch, args.obs), data, value_steps, args.batch_size)
+        rows.append(row)
+    seen = "the 65-dim state" if args.obs == "vector" else \
+        f"{args.image_size}x{args.image_size} images, {args.frame_stack} frames"
+    print(f"Behaviour cloning of the lookahead planner, level {args.level}, from {seen}: {len(data.observations)} "
+          f"transitions from {data.episodes} episodes (action noise std {args.noise}, {collect_s:.0f} s), "
+          f"{args.steps} Adam steps of batch {args.batch_size} per encoder, {args.episodes} deterministic "
+          f"episodes on seeds {EVAL_SEED}+i, on {jax.devices()[0].platform}\n")
+    labels = {"mlp": "MLP (identity encoder) + [256, 256]", "set": f"set encoder {list(set_arch)} + [256, 256]",
+              "cnn": "NatureCNN, LayerNorm-tanh 50 + [256, 256]", "cnn512": "NatureCNN, ReLU 512 + [256, 256]"}
     print("| policy | fit loss (MSE) | return mean | return std | length mean | survived to truncation | s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     print(f"| lookahead planner (the teacher) | | {planner[:, 0].mean():.1f} | {planner[:, 0].std():.1f} | "
           f"{planner[:, 1].mean():.1f} | {(planner[:, 1] == 1000).mean():.0%} | |")
     for r in rows:
-        label = "MLP (identity encoder) + [256, 256]" if r["encoder"] == "mlp" else \
-            f"set encoder {list(set_arch)} + [256, 256]"
-        print(f"| {label} | {r['fit_loss']:.4f} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
+        print(f"| {labels[r['encoder']]} | {r['fit_loss']:.4f} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
               f"{r['length_mean']:.1f} | {r['survived']:.0%} | {r['seconds']:.0f} |")
+    if value_steps:
+        v = rows[0]["value"]
+        print(f"\nValue probe: discounted return-to-go (gamma {args.gamma}) of the played episodes, fitted "
+              f"on {v['train_episodes']} episodes for {value_steps} steps, RMSE in return units; held out: the "
+              f"last {v['held_out_episodes']} episodes\n")
+        print("| encoder | RMSE, training episodes | RMSE, held-out episodes | held out, predicting the training mean |")
+        print("| --- | ---: | ---: | ---: |")
+        for r in rows:
+            v = r["value"]
+            print(f"| {labels[r['encoder']]} | {v['rmse_train']:.2f} | {v['rmse_held_out']:.2f} | "
+                  f"{v['rmse_held_out_mean_baseline']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "transitions": len(observations), "episodes": n_episodes,
+            json.dump({"args": vars(args), "transitions": len(data.observations), "episodes": data.episodes,
                        "planner_return_mean": planner[:, 0].mean(), "rows": rows}, f, indent=2)
     return 0
 

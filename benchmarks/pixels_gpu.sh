@@ -22,9 +22,11 @@
 #   OUT=dir bash benchmarks/pixels_gpu.sh reeval   # every kept best policy of OUT on 100 fresh
 #       episodes (REEVAL=N to change; subprocesses, one per core, step them; a job of its own:
 #       a policy that survives steps up to N x 1000 env steps per seed)
+#   OUT=dir bash benchmarks/pixels_gpu.sh probe    # benchmarks/encoder_probe.py from the state
+#       and from 84x84 pixels, levels 1 and 3 (behaviour cloning of the planner, value probe)
 #   OUT=dir bash benchmarks/pixels_gpu.sh summary  # rewrite the report of all jobs
 set -u
-[ $# -gt 0 ] || { echo "jobs: screen | drq84_n3 | drq84_n3_resume | pool256_n3 | screen2 | screen3 | levels84 | group | group_resume | seed_exact | reeval | summary" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "jobs: screen | drq84_n3 | drq84_n3_resume | pool256_n3 | screen2 | screen3 | levels84 | probe | group | group_resume | seed_exact | reeval | summary" >&2; exit 2; }
 out=${OUT:-results/benchmarks}/pixels
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes share the GPU
 quiet="--set train.progress_bar=false --set train.video=false"
@@ -80,6 +82,18 @@ for job in "$@"; do
     reeval)
       exec python benchmarks/seeds_learning.py --out "$out" --summarise-only --budgets $budgets \
         --reeval-episodes "${REEVAL:-100}" ;;
+    probe)
+      # Can the encoders represent the planner's policy and the returns it gets, from the
+      # state and from 84x84 x 3 frames? Behaviour cloning + value probe, levels 1 and 3.
+      mkdir -p "$out/probe"
+      for level in 1 3; do
+        python benchmarks/encoder_probe.py --level $level --transitions 50000 --steps 20000 \
+          --json "$out/probe/vector_level$level.json" > "$out/probe/vector_level$level.md" 2>&1
+        python benchmarks/encoder_probe.py --level $level --transitions 50000 --steps 20000 \
+          --obs topdown --image-size 84 --frame-stack 3 \
+          --json "$out/probe/pixels84_level$level.json" > "$out/probe/pixels84_level$level.md" 2>&1
+      done
+      exit 0 ;;
     summary) ;;
     *) echo "unknown job $job" >&2; exit 2 ;;
   esac

@@ -411,8 +411,9 @@ def test_encoder_probe_records_the_planners_actions_and_its_fit_learns_them():
     from benchmarks import encoder_probe
     from dodgerl.envs.policies import LOOKAHEAD_MOVES
 
-    observations, actions, episodes = encoder_probe.collect(level=2, transitions=400, noise=0.3)
-    assert observations.shape == (400, 65) and actions.shape == (400, 2) and episodes >= 1
+    data = encoder_probe.collect(level=2, transitions=400, noise=0.3)
+    observations, actions = data.observations, data.actions
+    assert observations.shape == (400, 65) and actions.shape == (400, 2) and data.episodes >= 1
     # every recorded label is one of the planner's moves (the noise goes into what is played only)
     assert all(any(np.array_equal(a, m) for m in LOOKAHEAD_MOVES) for a in actions)
     policy = encoder_probe.ClonedPolicy(encoder_probe.make_encoder("set", (16,)), net_arch=(32,))
@@ -420,7 +421,29 @@ def test_encoder_probe_records_the_planners_actions_and_its_fit_learns_them():
     _, loss_long = encoder_probe.fit(policy, observations, actions, steps=1500, batch_size=64)
     assert loss_long < 0.5 * loss_short
     with pytest.raises(ValueError, match="unknown encoder"):
+        encoder_probe.make_encoder("resnet", (16,))
+    with pytest.raises(ValueError, match="does not read vector observations"):
         encoder_probe.make_encoder("cnn", (16,))
+
+
+def test_encoder_probe_returns_to_go_follow_the_episodes_rewards_and_images_are_what_the_agent_sees():
+    from benchmarks import encoder_probe
+
+    gamma = 0.9
+    config = encoder_probe.probe_env_config(level=2, obs="topdown", image_size=64, frame_stack=3)
+    data = encoder_probe.collect(level=2, transitions=300, noise=3.0, env_config=config, gamma=gamma)
+    assert data.observations.shape == (300, 64, 64, 9) and data.observations.dtype == np.uint8
+    assert data.episodes >= 2  # noise 3 makes the moves near random: episodes end by hits
+    g, ids = data.returns_to_go.astype(np.float64), data.episode_ids
+    same = ids[1:] == ids[:-1]
+    # within an episode G_t - gamma G_{t+1} is the step's reward: +1 alive, -100 on the hit that ends it
+    rewards = g[:-1][same] - gamma * g[1:][same]
+    np.testing.assert_allclose(rewards, 1.0, atol=1e-3)
+    ends = np.flatnonzero(~same)  # the last step of each finished episode: the hit
+    np.testing.assert_allclose(g[ends], -100.0, atol=1e-3)
+    value = encoder_probe.value_probe(encoder_probe.make_encoder("cnn", (16,), "topdown"), data, steps=5, batch_size=16)
+    assert value["held_out_episodes"] >= 1 and value["train_episodes"] >= 1
+    assert all(np.isfinite(v) and v > 0 for k, v in value.items() if k.startswith("rmse"))
 
 
 def test_sweep_summary_reads_runs_from_folders_and_archives(tmp_path, capsys, monkeypatch):
