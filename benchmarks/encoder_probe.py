@@ -16,10 +16,13 @@ seeds the training runs use (1,000,000 + i). A policy that the plain MLP cannot 
 set encoder can says the representation, not the reward signal, is what holds SAC back.
 
 The value probe (``--value-steps``, default ``--steps``; 0: off) asks the critic's question:
-each encoder followed by an MLP [256, 256] regresses the discounted return-to-go (``--gamma``)
-of the played episodes, from the observation, on the first 90% of the episodes; its RMSE on the
-other 10% is against that of predicting the training mean. The return after a truncation
-counts as 0 (no bootstrap): the same bias for every encoder.
+each encoder followed by an MLP [256, 256] regresses the discounted return of the next
+``--horizon`` steps (``--gamma``) from the observation, on the first 90% of the episodes; its RMSE
+on the other 10% is against that of predicting the training mean. Only returns that are known
+count: the episode goes on for the horizon or ends in a hit before it (after a truncation the
+return would depend on the time left, which no observation shows). The planner must be hit
+now and then for this to say anything: raise ``--noise`` where it is not (the report prints the
+hits).
 
 ``--obs topdown`` records what the pixel agent sees (``--image-size``, ``--frame-stack``
 frames, as ``dodgerl.envs.make.make_env`` stacks them) for the same planner, so the vector and
@@ -110,20 +113,44 @@ def probe_env_config(level: int, obs: str = "vector", image_size: int = 84, fram
 @dataclasses.dataclass
 class Collected:
     """Noisy planner play: per transition the observation, the planner's (noise-free) action,
-    the discounted return-to-go of what was played, and the episode it belongs to."""
+    the reward of what was played, whether that step ended the episode by termination (a hit),
+    and the episode it belongs to. An episode that was truncated, or cut by the end of the
+    collection, has no terminated step."""
 
     observations: np.ndarray
     actions: np.ndarray
-    returns_to_go: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
     episode_ids: np.ndarray
 
     @property
     def episodes(self) -> int:
         return int(self.episode_ids.max()) + 1
 
+    def horizon_returns(self, gamma: float, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """(targets, known): the discounted return of the next ``horizon`` steps,
+        sum_{k < horizon} gamma^k r_{t+k}, and whether it is known, i.e. the episode goes on for
+        ``horizon`` steps after t or terminates before. Where it was truncated or cut first, the
+        return is unknown (it depends on the time left, which no observation shows)."""
+        n = len(self.rewards)
+        suffix = np.zeros(n)  # discounted sum to the episode's recorded end
+        steps_left = np.zeros(n, np.int64)  # recorded steps from t to that end, t included
+        for t in range(n - 1, -1, -1):
+            continues = t + 1 < n and self.episode_ids[t + 1] == self.episode_ids[t]
+            suffix[t] = self.rewards[t] + (gamma * suffix[t + 1] if continues else 0.0)
+            steps_left[t] = 1 + (steps_left[t + 1] if continues else 0)
+        last = np.arange(n) + steps_left - 1
+        ends_in_hit = self.terminated[last]
+        long_enough = steps_left >= horizon
+        later = np.where(long_enough, suffix[np.minimum(np.arange(n) + horizon, n - 1)], 0.0)
+        targets = np.where(long_enough, suffix - gamma ** horizon * later, suffix)
+        # suffix[t + horizon] is in the same episode exactly when steps_left > horizon
+        targets = np.where(steps_left == horizon, suffix, targets)
+        return targets.astype(np.float32), long_enough | ends_in_hit
 
-def collect(level: int, transitions: int, noise: float, seed: int = 0, env_config: EnvConfig | None = None,
-            gamma: float = 0.99) -> Collected:
+
+def collect(level: int, transitions: int, noise: float, seed: int = 0,
+            env_config: EnvConfig | None = None) -> Collected:
     """``transitions`` steps of noisy planner play on ``env_config`` (default: the state vector
     of ``level``); episode i uses seed i. The last episode is cut at ``transitions``."""
     env = make_env(env_config or probe_env_config(level))
@@ -133,25 +160,19 @@ def collect(level: int, transitions: int, noise: float, seed: int = 0, env_confi
     observations = np.empty((transitions, *obs.shape), obs.dtype)
     actions = np.empty((transitions, 2), np.float32)
     rewards = np.empty(transitions)
+    terminated = np.zeros(transitions, bool)
     episode_ids = np.empty(transitions, np.int64)
     episode = 0
     for t in range(transitions):
         action = planner()
         observations[t], actions[t], episode_ids[t] = obs, action, episode
         played = np.clip(action + noise * rng.normal(size=2), -1.0, 1.0).astype(np.float32)
-        obs, rewards[t], terminated, truncated, _ = env.step(played)
-        if (terminated or truncated) and t + 1 < transitions:
+        obs, rewards[t], terminated[t], truncated, _ = env.step(played)
+        if (terminated[t] or truncated) and t + 1 < transitions:
             episode += 1
             obs, _ = env.reset(seed=episode)
     env.close()
-    returns = np.empty(transitions, np.float32)
-    following = 0.0
-    for t in range(transitions - 1, -1, -1):  # within an episode; a new one starts from 0
-        if t + 1 < transitions and episode_ids[t + 1] != episode_ids[t]:
-            following = 0.0
-        following = rewards[t] + gamma * following
-        returns[t] = following
-    return Collected(observations, actions, returns, episode_ids)
+    return Collected(observations, actions, rewards, terminated, episode_ids)
 
 
 def fit(model: nn.Module, observations: np.ndarray, targets: np.ndarray, steps: int,
@@ -186,23 +207,30 @@ def predict(model: nn.Module, params: dict, observations: np.ndarray, chunk: int
 
 
 def value_probe(encoder: nn.Module, data: Collected, steps: int, batch_size: int = 256,
-                scale: float = 100.0) -> dict:
-    """Fit ``ValueProbe(encoder)`` to the returns-to-go (divided by ``scale``) of the first 90%
-    of the episodes (at least one held out); RMSEs in return units on both parts, and the
-    held-out RMSE of the training mean."""
+                gamma: float = 0.99, horizon: int = 100, scale: float = 100.0) -> dict:
+    """Fit ``ValueProbe(encoder)`` to the known ``horizon``-step discounted returns (divided by
+    ``scale``; ``Collected.horizon_returns``) of the first 90% of the episodes (at least one
+    held out); RMSEs in return units on both parts, and the held-out RMSE of the training mean."""
     if data.episodes < 2:
         raise ValueError(f"value probe: {data.episodes} episode cannot be split into training and "
                          "held-out episodes: collect more transitions")
+    targets, known = data.horizon_returns(gamma, horizon)
     cut = min(data.episodes - 1, int(np.ceil(0.9 * data.episodes)))
-    train, held = data.episode_ids < cut, data.episode_ids >= cut
+    train, held = known & (data.episode_ids < cut), known & (data.episode_ids >= cut)
+    if not train.any() or not held.any():
+        raise ValueError(f"value probe: no {horizon}-step return is known in the "
+                         f"{'training' if not train.any() else 'held-out'} episodes: collect more transitions")
     model = ValueProbe(encoder)
-    params, _ = fit(model, data.observations[train], data.returns_to_go[train] / scale, steps, batch_size)
+    params, _ = fit(model, data.observations[train], targets[train] / scale, steps, batch_size)
     rmse = {name: float(np.sqrt(np.mean((predict(model, params, data.observations[m]) * scale
-                                         - data.returns_to_go[m]) ** 2)))
+                                         - targets[m]) ** 2)))
             for name, m in (("train", train), ("held_out", held))}
-    baseline = float(np.sqrt(np.mean((data.returns_to_go[held] - data.returns_to_go[train].mean()) ** 2)))
+    baseline = float(np.sqrt(np.mean((targets[held] - targets[train].mean()) ** 2)))
+    hits = data.terminated
     return {"rmse_train": rmse["train"], "rmse_held_out": rmse["held_out"], "rmse_held_out_mean_baseline": baseline,
-            "train_episodes": cut, "held_out_episodes": data.episodes - cut}
+            "train_episodes": cut, "held_out_episodes": data.episodes - cut,
+            "train_targets": int(train.sum()), "held_out_targets": int(held.sum()),
+            "hits_train": int(hits[data.episode_ids < cut].sum()), "hits_held_out": int(hits[data.episode_ids >= cut].sum())}
 
 
 def play(env_config: EnvConfig, make_policy, episodes: int) -> np.ndarray:
@@ -232,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--value-steps", type=int, default=None,
                         help="gradient steps of the value probe (default: --steps; 0: no value probe)")
     parser.add_argument("--gamma", type=float, default=0.99, help="discount of the value probe's returns")
+    parser.add_argument("--horizon", type=int, default=100, help="steps of the value probe's returns")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per encoder")
     parser.add_argument("--encoders", default=None,
@@ -254,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     env_config = probe_env_config(args.level, args.obs, args.image_size, args.frame_stack)
 
     start = time.perf_counter()
-    data = collect(args.level, args.transitions, args.noise, env_config=env_config, gamma=args.gamma)
+    data = collect(args.level, args.transitions, args.noise, env_config=env_config)
     collect_s = time.perf_counter() - start
     planner = play(env_config, LookaheadPolicy, args.episodes)
     rows = []
@@ -267,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                "return_std": results[:, 0].std(), "length_mean": results[:, 1].mean(),
                "survived": float((results[:, 1] == 1000).mean()), "seconds": time.perf_counter() - t0}
         if value_steps:
-            row["value"] = value_probe(make_encoder(name, set_arch, args.obs), data, value_steps, args.batch_size)
+            row["value"] = value_probe(make_encoder(name, set_arch, args.obs), data, value_steps, args.batch_size,
+                                       args.gamma, args.horizon)
         rows.append(row)
     seen = "the 65-dim state" if args.obs == "vector" else \
         f"{args.image_size}x{args.image_size} images, {args.frame_stack} frames"
@@ -286,9 +316,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['length_mean']:.1f} | {r['survived']:.0%} | {r['seconds']:.0f} |")
     if value_steps:
         v = rows[0]["value"]
-        print(f"\nValue probe: discounted return-to-go (gamma {args.gamma}) of the played episodes, fitted "
-              f"on {v['train_episodes']} episodes for {value_steps} steps, RMSE in return units; held out: the "
-              f"last {v['held_out_episodes']} episodes\n")
+        print(f"\nValue probe: the discounted return of the next {args.horizon} steps (gamma {args.gamma}) where "
+              f"it is known, fitted on {v['train_targets']} steps of {v['train_episodes']} episodes "
+              f"({v['hits_train']} hits) for {value_steps} Adam steps; RMSE in return units; held out: "
+              f"{v['held_out_targets']} steps of the last {v['held_out_episodes']} episodes ({v['hits_held_out']} hits)\n")
         print("| encoder | RMSE, training episodes | RMSE, held-out episodes | held out, predicting the training mean |")
         print("| --- | ---: | ---: | ---: |")
         for r in rows:

@@ -84,12 +84,13 @@ for job in "$@"; do
         --reeval-episodes "${REEVAL:-100}" ;;
     probe)
       # Can the encoders represent the planner's policy and the returns it gets, from the
-      # state and from 84x84 x 3 frames? Behaviour cloning + value probe, levels 1 and 3.
+      # state and from 84x84 x 3 frames? Behaviour cloning + value probe, levels 1 and 3
+      # (action noise 1.0: the planner is then hit often enough for the value probe).
       mkdir -p "$out/probe"
       for level in 1 3; do
-        python benchmarks/encoder_probe.py --level $level --transitions 50000 --steps 20000 \
+        python benchmarks/encoder_probe.py --level $level --transitions 50000 --steps 20000 --noise 1.0 \
           --json "$out/probe/vector_level$level.json" > "$out/probe/vector_level$level.md" 2>&1
-        python benchmarks/encoder_probe.py --level $level --transitions 50000 --steps 20000 \
+        python benchmarks/encoder_probe.py --level $level --transitions 50000 --steps 20000 --noise 1.0 \
           --obs topdown --image-size 84 --frame-stack 3 \
           --json "$out/probe/pixels84_level$level.json" > "$out/probe/pixels84_level$level.md" 2>&1
       done

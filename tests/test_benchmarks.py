@@ -426,23 +426,30 @@ def test_encoder_probe_records_the_planners_actions_and_its_fit_learns_them():
         encoder_probe.make_encoder("cnn", (16,))
 
 
-def test_encoder_probe_returns_to_go_follow_the_episodes_rewards_and_images_are_what_the_agent_sees():
+def test_encoder_probe_horizon_returns_are_the_next_steps_rewards_and_images_are_what_the_agent_sees():
     from benchmarks import encoder_probe
 
-    gamma = 0.9
     config = encoder_probe.probe_env_config(level=2, obs="topdown", image_size=64, frame_stack=3)
-    data = encoder_probe.collect(level=2, transitions=300, noise=3.0, env_config=config, gamma=gamma)
+    data = encoder_probe.collect(level=2, transitions=300, noise=3.0, env_config=config)
     assert data.observations.shape == (300, 64, 64, 9) and data.observations.dtype == np.uint8
-    assert data.episodes >= 2  # noise 3 makes the moves near random: episodes end by hits
-    g, ids = data.returns_to_go.astype(np.float64), data.episode_ids
-    same = ids[1:] == ids[:-1]
-    # within an episode G_t - gamma G_{t+1} is the step's reward: +1 alive, -100 on the hit that ends it
-    rewards = g[:-1][same] - gamma * g[1:][same]
-    np.testing.assert_allclose(rewards, 1.0, atol=1e-3)
-    ends = np.flatnonzero(~same)  # the last step of each finished episode: the hit
-    np.testing.assert_allclose(g[ends], -100.0, atol=1e-3)
-    value = encoder_probe.value_probe(encoder_probe.make_encoder("cnn", (16,), "topdown"), data, steps=5, batch_size=16)
-    assert value["held_out_episodes"] >= 1 and value["train_episodes"] >= 1
+    assert data.terminated.sum() >= 2  # noise 3 makes the moves near random: episodes end by hits
+    # the env's rewards: +1 alive, -100 on the hit that ends the episode
+    np.testing.assert_array_equal(data.rewards[data.terminated], -100.0)
+    np.testing.assert_array_equal(data.rewards[~data.terminated], 1.0)
+    gamma, horizon = 0.9, 7
+    targets, known = data.horizon_returns(gamma, horizon)
+    for t in range(len(data.rewards)):  # by hand: the rewards of the next steps of t's episode
+        window = [t + k for k in range(horizon) if t + k < len(data.rewards)
+                  and data.episode_ids[t + k] == data.episode_ids[t]]
+        ends_in_hit = data.terminated[window[-1]]
+        assert known[t] == (len(window) == horizon or ends_in_hit), t
+        if known[t]:
+            expected = sum(gamma ** k * data.rewards[i] for k, i in enumerate(window))
+            assert targets[t] == pytest.approx(expected, abs=1e-4), t
+    assert not known[-1]  # the collection cut the last episode
+    value = encoder_probe.value_probe(encoder_probe.make_encoder("cnn", (16,), "topdown"), data, steps=5,
+                                      batch_size=16, gamma=gamma, horizon=horizon)
+    assert value["held_out_episodes"] >= 1 and value["train_targets"] + value["held_out_targets"] == known.sum()
     assert all(np.isfinite(v) and v > 0 for k, v in value.items() if k.startswith("rmse"))
 
 
