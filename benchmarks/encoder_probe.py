@@ -18,7 +18,9 @@ set encoder can says the representation, not the reward signal, is what holds SA
 The value probe (``--value-steps``, default ``--steps``; 0: off) asks the critic's question:
 each encoder followed by an MLP [256, 256] regresses the discounted return of the next
 ``--horizon`` steps (``--gamma``) from the observation, on the first 90% of the episodes; its RMSE
-on the other 10% is against that of predicting the training mean. Only returns that are known
+on the other 10% (at the end, and the lowest of 20 checks along the fit: returns of a noisy
+policy are noisy targets, which a long fit overfits) is against that of predicting the
+training mean. Only returns that are known
 count: the episode goes on for the horizon or ends in a hit before it (after a truncation the
 return would depend on the time left, which no observation shows). The planner must be hit
 now and then for this to say anything: raise ``--noise`` where it is not (the report prints the
@@ -43,6 +45,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
@@ -176,9 +179,11 @@ def collect(level: int, transitions: int, noise: float, seed: int = 0,
 
 
 def fit(model: nn.Module, observations: np.ndarray, targets: np.ndarray, steps: int,
-        batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> tuple[dict, float]:
+        batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+        every: int = 0, callback: Any = None) -> tuple[dict, float]:
     """Adam on the mean squared error of ``model(observations)`` to ``targets`` (the planner's
-    actions, or returns); returns (params, last-1000-step mean loss)."""
+    actions, or returns); returns (params, last-1000-step mean loss). With ``every`` > 0,
+    ``callback(step, params)`` runs after every ``every`` steps."""
     params = model.init(jax.random.key(seed), observations[:1])
     tx = optax.adam(lr)
     opt_state = tx.init(params)
@@ -196,6 +201,8 @@ def fit(model: nn.Module, observations: np.ndarray, targets: np.ndarray, steps: 
         idx = jnp.asarray(rng.integers(0, len(observations), batch_size))
         params, opt_state, loss = step(params, opt_state, x_all[idx], y_all[idx])
         losses.append(loss)
+        if every and len(losses) % every == 0:
+            callback(len(losses), params)
     tail = np.asarray(jax.device_get(losses[-1000:]))
     return params, float(tail.mean())
 
@@ -221,13 +228,19 @@ def value_probe(encoder: nn.Module, data: Collected, steps: int, batch_size: int
         raise ValueError(f"value probe: no {horizon}-step return is known in the "
                          f"{'training' if not train.any() else 'held-out'} episodes: collect more transitions")
     model = ValueProbe(encoder)
-    params, _ = fit(model, data.observations[train], targets[train] / scale, steps, batch_size)
-    rmse = {name: float(np.sqrt(np.mean((predict(model, params, data.observations[m]) * scale
-                                         - targets[m]) ** 2)))
-            for name, m in (("train", train), ("held_out", held))}
+
+    def rmse(params: dict, m: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((predict(model, params, data.observations[m]) * scale - targets[m]) ** 2)))
+
+    curve: list[tuple[int, float]] = []  # held-out RMSE along the fit: the fit overfits noisy returns
+    params, _ = fit(model, data.observations[train], targets[train] / scale, steps, batch_size,
+                    every=max(1, steps // 20), callback=lambda step, p: curve.append((step, rmse(p, held))))
+    best_step, best = min(curve, key=lambda c: c[1]) if curve else (steps, rmse(params, held))
     baseline = float(np.sqrt(np.mean((targets[held] - targets[train].mean()) ** 2)))
     hits = data.terminated
-    return {"rmse_train": rmse["train"], "rmse_held_out": rmse["held_out"], "rmse_held_out_mean_baseline": baseline,
+    return {"rmse_train": rmse(params, train), "rmse_held_out": rmse(params, held),
+            "rmse_held_out_best": best, "rmse_held_out_best_step": best_step, "held_out_curve": curve,
+            "rmse_held_out_mean_baseline": baseline,
             "train_episodes": cut, "held_out_episodes": data.episodes - cut,
             "train_targets": int(train.sum()), "held_out_targets": int(held.sum()),
             "hits_train": int(hits[data.episode_ids < cut].sum()), "hits_held_out": int(hits[data.episode_ids >= cut].sum())}
@@ -320,12 +333,13 @@ def main(argv: list[str] | None = None) -> int:
               f"it is known, fitted on {v['train_targets']} steps of {v['train_episodes']} episodes "
               f"({v['hits_train']} hits) for {value_steps} Adam steps; RMSE in return units; held out: "
               f"{v['held_out_targets']} steps of the last {v['held_out_episodes']} episodes ({v['hits_held_out']} hits)\n")
-        print("| encoder | RMSE, training episodes | RMSE, held-out episodes | held out, predicting the training mean |")
-        print("| --- | ---: | ---: | ---: |")
+        print("| encoder | RMSE, training episodes | RMSE, held-out episodes | lowest held-out RMSE along the fit (step) "
+              "| held out, predicting the training mean |")
+        print("| --- | ---: | ---: | ---: | ---: |")
         for r in rows:
             v = r["value"]
             print(f"| {labels[r['encoder']]} | {v['rmse_train']:.2f} | {v['rmse_held_out']:.2f} | "
-                  f"{v['rmse_held_out_mean_baseline']:.2f} |")
+                  f"{v['rmse_held_out_best']:.2f} ({v['rmse_held_out_best_step']}) | {v['rmse_held_out_mean_baseline']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "transitions": len(data.observations), "episodes": data.episodes,

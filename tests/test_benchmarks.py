@@ -450,7 +450,10 @@ def test_encoder_probe_horizon_returns_are_the_next_steps_rewards_and_images_are
     value = encoder_probe.value_probe(encoder_probe.make_encoder("cnn", (16,), "topdown"), data, steps=5,
                                       batch_size=16, gamma=gamma, horizon=horizon)
     assert value["held_out_episodes"] >= 1 and value["train_targets"] + value["held_out_targets"] == known.sum()
-    assert all(np.isfinite(v) and v > 0 for k, v in value.items() if k.startswith("rmse"))
+    assert all(np.isfinite(v) and v > 0 for k, v in value.items() if k.startswith("rmse_") and "step" not in k)
+    assert [step for step, _ in value["held_out_curve"]] == [1, 2, 3, 4, 5]  # checked after every step of 5
+    assert value["rmse_held_out_best"] == min(r for _, r in value["held_out_curve"])
+    assert value["rmse_held_out"] == pytest.approx(value["held_out_curve"][-1][1])
 
 
 def test_sweep_summary_reads_runs_from_folders_and_archives(tmp_path, capsys, monkeypatch):
