@@ -1,4 +1,4 @@
-"""Can an encoder represent a good policy, and its value? Behaviour cloning of the lookahead planner.
+"""Can an encoder represent a good policy, and how dangerous each move is? Behaviour cloning of the lookahead planner.
 
     python benchmarks/encoder_probe.py [--level 2] [--transitions 100000] [--noise 0.3]
         [--steps 30000] [--episodes 20] [--encoders mlp,set] [--json out.json]
@@ -15,16 +15,14 @@ same steps, same seeds. Each fitted policy is then played deterministically on t
 seeds the training runs use (1,000,000 + i). A policy that the plain MLP cannot fit but the
 set encoder can says the representation, not the reward signal, is what holds SAC back.
 
-The value probe (``--value-steps``, default ``--steps``; 0: off) asks the critic's question:
-each encoder followed by an MLP [256, 256] regresses the discounted return of the next
-``--horizon`` steps (``--gamma``) from the observation, on the first 90% of the episodes; its RMSE
-on the other 10% (at the end, and the lowest of 20 checks along the fit: returns of a noisy
-policy are noisy targets, which a long fit overfits) is against that of predicting the
-training mean. Only returns that are known
-count: the episode goes on for the horizon or ends in a hit before it (after a truncation the
-return would depend on the time left, which no observation shows). The planner must be hit
-now and then for this to say anything: raise ``--noise`` where it is not (the report prints the
-hits).
+The clearance probe (``--clearance-steps``, default ``--steps``; 0: off) asks the critic's
+question without the RL around it: each encoder followed by an MLP [256, 256] regresses, from
+the observation, how close each of the planner's candidate moves would bring the player to a
+projectile (``dodgerl.envs.policies.lookahead_clearance``: a deterministic function of the
+positions and velocities, so velocities must be read off the stacked frames), on the first 90%
+of the episodes; its RMSE on the other 10% (at the end, and the lowest of 20 checks along the
+fit) is against that of predicting the training mean. A critic that cannot tell which move is
+dangerous cannot rank actions.
 
 ``--obs topdown`` records what the pixel agent sees (``--image-size``, ``--frame-stack``
 frames, as ``dodgerl.envs.make.make_env`` stacks them) for the same planner, so the vector and
@@ -59,7 +57,7 @@ import optax  # noqa: E402
 from dodgerl.config import EnvConfig  # noqa: E402
 from dodgerl.envs.dodge_env import DODGE_OBS_LAYOUT  # noqa: E402
 from dodgerl.envs.make import make_env  # noqa: E402
-from dodgerl.envs.policies import LookaheadPolicy, run_episode  # noqa: E402
+from dodgerl.envs.policies import LOOKAHEAD_MOVES, LookaheadPolicy, lookahead_clearance, run_episode  # noqa: E402
 from dodgerl.networks import MLP, MLPEncoder, NatureCNN, SetEncoder  # noqa: E402
 
 EVAL_SEED = 1_000_000
@@ -78,15 +76,16 @@ class ClonedPolicy(nn.Module):
         return jnp.tanh(MLP(self.net_arch, 2)(self.encoder(observations)))
 
 
-class ValueProbe(nn.Module):
-    """An SAC encoder, then an MLP to one number: the value of the observation."""
+class ClearanceProbe(nn.Module):
+    """An SAC encoder, then an MLP to ``outputs`` numbers: each candidate move's clearance."""
 
     encoder: nn.Module
+    outputs: int
     net_arch: tuple[int, ...] = (256, 256)
 
     @nn.compact
     def __call__(self, observations: jnp.ndarray) -> jnp.ndarray:
-        return MLP(self.net_arch, 1)(self.encoder(observations))[..., 0]
+        return MLP(self.net_arch, self.outputs)(self.encoder(observations))
 
 
 def make_encoder(name: str, set_arch: tuple[int, ...], obs: str = "vector") -> nn.Module:
@@ -116,40 +115,19 @@ def probe_env_config(level: int, obs: str = "vector", image_size: int = 84, fram
 @dataclasses.dataclass
 class Collected:
     """Noisy planner play: per transition the observation, the planner's (noise-free) action,
-    the reward of what was played, whether that step ended the episode by termination (a hit),
-    and the episode it belongs to. An episode that was truncated, or cut by the end of the
-    collection, has no terminated step."""
+    each candidate move's clearance (``lookahead_clearance``: metres to the nearest projectile
+    over the planner's horizon), whether the step ended the episode by a hit, and the episode
+    it belongs to."""
 
     observations: np.ndarray
     actions: np.ndarray
-    rewards: np.ndarray
+    clearance: np.ndarray
     terminated: np.ndarray
     episode_ids: np.ndarray
 
     @property
     def episodes(self) -> int:
         return int(self.episode_ids.max()) + 1
-
-    def horizon_returns(self, gamma: float, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-        """(targets, known): the discounted return of the next ``horizon`` steps,
-        sum_{k < horizon} gamma^k r_{t+k}, and whether it is known, i.e. the episode goes on for
-        ``horizon`` steps after t or terminates before. Where it was truncated or cut first, the
-        return is unknown (it depends on the time left, which no observation shows)."""
-        n = len(self.rewards)
-        suffix = np.zeros(n)  # discounted sum to the episode's recorded end
-        steps_left = np.zeros(n, np.int64)  # recorded steps from t to that end, t included
-        for t in range(n - 1, -1, -1):
-            continues = t + 1 < n and self.episode_ids[t + 1] == self.episode_ids[t]
-            suffix[t] = self.rewards[t] + (gamma * suffix[t + 1] if continues else 0.0)
-            steps_left[t] = 1 + (steps_left[t + 1] if continues else 0)
-        last = np.arange(n) + steps_left - 1
-        ends_in_hit = self.terminated[last]
-        long_enough = steps_left >= horizon
-        later = np.where(long_enough, suffix[np.minimum(np.arange(n) + horizon, n - 1)], 0.0)
-        targets = np.where(long_enough, suffix - gamma ** horizon * later, suffix)
-        # suffix[t + horizon] is in the same episode exactly when steps_left > horizon
-        targets = np.where(steps_left == horizon, suffix, targets)
-        return targets.astype(np.float32), long_enough | ends_in_hit
 
 
 def collect(level: int, transitions: int, noise: float, seed: int = 0,
@@ -162,20 +140,21 @@ def collect(level: int, transitions: int, noise: float, seed: int = 0,
     obs, _ = env.reset(seed=0)
     observations = np.empty((transitions, *obs.shape), obs.dtype)
     actions = np.empty((transitions, 2), np.float32)
-    rewards = np.empty(transitions)
+    clearance = np.empty((transitions, len(LOOKAHEAD_MOVES)), np.float32)
     terminated = np.zeros(transitions, bool)
     episode_ids = np.empty(transitions, np.int64)
     episode = 0
     for t in range(transitions):
         action = planner()
         observations[t], actions[t], episode_ids[t] = obs, action, episode
+        clearance[t] = lookahead_clearance(env.unwrapped.state())
         played = np.clip(action + noise * rng.normal(size=2), -1.0, 1.0).astype(np.float32)
-        obs, rewards[t], terminated[t], truncated, _ = env.step(played)
+        obs, _, terminated[t], truncated, _ = env.step(played)
         if (terminated[t] or truncated) and t + 1 < transitions:
             episode += 1
             obs, _ = env.reset(seed=episode)
     env.close()
-    return Collected(observations, actions, rewards, terminated, episode_ids)
+    return Collected(observations, actions, clearance, terminated, episode_ids)
 
 
 def fit(model: nn.Module, observations: np.ndarray, targets: np.ndarray, steps: int,
@@ -213,37 +192,29 @@ def predict(model: nn.Module, params: dict, observations: np.ndarray, chunk: int
                            for i in range(0, len(observations), chunk)])
 
 
-def value_probe(encoder: nn.Module, data: Collected, steps: int, batch_size: int = 256,
-                gamma: float = 0.99, horizon: int = 100, scale: float = 100.0) -> dict:
-    """Fit ``ValueProbe(encoder)`` to the known ``horizon``-step discounted returns (divided by
-    ``scale``; ``Collected.horizon_returns``) of the first 90% of the episodes (at least one
-    held out); RMSEs in return units on both parts, and the held-out RMSE of the training mean."""
+def clearance_probe(encoder: nn.Module, data: Collected, steps: int, batch_size: int = 256) -> dict:
+    """Fit ``ClearanceProbe(encoder)`` to every candidate move's clearance on the first 90% of
+    the episodes (at least one held out); RMSEs in metres on both parts (at the end, and the
+    lowest of 20 checks along the fit), and the held-out RMSE of the training mean."""
     if data.episodes < 2:
-        raise ValueError(f"value probe: {data.episodes} episode cannot be split into training and "
+        raise ValueError(f"clearance probe: {data.episodes} episode cannot be split into training and "
                          "held-out episodes: collect more transitions")
-    targets, known = data.horizon_returns(gamma, horizon)
     cut = min(data.episodes - 1, int(np.ceil(0.9 * data.episodes)))
-    train, held = known & (data.episode_ids < cut), known & (data.episode_ids >= cut)
-    if not train.any() or not held.any():
-        raise ValueError(f"value probe: no {horizon}-step return is known in the "
-                         f"{'training' if not train.any() else 'held-out'} episodes: collect more transitions")
-    model = ValueProbe(encoder)
+    train, held = data.episode_ids < cut, data.episode_ids >= cut
+    model = ClearanceProbe(encoder, outputs=data.clearance.shape[1])
 
     def rmse(params: dict, m: np.ndarray) -> float:
-        return float(np.sqrt(np.mean((predict(model, params, data.observations[m]) * scale - targets[m]) ** 2)))
+        return float(np.sqrt(np.mean((predict(model, params, data.observations[m]) - data.clearance[m]) ** 2)))
 
-    curve: list[tuple[int, float]] = []  # held-out RMSE along the fit: the fit overfits noisy returns
-    params, _ = fit(model, data.observations[train], targets[train] / scale, steps, batch_size,
+    curve: list[tuple[int, float]] = []
+    params, _ = fit(model, data.observations[train], data.clearance[train], steps, batch_size,
                     every=max(1, steps // 20), callback=lambda step, p: curve.append((step, rmse(p, held))))
     best_step, best = min(curve, key=lambda c: c[1]) if curve else (steps, rmse(params, held))
-    baseline = float(np.sqrt(np.mean((targets[held] - targets[train].mean()) ** 2)))
-    hits = data.terminated
+    baseline = float(np.sqrt(np.mean((data.clearance[held] - data.clearance[train].mean(axis=0)) ** 2)))
     return {"rmse_train": rmse(params, train), "rmse_held_out": rmse(params, held),
             "rmse_held_out_best": best, "rmse_held_out_best_step": best_step, "held_out_curve": curve,
-            "rmse_held_out_mean_baseline": baseline,
-            "train_episodes": cut, "held_out_episodes": data.episodes - cut,
-            "train_targets": int(train.sum()), "held_out_targets": int(held.sum()),
-            "hits_train": int(hits[data.episode_ids < cut].sum()), "hits_held_out": int(hits[data.episode_ids >= cut].sum())}
+            "rmse_held_out_mean_baseline": baseline, "train_episodes": cut, "held_out_episodes": data.episodes - cut,
+            "train_transitions": int(train.sum()), "held_out_transitions": int(held.sum())}
 
 
 def play(env_config: EnvConfig, make_policy, episodes: int) -> np.ndarray:
@@ -270,10 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transitions", type=int, default=100_000)
     parser.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian action noise while collecting")
     parser.add_argument("--steps", type=int, default=30_000, help="gradient steps of the fit")
-    parser.add_argument("--value-steps", type=int, default=None,
-                        help="gradient steps of the value probe (default: --steps; 0: no value probe)")
-    parser.add_argument("--gamma", type=float, default=0.99, help="discount of the value probe's returns")
-    parser.add_argument("--horizon", type=int, default=100, help="steps of the value probe's returns")
+    parser.add_argument("--clearance-steps", type=int, default=None,
+                        help="gradient steps of the clearance probe (default: --steps; 0: none)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per encoder")
     parser.add_argument("--encoders", default=None,
@@ -292,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             make_encoder(name, set_arch, args.obs)  # fail on a bad name before collecting
     except ValueError as err:
         parser.error(str(err))
-    value_steps = args.steps if args.value_steps is None else args.value_steps
+    clearance_steps = args.steps if args.clearance_steps is None else args.clearance_steps
     env_config = probe_env_config(args.level, args.obs, args.image_size, args.frame_stack)
 
     start = time.perf_counter()
@@ -308,9 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         row = {"encoder": name, "fit_loss": loss, "return_mean": results[:, 0].mean(),
                "return_std": results[:, 0].std(), "length_mean": results[:, 1].mean(),
                "survived": float((results[:, 1] == 1000).mean()), "seconds": time.perf_counter() - t0}
-        if value_steps:
-            row["value"] = value_probe(make_encoder(name, set_arch, args.obs), data, value_steps, args.batch_size,
-                                       args.gamma, args.horizon)
+        if clearance_steps:
+            row["clearance"] = clearance_probe(make_encoder(name, set_arch, args.obs), data, clearance_steps,
+                                               args.batch_size)
         rows.append(row)
     seen = "the 65-dim state" if args.obs == "vector" else \
         f"{args.image_size}x{args.image_size} images, {args.frame_stack} frames"
@@ -327,19 +296,20 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {labels[r['encoder']]} | {r['fit_loss']:.4f} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
               f"{r['length_mean']:.1f} | {r['survived']:.0%} | {r['seconds']:.0f} |")
-    if value_steps:
-        v = rows[0]["value"]
-        print(f"\nValue probe: the discounted return of the next {args.horizon} steps (gamma {args.gamma}) where "
-              f"it is known, fitted on {v['train_targets']} steps of {v['train_episodes']} episodes "
-              f"({v['hits_train']} hits) for {value_steps} Adam steps; RMSE in return units; held out: "
-              f"{v['held_out_targets']} steps of the last {v['held_out_episodes']} episodes ({v['hits_held_out']} hits)\n")
+    if clearance_steps:
+        v = rows[0]["clearance"]
+        print(f"\nClearance probe: each of the {len(LOOKAHEAD_MOVES)} candidate moves' clearance (metres to the "
+              f"nearest projectile over the planner's horizon, capped at 1.5), fitted on {v['train_transitions']} "
+              f"transitions of {v['train_episodes']} episodes for {clearance_steps} Adam steps; RMSE in metres; held "
+              f"out: {v['held_out_transitions']} transitions of the last {v['held_out_episodes']} episodes; "
+              f"{int(data.terminated.sum())} hits in all\n")
         print("| encoder | RMSE, training episodes | RMSE, held-out episodes | lowest held-out RMSE along the fit (step) "
               "| held out, predicting the training mean |")
         print("| --- | ---: | ---: | ---: | ---: |")
         for r in rows:
-            v = r["value"]
-            print(f"| {labels[r['encoder']]} | {v['rmse_train']:.2f} | {v['rmse_held_out']:.2f} | "
-                  f"{v['rmse_held_out_best']:.2f} ({v['rmse_held_out_best_step']}) | {v['rmse_held_out_mean_baseline']:.2f} |")
+            v = r["clearance"]
+            print(f"| {labels[r['encoder']]} | {v['rmse_train']:.3f} | {v['rmse_held_out']:.3f} | "
+                  f"{v['rmse_held_out_best']:.3f} ({v['rmse_held_out_best_step']}) | {v['rmse_held_out_mean_baseline']:.3f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "transitions": len(data.observations), "episodes": data.episodes,

@@ -23,7 +23,7 @@
 #       episodes (REEVAL=N to change; subprocesses, one per core, step them; a job of its own:
 #       a policy that survives steps up to N x 1000 env steps per seed)
 #   OUT=dir bash benchmarks/pixels_gpu.sh probe    # benchmarks/encoder_probe.py from the state
-#       and from 84x84 pixels, levels 1 and 3 (behaviour cloning of the planner, value probe)
+#       and from 84x84 pixels, levels 1 and 3 (behaviour cloning of the planner, clearance probe)
 #   OUT=dir bash benchmarks/pixels_gpu.sh summary  # rewrite the report of all jobs
 set -u
 [ $# -gt 0 ] || { echo "jobs: screen | drq84_n3 | drq84_n3_resume | pool256_n3 | screen2 | screen3 | levels84 | probe | group | group_resume | seed_exact | reeval | summary" >&2; exit 2; }
@@ -84,8 +84,8 @@ for job in "$@"; do
         --reeval-episodes "${REEVAL:-100}" ;;
     probe)
       # Can the encoders represent the planner's policy and the returns it gets, from the
-      # state and from 84x84 x 3 frames? Behaviour cloning + value probe, levels 1 and 3
-      # (action noise 1.0: the planner is then hit often enough for the value probe).
+      # state and from 84x84 x 3 frames? Behaviour cloning + clearance probe, levels 1 and 3
+      # (action noise 1.0: the data then holds hits and near misses, not only safe states).
       mkdir -p "$out/probe"
       for level in 1 3; do
         python benchmarks/encoder_probe.py --level $level --transitions 50000 --steps 20000 --noise 1.0 \

@@ -426,34 +426,44 @@ def test_encoder_probe_records_the_planners_actions_and_its_fit_learns_them():
         encoder_probe.make_encoder("cnn", (16,))
 
 
-def test_encoder_probe_horizon_returns_are_the_next_steps_rewards_and_images_are_what_the_agent_sees():
+def test_encoder_probe_clearance_is_the_planners_and_images_are_what_the_agent_sees():
     from benchmarks import encoder_probe
+    from dodgerl.envs.policies import CLEARANCE_CAP, LOOKAHEAD_MOVES
 
     config = encoder_probe.probe_env_config(level=2, obs="topdown", image_size=64, frame_stack=3)
     data = encoder_probe.collect(level=2, transitions=300, noise=3.0, env_config=config)
     assert data.observations.shape == (300, 64, 64, 9) and data.observations.dtype == np.uint8
-    assert data.terminated.sum() >= 2  # noise 3 makes the moves near random: episodes end by hits
-    # the env's rewards: +1 alive, -100 on the hit that ends the episode
-    np.testing.assert_array_equal(data.rewards[data.terminated], -100.0)
-    np.testing.assert_array_equal(data.rewards[~data.terminated], 1.0)
-    gamma, horizon = 0.9, 7
-    targets, known = data.horizon_returns(gamma, horizon)
-    for t in range(len(data.rewards)):  # by hand: the rewards of the next steps of t's episode
-        window = [t + k for k in range(horizon) if t + k < len(data.rewards)
-                  and data.episode_ids[t + k] == data.episode_ids[t]]
-        ends_in_hit = data.terminated[window[-1]]
-        assert known[t] == (len(window) == horizon or ends_in_hit), t
-        if known[t]:
-            expected = sum(gamma ** k * data.rewards[i] for k, i in enumerate(window))
-            assert targets[t] == pytest.approx(expected, abs=1e-4), t
-    assert not known[-1]  # the collection cut the last episode
-    value = encoder_probe.value_probe(encoder_probe.make_encoder("cnn", (16,), "topdown"), data, steps=5,
-                                      batch_size=16, gamma=gamma, horizon=horizon)
-    assert value["held_out_episodes"] >= 1 and value["train_targets"] + value["held_out_targets"] == known.sum()
-    assert all(np.isfinite(v) and v > 0 for k, v in value.items() if k.startswith("rmse_") and "step" not in k)
-    assert [step for step, _ in value["held_out_curve"]] == [1, 2, 3, 4, 5]  # checked after every step of 5
-    assert value["rmse_held_out_best"] == min(r for _, r in value["held_out_curve"])
-    assert value["rmse_held_out"] == pytest.approx(value["held_out_curve"][-1][1])
+    assert data.clearance.shape == (300, len(LOOKAHEAD_MOVES))
+    assert data.terminated.sum() >= 2 and data.episodes >= 2  # noise 3: near-random moves, hits
+    assert np.all(data.clearance <= CLEARANCE_CAP)
+    # the planner's move is one whose clearance is within the centre pull (0.02 per metre, at
+    # most 0.02 x 14.2 m) of the best
+    best = data.clearance.max(axis=1)
+    chosen = np.array([data.clearance[t, np.flatnonzero((LOOKAHEAD_MOVES == data.actions[t]).all(axis=1))[0]]
+                       for t in range(300)])
+    assert np.all(chosen >= best - 0.3) and np.any(data.clearance.min(axis=1) < CLEARANCE_CAP)
+    # just before a hit some move's clearance is already <= 0 (the one that was played is close)
+    assert np.all(data.clearance[data.terminated].min(axis=1) < 0.5)
+    probe = encoder_probe.clearance_probe(encoder_probe.make_encoder("cnn", (16,), "topdown"), data, steps=5,
+                                          batch_size=16)
+    assert probe["held_out_episodes"] >= 1 and probe["train_transitions"] + probe["held_out_transitions"] == 300
+    assert [step for step, _ in probe["held_out_curve"]] == [1, 2, 3, 4, 5]  # checked after every step of 5
+    assert probe["rmse_held_out_best"] == min(r for _, r in probe["held_out_curve"])
+    assert probe["rmse_held_out"] == pytest.approx(probe["held_out_curve"][-1][1])
+    assert all(np.isfinite(probe[k]) and probe[k] > 0 for k in ("rmse_train", "rmse_held_out", "rmse_held_out_mean_baseline"))
+
+
+def test_lookahead_clearance_is_the_planners_score_without_the_centre_pull():
+    from dodgerl.envs.policies import LOOKAHEAD_MOVES, lookahead_action, lookahead_clearance
+
+    state = {"player_pos": np.array([0.0, 0.0]), "player_vel": np.zeros(2),
+             "projectile_pos": np.array([[4.0, 0.0]]), "projectile_vel": np.array([[-16.0, 0.0]]),
+             "player_radius": 0.5, "projectile_radius": 0.25}
+    clearance = lookahead_clearance(state)
+    stay = np.flatnonzero((LOOKAHEAD_MOVES == 0).all(axis=1))[0]
+    assert clearance[stay] < 0  # standing still, the projectile flies through the player
+    chosen = np.flatnonzero((LOOKAHEAD_MOVES == lookahead_action(state)).all(axis=1))[0]
+    assert clearance[chosen] > 0 and clearance[chosen] >= clearance.max() - 0.02 * 14.2
 
 
 def test_sweep_summary_reads_runs_from_folders_and_archives(tmp_path, capsys, monkeypatch):

@@ -91,18 +91,32 @@ def lookahead_action(state: dict[str, Any], steps: int = LOOKAHEAD_STEPS) -> np.
     to it. A reference of what a policy reading only the current state can reach (the state
     holds everything the 65-dim observation does, for every projectile); returns a (2,) action.
     """
+    clearance, path = _clearance_and_paths(state, steps)
+    score = clearance - 0.02 * np.linalg.norm(path[:, -1, :], axis=-1)
+    return LOOKAHEAD_MOVES[int(np.argmax(score))].copy()
+
+
+def lookahead_clearance(state: dict[str, Any], steps: int = LOOKAHEAD_STEPS) -> np.ndarray:
+    """Per candidate move (``LOOKAHEAD_MOVES``, held for ``steps`` control steps): the smallest
+    gap in metres between the player's and any live projectile's edges over the horizon, capped
+    at ``CLEARANCE_CAP`` (the cap where none is live); <= 0 means a hit. The part of
+    :func:`lookahead_action`'s score that a critic must know: how dangerous each move is."""
+    return _clearance_and_paths(state, steps)[0]
+
+
+def _clearance_and_paths(state: dict[str, Any], steps: int) -> tuple[np.ndarray, np.ndarray]:
     pos = state["player_pos"]
     t = np.arange(1, steps + 1) * CONTROL_DT
     limit = ARENA_HALF - PLAYER_RADIUS
     path = np.clip(pos + LOOKAHEAD_MOVES[:, None, :] * PLAYER_SPEED * t[None, :, None], -limit, limit)
-    score = np.zeros(len(LOOKAHEAD_MOVES))
+    # the cap where no projectile is live: the same for every move, so the choice is unchanged
+    clearance = np.full(len(LOOKAHEAD_MOVES), CLEARANCE_CAP)
     if state["projectile_pos"].shape[0]:
         flight = state["projectile_pos"][None] + state["projectile_vel"][None] * t[:, None, None]
         gap = np.linalg.norm(path[:, :, None, :] - flight[None], axis=-1)
         gap -= state["player_radius"] + state["projectile_radius"]
-        score = np.minimum(gap.min(axis=(1, 2)), CLEARANCE_CAP)
-    score -= 0.02 * np.linalg.norm(path[:, -1, :], axis=-1)
-    return LOOKAHEAD_MOVES[int(np.argmax(score))].copy()
+        clearance = np.minimum(gap.min(axis=(1, 2)), CLEARANCE_CAP)
+    return clearance, path
 
 
 class LookaheadPolicy:
@@ -158,4 +172,5 @@ def run_episode(env: gymnasium.Env, policy: Any, seed: int | None = None) -> tup
 
 
 __all__ = ["HeuristicPolicy", "LookaheadPolicy", "RandomPolicy", "heuristic_action", "lookahead_action",
+           "lookahead_clearance",
            "random_action", "run_episode"]
