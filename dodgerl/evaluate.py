@@ -82,8 +82,10 @@ def evaluate(agent: Any, env_config: EnvConfig, episodes: int = 10, seed: int = 
     of device (a run on a GPU evaluated here on the CPU can differ in the last bits).
 
     ``processes``: 0 steps every env in this process; N > 0 steps episodes 1, 2, ... in
-    subprocesses of at most ceil((episodes - 1) / N) envs each (``Evaluator``'s asynchronous
-    mode: the same episodes and results, in about the time of the slowest subprocess)."""
+    subprocesses of k envs each, k the largest divisor of episodes - 1 that is at most
+    ceil((episodes - 1) / N) (``Evaluator``'s asynchronous mode: the same episodes and results,
+    in about the time of the slowest subprocess). So there are N subprocesses where N divides
+    episodes - 1, and more where it does not (33 for 100 episodes and N = 16)."""
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes={episodes!r}: must be an integer >= 1")
     if isinstance(processes, bool) or not isinstance(processes, (int, np.integer)) or processes < 0:
@@ -121,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="take the mean action")
     parser.add_argument("--key", type=int, default=0, help="PRNG seed of sampled actions")
     parser.add_argument("--processes", type=int, default=0,
-                        help="step episodes 1, 2, ... in up to about N subprocesses (0, the "
-                             "default: all in this process); the episodes and results are the same")
+                        help="step episodes 1, 2, ... in subprocesses, N of them where N divides "
+                             "episodes - 1 and more where it does not (0, the default: all in this "
+                             "process); the episodes and results are the same")
     parser.add_argument("--gif", type=Path, default=None, help="write episode 0 as a GIF here")
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:
