@@ -186,12 +186,6 @@ def fit(model: nn.Module, observations: np.ndarray, targets: np.ndarray, steps: 
     return params, float(tail.mean())
 
 
-def predict(model: nn.Module, params: dict, observations: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    apply = jax.jit(model.apply)
-    return np.concatenate([np.asarray(apply(params, jnp.asarray(observations[i:i + chunk])))
-                           for i in range(0, len(observations), chunk)])
-
-
 def clearance_probe(encoder: nn.Module, data: Collected, steps: int, batch_size: int = 256) -> dict:
     """Fit ``ClearanceProbe(encoder)`` to every candidate move's clearance on the first 90% of
     the episodes (at least one held out); RMSEs in metres on both parts (at the end, and the
@@ -200,21 +194,28 @@ def clearance_probe(encoder: nn.Module, data: Collected, steps: int, batch_size:
         raise ValueError(f"clearance probe: {data.episodes} episode cannot be split into training and "
                          "held-out episodes: collect more transitions")
     cut = min(data.episodes - 1, int(np.ceil(0.9 * data.episodes)))
-    train, held = data.episode_ids < cut, data.episode_ids >= cut
+    # episodes are recorded in order, so the split is one index and both parts are views
+    split = int(np.searchsorted(data.episode_ids, cut))
+    parts = {"train": (data.observations[:split], data.clearance[:split]),
+             "held_out": (data.observations[split:], data.clearance[split:])}
     model = ClearanceProbe(encoder, outputs=data.clearance.shape[1])
+    apply = jax.jit(model.apply)  # compiled once for every check along the fit
 
-    def rmse(params: dict, m: np.ndarray) -> float:
-        return float(np.sqrt(np.mean((predict(model, params, data.observations[m]) - data.clearance[m]) ** 2)))
+    def rmse(params: dict, part: str, chunk: int = 1024) -> float:
+        x, y = parts[part]
+        predicted = np.concatenate([np.asarray(apply(params, jnp.asarray(x[i:i + chunk])))
+                                    for i in range(0, len(x), chunk)])
+        return float(np.sqrt(np.mean((predicted - y) ** 2)))
 
     curve: list[tuple[int, float]] = []
-    params, _ = fit(model, data.observations[train], data.clearance[train], steps, batch_size,
-                    every=max(1, steps // 20), callback=lambda step, p: curve.append((step, rmse(p, held))))
-    best_step, best = min(curve, key=lambda c: c[1]) if curve else (steps, rmse(params, held))
-    baseline = float(np.sqrt(np.mean((data.clearance[held] - data.clearance[train].mean(axis=0)) ** 2)))
-    return {"rmse_train": rmse(params, train), "rmse_held_out": rmse(params, held),
+    params, _ = fit(model, *parts["train"], steps, batch_size,
+                    every=max(1, steps // 20), callback=lambda step, p: curve.append((step, rmse(p, "held_out"))))
+    best_step, best = min(curve, key=lambda c: c[1]) if curve else (steps, rmse(params, "held_out"))
+    baseline = float(np.sqrt(np.mean((parts["held_out"][1] - parts["train"][1].mean(axis=0)) ** 2)))
+    return {"rmse_train": rmse(params, "train"), "rmse_held_out": rmse(params, "held_out"),
             "rmse_held_out_best": best, "rmse_held_out_best_step": best_step, "held_out_curve": curve,
             "rmse_held_out_mean_baseline": baseline, "train_episodes": cut, "held_out_episodes": data.episodes - cut,
-            "train_transitions": int(train.sum()), "held_out_transitions": int(held.sum())}
+            "train_transitions": split, "held_out_transitions": len(data.episode_ids) - split}
 
 
 def play(env_config: EnvConfig, make_policy, episodes: int) -> np.ndarray:
